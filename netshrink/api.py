@@ -1,0 +1,129 @@
+"""The Python API: compress a model with a recipe, save it to a .nsk file, load it back.
+
+    compressed = netshrink.compress(model, "oneshot-palette5")
+    report = compressed.save("model.nsk")          # FileReport: sizes read back from disk
+    model = netshrink.load("model.nsk")            # zoo models rebuild themselves
+    model = netshrink.load("mine.nsk", model=MyNet())  # any other model: pass the module
+
+Weights are decoded once, at load, into an ordinary dense module: inference runs at dense speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import netshrink.methods  # noqa: F401  (registers the recipe steps)
+from netshrink.codecs import decode
+from netshrink.errors import FormatError, ModelError, NetshrinkError
+from netshrink.fileformat import NskFile, read_nsk, write_nsk
+from netshrink.plan import CompressionPlan
+from netshrink.recipe import Recipe, StepContext, load_recipe
+from netshrink.report import FileReport, file_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressedModel:
+    """A model whose tensors have codecs assigned; `model` holds exactly what the file will load."""
+
+    model: nn.Module
+    plan: CompressionPlan
+    recipe: Recipe | None
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> FileReport:
+        nsk = NskFile(self.plan.encode_all(self.model), self.identity, self.recipe.to_dict() if self.recipe else None)
+        write_nsk(path, nsk)
+        return file_report(path)
+
+
+def model_identity(model: nn.Module, name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """What the header records about the model: zoo name (if any), class, and extra config."""
+    cls = type(model)
+    return {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}", **extra}
+
+
+def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *, name: str | None = None,
+             seed: int = 0, progress: bool = True, inplace: bool = False, identity: dict[str, Any] | None = None) -> CompressedModel:
+    """Apply a recipe's steps in order. The input model is left untouched unless `inplace`."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if recipe.needs_data and data is None:
+        raise NetshrinkError(f"recipe {recipe.name} needs training data: pass data= (CLI: --dataset/--data-dir)")
+    model = model if inplace else copy.deepcopy(model)
+    torch.manual_seed(seed)
+    plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress)
+    for index, step in enumerate(recipe.steps, 1):
+        log.info("recipe %s step %d/%d: %s", recipe.name, index, len(recipe.steps), step.step_name)
+        step.apply(model, plan, ctx)
+    ident = identity if identity is not None else model_identity(model, name)
+    return CompressedModel(model, plan, recipe, ident)
+
+
+def save(model: nn.Module | CompressedModel, path: str | Path, *, name: str | None = None, **identity: Any) -> FileReport:
+    """Save a compressed model, or a plain model with every tensor stored exactly (a checkpoint)."""
+    if isinstance(model, nn.Module):
+        model = CompressedModel(model, CompressionPlan(), None, model_identity(model, name, **identity))
+    return model.save(path)
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a runnable module from a .nsk file (decoded once; eval mode)."""
+    nsk = read_nsk(path)
+    module = model if model is not None else _build_from_identity(nsk, path)
+    state = _decode_state(nsk, path)
+    _check_matches(module, state, path)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def read_identity(path: str | Path) -> dict[str, Any]:
+    """The model identity recorded in a file's header."""
+    return read_nsk(path).model
+
+
+def _build_from_identity(nsk: NskFile, path: str | Path) -> nn.Module:
+    from netshrink import zoo
+
+    name = nsk.model.get("name")
+    if not isinstance(name, str) or name not in zoo.MODEL_NAMES:
+        cls = nsk.model.get("class", "an unknown class")
+        raise ModelError(f"{path} holds a {cls} model that is not in the zoo; pass the module: "
+                         "netshrink.load(path, model=MyNet())")
+    arch = nsk.model.get("arch") or {}
+    if not isinstance(arch, dict):
+        raise FormatError(f"{path}: malformed header: model 'arch' must be an object")
+    return zoo.build_model(name, **arch)
+
+
+def _decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for rec in nsk.tensors:
+        try:
+            state[rec.name] = decode(rec.encoded)
+        except NetshrinkError as exc:
+            raise FormatError(f"{path}: tensor {rec.name!r}: {exc}") from None
+        except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError, MemoryError) as exc:
+            # The header passed its checksum but describes data its codec cannot decode.
+            raise FormatError(f"{path}: tensor {rec.name!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return state
+
+
+def _check_matches(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ModelError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                         f"{' ...' if len(missing) + len(unexpected) > 6 else ''}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the model expects "
+                             f"{tuple(expected[key].shape)}")

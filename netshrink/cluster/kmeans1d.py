@@ -1,0 +1,367 @@
+"""Scalar (1-D) k-means for palette / weight-sharing quantization.
+
+Deep Compression (Han et al. 2016, sec. 3) shares weights by clustering each layer's scalars with
+k-means and storing a k-entry codebook plus log2(k)-bit indices. In one dimension k-means need not
+be a heuristic: the optimal clusters are contiguous runs of the sorted data, so the optimum is a
+dynamic programme over the sorted values (Bellman 1973; Wang & Song 2011, "Ckmeans.1d.dp"):
+
+    D[c][i] = min_{j < i} D[c-1][j] + cost(j, i)          (cost = SSE of sorted points j..i-1)
+
+Its argmin is monotone in i, so each layer is solved by divide and conquer in O(B log B)
+(Grønlund et al. 2017, "Fast exact k-means, k-medians and Bregman divergence clustering in 1D",
+sec. 2.2). Here the divide and conquer is vectorised over all sub-problems of one recursion level,
+so numpy runs O(K log B) calls instead of Python running O(K B) of them.
+
+`kmeans_1d(init="optimal")` runs that DP on the weights binned into equal-width bins (a weighted
+point per non-empty bin: its count and its mean), then polishes the bin solution with Lloyd
+iterations on the real data. Lloyd runs on the sorted data with prefix sums, so one iteration
+costs O(K log n), not O(n K). The other inits are Deep Compression's linear / density / random
+centroid initialisations followed by plain Lloyd, kept for the ablation of its fig. 5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from netshrink.errors import CodecError
+
+__all__ = ["kmeans_1d", "kmeans_1d_exact", "kmeans_sse", "assign_nearest_1d", "INITS"]
+
+#: The centroid initialisations `kmeans_1d` accepts (the last three are Han et al. 2016, sec. 3.2).
+INITS = ("optimal", "linear", "density", "random")
+
+#: Below this many points `assign_nearest_1d` uses a plain searchsorted (no lookup table).
+_TABLE_MIN_POINTS = 1 << 16
+
+
+# --------------------------------------------------------------------------------------- input
+
+
+def _as_flat_array(x: Any, name: str = "x") -> np.ndarray:
+    """Flatten numpy / torch / array-like input to a 1-D real float array, without copying float32/64."""
+    if hasattr(x, "detach") and type(x).__module__.startswith("torch"):
+        x = x.detach().cpu()
+        if not x.dtype.is_floating_point or x.dtype.itemsize < 4:
+            x = x.float()  # float16/bfloat16/int tensors: numpy lacks bfloat16
+        x = x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise CodecError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind != "f" or arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float64)
+    return arr.reshape(-1)
+
+
+def _validated(x: Any, k: Any) -> np.ndarray:
+    """The flat data, after checking the inputs a user can get wrong (errors name the fix)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise CodecError(f"k-means needs an integer number of clusters k >= 1, got k={k!r}")
+    arr = _as_flat_array(x)
+    if arr.size == 0:
+        raise CodecError("cannot cluster an empty tensor: x has no elements")
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise CodecError(f"x holds {bad} NaN/inf values; clean the weights before clustering them")
+    return arr
+
+
+class _SortedData:
+    """Sorted, mean-centred data with prefix sums: any contiguous run's count and sum in O(1).
+
+    Centring before the float64 prefix sums keeps the cost S2 - S1^2/W free of cancellation.
+    """
+
+    def __init__(self, arr: np.ndarray) -> None:
+        xs = np.sort(arr)  # sort in the input dtype: float32 sorts ~3x faster than float64
+        self.xs = xs
+        self.mean = float(np.mean(xs, dtype=np.float64))
+        self.xc = xs.astype(np.float64)
+        self.xc -= self.mean
+        self.prefix = np.zeros(xs.size + 1)
+        np.cumsum(self.xc, out=self.prefix[1:])
+        self.n = xs.size
+        self.distinct_starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+
+    @property
+    def distinct_values(self) -> np.ndarray:
+        """The distinct values, exactly as in the input (not round-tripped through the centring)."""
+        return self.xs[self.distinct_starts].astype(np.float64)
+
+    @property
+    def n_distinct(self) -> int:
+        return int(self.distinct_starts.size)
+
+    def run_means(self, bounds: np.ndarray) -> np.ndarray:
+        """Means (centred) of the runs xc[bounds[c]:bounds[c+1]]; runs must be non-empty."""
+        return np.diff(self.prefix[bounds]) / np.diff(bounds)
+
+    def distinct_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct values (centred) and their multiplicities."""
+        counts = np.diff(np.r_[self.distinct_starts, self.n])
+        return self.xc[self.distinct_starts], counts
+
+
+# ------------------------------------------------------------------------- exact DP (weighted)
+
+
+class _PrefixSums:
+    """Prefix sums of w, w*x, w*x^2 over sorted weighted points: any run's SSE in O(1).
+
+    SSE(j, i) of points j..i-1 is S2[i] - S2[j] - (S1[i] - S1[j])^2 / (W[i] - W[j]); the data are
+    centred first, so the float64 differences do not cancel catastrophically.
+    """
+
+    def __init__(self, points: np.ndarray, weights: np.ndarray) -> None:
+        centred = points - np.average(points, weights=weights)
+        self.w, self.s1, self.s2 = (
+            np.concatenate(([0.0], np.cumsum(v))) for v in (weights, weights * centred, weights * centred**2)
+        )
+
+    def cost(self, j: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """SSE of the runs j..i-1 (elementwise, j < i)."""
+        s1 = self.s1[i] - self.s1[j]
+        return self.s2[i] - self.s2[j] - s1 * s1 / (self.w[i] - self.w[j])
+
+
+def _segment_argmin(val: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Position of the first minimum of each contiguous segment of val (segments start at starts)."""
+    hits = np.flatnonzero(val == np.repeat(np.minimum.reduceat(val, starts), lens))
+    return hits[np.searchsorted(hits, starts)]
+
+
+def _dp_layer(prev: np.ndarray, prev_arg: np.ndarray, pre: _PrefixSums, c: int, i_hi: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """One DP layer D[c][i], i in [c, i_hi], by monotone-argmin divide and conquer.
+
+    All sub-problems (i-range, j-range) of one recursion level are evaluated in one flat batch;
+    the leftmost argmin is monotone in i, so children get j-ranges split at it (Grønlund et al.
+    2017, sec. 2.2), and it is at least the previous layer's argmin at the same i (their sec. 2.3,
+    the Knuth-Yao bound), which shrinks the wide ranges of the first levels to one cluster's width.
+    S2[i] is constant in a sub-problem, so the argmin is taken without it and it is added after.
+    """
+    cur = np.full(prev.size, np.inf)
+    arg = np.zeros(prev.size, dtype=np.int64)
+    base = prev - pre.s2  # D[c-1][j] - S2[j]
+    ilo, ihi = np.array([c]), np.array([i_hi])
+    jlo, jhi = np.array([c - 1]), np.array([i_hi - 1])
+    while ilo.size:
+        mid = (ilo + ihi) // 2
+        top = np.minimum(jhi, mid - 1)
+        low = np.minimum(np.maximum(jlo, prev_arg[mid]), top)
+        lens = top - low + 1
+        starts = np.cumsum(lens) - lens
+        j = np.arange(int(starts[-1] + lens[-1])) + np.repeat(low - starts, lens)
+        s1 = np.repeat(pre.s1[mid], lens) - pre.s1[j]
+        val = base[j] - s1 * s1 / (np.repeat(pre.w[mid], lens) - pre.w[j])
+        first = _segment_argmin(val, starts, lens)
+        opt = j[first]
+        cur[mid], arg[mid] = val[first] + pre.s2[mid], opt
+        left, right = ilo < mid, mid < ihi
+        ilo = np.concatenate((ilo[left], mid[right] + 1))
+        ihi = np.concatenate((mid[left] - 1, ihi[right]))
+        jlo = np.concatenate((jlo[left], opt[right]))
+        jhi = np.concatenate((opt[left], jhi[right]))
+    return cur, arg
+
+
+def _optimal_partition(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Exact k-means of sorted weighted points: run boundaries b, cluster c = points[b[c]:b[c+1]].
+
+    Requires k <= len(points). O(k B log B) time, k*B int64 memory for the backtrack table.
+    """
+    b = points.size
+    pre = _PrefixSums(points, weights)
+    d = np.concatenate(([np.inf], pre.cost(np.zeros(b, dtype=np.int64), np.arange(1, b + 1))))
+    args = np.zeros((k, b + 1), dtype=np.int64)
+    for c in range(2, k + 1):
+        # Layer c is only needed at i <= b - (k - c): the remaining k - c clusters need a point each.
+        d, args[c - 1] = _dp_layer(d, args[c - 2], pre, c, b - (k - c))
+    bounds = np.zeros(k + 1, dtype=np.int64)
+    bounds[k] = b
+    for c in range(k - 1, 0, -1):
+        bounds[c] = args[c][bounds[c + 1]]
+    return bounds
+
+
+# ------------------------------------------------------------------------------------- binning
+
+
+def default_bins(n: int, k: int) -> int:
+    """Default number of equal-width bins for `kmeans_1d(init="optimal")`."""
+    return max(64 * k, 1 << 14)
+
+
+def _binned_runs(data: _SortedData, bins: int) -> np.ndarray:
+    """Boundaries (into the sorted data) of the non-empty equal-width bins.
+
+    Equal-width, not equal-count: heavy-tailed weights put few points in the tails, and equal-count
+    bins would merge the far outliers that k-means must give centroids of their own.
+    """
+    lo, hi = data.xc[0], data.xc[-1]
+    edges = lo + (hi - lo) * (np.arange(1, bins) / bins)
+    bounds = np.r_[0, np.searchsorted(data.xc, edges, side="left"), data.n]
+    return np.unique(bounds)
+
+
+def _optimal_bounds(data: _SortedData, k: int, bins: int) -> np.ndarray:
+    """Data-run boundaries of the DP optimum over the binned data (exact when bins cover values)."""
+    if data.n_distinct <= bins:
+        runs = np.r_[data.distinct_starts, data.n]
+    else:
+        runs = _binned_runs(data, bins)
+        if runs.size - 1 < k:  # a few extreme outliers left < k bins non-empty: fall back to values
+            runs = np.r_[data.distinct_starts, data.n]
+    point_bounds = _optimal_partition(data.run_means(runs), np.diff(runs).astype(np.float64), k)
+    return runs[point_bounds]
+
+
+# --------------------------------------------------------------------------------------- Lloyd
+
+
+def _lloyd_sorted(data: _SortedData, centroids: np.ndarray, max_iter: int) -> np.ndarray:
+    """Lloyd's iterations on sorted data: assignment by midpoints, update by prefix sums.
+
+    Stops at a fixed point of the partition (then the centroids are exactly its means). An empty
+    cluster keeps its centroid, which stays between its neighbours, so the order is preserved.
+    """
+    c = centroids
+    bounds = None
+    for _ in range(max_iter):
+        mids = (c[1:] + c[:-1]) / 2
+        new_bounds = np.r_[0, np.searchsorted(data.xc, mids, side="right"), data.n]
+        if bounds is not None and np.array_equal(new_bounds, bounds):
+            break
+        bounds = new_bounds
+        counts = np.diff(bounds)
+        sums = np.diff(data.prefix[bounds])
+        c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+    return c
+
+
+def _init_centroids(data: _SortedData, k: int, init: str, seed: int) -> np.ndarray:
+    """Deep Compression's centroid initialisations (Han et al. 2016, sec. 3.2), centred units."""
+    if init == "linear":  # evenly spaced between min and max
+        return np.linspace(data.xc[0], data.xc[-1], k)
+    if init == "density":  # evenly spaced in the CDF: the (i + 1/2)/k quantiles
+        return data.xc[((np.arange(k) + 0.5) * data.n / k).astype(np.int64)]
+    # random: k distinct weights, chosen with a seeded generator
+    picks = np.random.default_rng(seed).choice(data.n_distinct, size=k, replace=False)
+    return np.sort(data.xc[data.distinct_starts[picks]])
+
+
+# ----------------------------------------------------------------------------------------- API
+
+
+def kmeans_1d(
+    x: Any,
+    k: int,
+    *,
+    init: str = "optimal",
+    seed: int = 0,
+    max_iter: int = 300,
+    bins: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster the scalars of x (any shape, numpy or torch) into at most k centroids.
+
+    init="optimal": exact DP over equal-width bins of the data (`bins`, default `default_bins`),
+    then Lloyd polish on the real data to a fixed point; measured within 0.01 % of the exact
+    optimum. init in {"linear", "density", "random"}: Deep Compression's initialisations + Lloyd
+    (max_iter iterations at most); `seed` only affects "random".
+
+    Returns (centroids, labels): float64 centroids sorted ascending, shape (k',), and int64 labels
+    of len(x) with labels[i] the index of x[i]'s nearest centroid. k' < k only when x has fewer than
+    k distinct values; the centroids are then those values and the SSE is 0.
+    """
+    arr = _validated(x, k)
+    if init not in INITS:
+        raise CodecError(f"unknown k-means init {init!r}; use one of {', '.join(INITS)}")
+    if bins is not None and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1):
+        raise CodecError(f"bins must be a positive integer or None, got {bins!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise CodecError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    data = _SortedData(arr)
+    if data.n_distinct <= k:
+        centroids = data.distinct_values
+        return centroids, assign_nearest_1d(arr, centroids)
+    if init == "optimal":
+        bounds = _optimal_bounds(data, int(k), bins or default_bins(data.n, int(k)))
+        c = _lloyd_sorted(data, data.run_means(bounds), max_iter)
+    else:
+        c = _lloyd_sorted(data, _init_centroids(data, int(k), init, seed), max_iter)
+    centroids = c + data.mean
+    return centroids, assign_nearest_1d(arr, centroids)
+
+
+def kmeans_1d_exact(x: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact k-means optimum: the DP over all distinct values, no binning, no Lloyd.
+
+    O(k D log D) for D distinct values; ground truth for tests and the benchmark's optimality gap.
+    """
+    arr = _validated(x, k)
+    data = _SortedData(arr)
+    if data.n_distinct <= k:
+        centroids = data.distinct_values
+    else:
+        points, counts = data.distinct_points()
+        point_bounds = _optimal_partition(points, counts.astype(np.float64), int(k))
+        bounds = np.r_[data.distinct_starts, data.n][point_bounds]
+        centroids = data.run_means(bounds) + data.mean
+    return centroids, assign_nearest_1d(arr, centroids)
+
+
+def kmeans_sse(x: Any, centroids: Any, labels: Any) -> float:
+    """Sum of squared errors sum_i (x_i - centroids[labels_i])^2, accumulated in float64."""
+    arr = _as_flat_array(x).astype(np.float64, copy=False)
+    c = _as_flat_array(centroids, "centroids").astype(np.float64, copy=False)
+    lab = np.asarray(labels).reshape(-1)
+    if lab.size != arr.size:
+        raise CodecError(f"labels has {lab.size} entries but x has {arr.size}; they must match")
+    if lab.size and (lab.min() < 0 or lab.max() >= c.size):
+        raise CodecError(f"labels must index the {c.size} centroids, got range [{lab.min()}, {lab.max()}]")
+    err = arr - c[lab]
+    return float(np.dot(err, err))
+
+
+def assign_nearest_1d(x: Any, centroids_sorted: Any) -> np.ndarray:
+    """Index (int64) of the nearest centroid for every scalar of x; ties go to the lower index.
+
+    With sorted centroids the nearest one is found by searching x among the midpoints. For large x
+    an equal-width lookup table answers most points in O(1) and searches only near midpoints.
+    """
+    arr = _as_flat_array(x)
+    c = _as_flat_array(centroids_sorted, "centroids_sorted").astype(np.float64, copy=False)
+    if c.size == 0:
+        raise CodecError("assign_nearest_1d needs at least one centroid")
+    if np.any(np.diff(c) < 0):
+        raise CodecError("assign_nearest_1d needs centroids sorted ascending; sort them first")
+    mids = (c[1:] + c[:-1]) / 2
+    if arr.size < _TABLE_MIN_POINTS or c.size == 1:
+        return np.searchsorted(mids, arr, side="left").astype(np.int64)
+    return _assign_by_table(arr, mids)
+
+
+def _assign_by_table(arr: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Nearest-centroid labels via a table over equal-width cells of [min x, max x].
+
+    A cell whose range, widened by one cell each side against rounding, holds no midpoint lies in
+    one Voronoi cell: its label is looked up. Points in other cells fall back to searchsorted.
+    """
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.full(arr.size, np.searchsorted(mids, lo, side="left"), dtype=np.int64)
+    n_cells = 1 << 16
+    scale = n_cells / (hi - lo)
+    cell_of_mid = np.floor((mids - lo) * scale).astype(np.int64)
+    ambiguous = np.zeros(n_cells + 2, dtype=bool)  # index shifted by one for the -1 neighbour
+    for shift in (0, 1, 2):
+        ambiguous[np.clip(cell_of_mid + shift, 0, n_cells + 1)] = True
+    centres = lo + (np.arange(n_cells + 1) + 0.5) / scale
+    table = np.searchsorted(mids, centres, side="left").astype(np.int64)
+    cells = ((arr - lo) * scale).astype(np.int64)
+    np.clip(cells, 0, n_cells, out=cells)
+    labels = table[cells]
+    fix = np.flatnonzero(ambiguous[cells + 1])
+    labels[fix] = np.searchsorted(mids, arr[fix], side="left")
+    return labels

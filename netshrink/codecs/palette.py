@@ -1,0 +1,97 @@
+"""Palette codec: scalar weight sharing (Deep Compression, Han et al. 2016, sec. 3).
+
+The weights of a tensor (or of each output channel) are clustered by 1-D k-means into 2^bits
+shared values. The file holds the codebook in 16-bit floats and, per weight, the index of its
+centroid, entropy coded (rANS): skewed index histograms cost fewer bits than `bits`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from netshrink.cluster import assign_nearest_1d, kmeans_1d
+from netshrink.codecs.base import (
+    Codec,
+    Encoded,
+    Stream,
+    register_codec,
+    require_float_tensor,
+    require_int,
+    require_stream,
+)
+from netshrink.codecs.dense import bytes_to_tensor, tensor_to_bytes
+from netshrink.entropy import decode_symbols, encode_symbols
+from netshrink.errors import CodecError, FormatError
+
+INITS = ("optimal", "linear", "density", "random")
+MAX_BITS = 16
+
+
+@register_codec
+@dataclass(frozen=True)
+class Palette(Codec):
+    """2^bits shared values per tensor (or per output channel), fp16 codebook, coded indices."""
+
+    name: ClassVar[str] = "palette"
+    bits: int = 5
+    per_channel: bool = False
+    init: str = "optimal"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
+            raise CodecError(f"palette bits must be an integer in 1..{MAX_BITS}, got {self.bits!r}")
+        if self.init not in INITS:
+            raise CodecError(f"palette init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        require_float_tensor(tensor, self.name)
+        if self.per_channel and tensor.dim() < 2:
+            raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
+        rows = tensor.detach().float().reshape(tensor.shape[0], -1) if self.per_channel else tensor.detach().float().reshape(1, -1)
+        k = 1 << self.bits
+        codebooks, labels = zip(*(self._cluster_row(row.numpy(), k) for row in rows)) if rows.numel() else ((), ())
+        codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
+        indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        params = {"bits": self.bits, "rows": rows.shape[0], "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
+        streams = {
+            "codebook": Stream("codebook", tensor_to_bytes(codebook)),
+            "indices": Stream("indices", encode_symbols(indices, k)),
+        }
+        return Encoded(self.name, tuple(tensor.shape), params, streams)
+
+    def _cluster_row(self, row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster one row; return its fp16 codebook padded to k entries and the indices into it."""
+        if row.size == 0:
+            return np.zeros(k, dtype=np.float16), np.zeros(0, dtype=np.int64)
+        centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed)
+        # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): assign each weight to
+        # the nearest *stored* value so the file decodes to exactly what the model was evaluated with.
+        book = np.unique(centroids.astype(np.float16))
+        labels = assign_nearest_1d(row, book.astype(np.float64))
+        padded = np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
+        return padded, labels.astype(np.int64)
+
+    @classmethod
+    def decode(cls, enc: Encoded) -> torch.Tensor:
+        bits = require_int(enc.params, "bits", 1, MAX_BITS, cls.name)
+        k = 1 << bits
+        numel = enc.numel
+        rows = require_int(enc.params, "rows", 0 if numel == 0 else 1, max(numel, 1), cls.name)
+        if rows and numel % rows:
+            raise FormatError(f"palette has {rows} rows, which do not divide {numel} weights")
+        codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, rows * k)
+        indices = decode_symbols(require_stream(enc, "indices", "indices"), numel, k)
+        if rows == 0:
+            return torch.zeros(enc.shape)
+        per_row = numel // rows
+        offsets = np.repeat(np.arange(rows, dtype=np.int64) * k, per_row)
+        values = codebook.float()[torch.from_numpy(indices + offsets)]
+        return values.reshape(enc.shape)
+
+    def describe(self) -> str:
+        return f"palette{self.bits}" + ("c" if self.per_channel else "")

