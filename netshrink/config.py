@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from netshrink.errors import RecipeError
+from netshrink.errors import NetshrinkError, RecipeError
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def config_from_dict(cls: type[T], data: Any, where: str) -> T:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"{where}: {exc}") from None
-    except RecipeError as exc:
+    except NetshrinkError as exc:  # a codec or method rejecting its settings
         raise RecipeError(f"{where}: {exc}") from None
 
 

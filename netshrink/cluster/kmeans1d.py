@@ -189,20 +189,62 @@ def _optimal_partition(points: np.ndarray, weights: np.ndarray, k: int) -> np.nd
 
 
 def default_bins(n: int, k: int) -> int:
-    """Default number of equal-width bins for `kmeans_1d(init="optimal")`."""
+    """Default number of bins for `kmeans_1d(init="optimal")`: ~64 per cluster, at least 2^14.
+
+    Measured on Student-t(3) samples: 32 bins per cluster leave a 2.5e-5..4e-5 gap to the exact
+    optimum after Lloyd, 64 per cluster ~1e-5 (target 1e-4).
+    """
     return max(64 * k, 1 << 14)
 
 
-def _binned_runs(data: _SortedData, bins: int) -> np.ndarray:
-    """Boundaries (into the sorted data) of the non-empty equal-width bins.
+def _density_knots(data: _SortedData) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (centred) and the point count between consecutive knots: a coarse density estimate.
 
-    Equal-width, not equal-count: heavy-tailed weights put few points in the tails, and equal-count
-    bins would merge the far outliers that k-means must give centroids of their own.
+    Knots are the union of quantiles (resolution in the bulk) and equal-width edges (resolution in
+    the tails); ~32 points per quantile knot keep the estimate from being noise.
     """
+    m = int(np.clip(data.n // 32, 16, 1024))
     lo, hi = data.xc[0], data.xc[-1]
-    edges = lo + (hi - lo) * (np.arange(1, bins) / bins)
-    bounds = np.r_[0, np.searchsorted(data.xc, edges, side="left"), data.n]
-    return np.unique(bounds)
+    knots = np.unique(np.concatenate((data.xc[(np.arange(m) * data.n) // m], lo + (hi - lo) * np.arange(m + 1) / m)))
+    knots[-1] = hi
+    counts = np.diff(np.searchsorted(data.xc, knots, side="left"))
+    counts[-1] += data.n - counts.sum()  # the points equal to the maximum
+    return knots, counts
+
+
+def _binned_runs(data: _SortedData, bins: int) -> np.ndarray:
+    """Boundaries (into the sorted data) of the non-empty bins, equal-width in the companded domain.
+
+    The k-means optimal quantizer has a point density proportional to p(x)^(1/3) (Panter & Dite
+    1951; Gersho 1979), so bins of equal width in F(x) = integral of p^(1/3) give every cluster about
+    the same number of bins. Plain equal-width bins waste most of their resolution on the empty
+    range of heavy tails (the bulk of Student-t(3) weights got ~30 bins of 16384, measured gap
+    6.6e-4 after Lloyd), and equal-count bins merge the outliers that need centroids of their own.
+    """
+    knots, counts = _density_knots(data)
+    mass = np.concatenate(([0.0], np.cumsum(np.cbrt(counts) * np.diff(knots) ** (2 / 3))))
+    edges = np.interp(mass[-1] * np.arange(1, bins) / bins, mass, knots)
+    bounds = np.unique(np.concatenate(([0], np.searchsorted(data.xc, edges, side="left"), [data.n])))
+    return _split_sparse_bins(data, bounds)
+
+
+#: Bins with at most this many points are split into their distinct values (see `_split_sparse_bins`).
+SPARSE_BIN_POINTS = 16
+
+
+def _split_sparse_bins(data: _SortedData, bounds: np.ndarray) -> np.ndarray:
+    """Split the bins holding few points into their distinct values.
+
+    In the sparse tails the optimum gives single outliers clusters of their own; a bin that merges
+    two of them makes that optimum unreachable, and Lloyd cannot split it later (measured: a 1 %
+    gap on one Student-t(3) sample of 2e4 weights, K=256). Splitting costs at most
+    SPARSE_BIN_POINTS extra DP points per sparse bin.
+    """
+    sparse = np.diff(bounds) <= SPARSE_BIN_POINTS
+    if not sparse.any():
+        return bounds
+    owner = np.searchsorted(bounds, data.distinct_starts, side="right") - 1
+    return np.union1d(bounds, data.distinct_starts[sparse[np.minimum(owner, sparse.size - 1)]])
 
 
 def _optimal_bounds(data: _SortedData, k: int, bins: int) -> np.ndarray:

@@ -7,6 +7,7 @@ Every model takes float images in [0, 1], shaped (N, C, H, W), and normalises th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class _Entry:
     info: ModelInfo
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]
     # data_dir -> checkpoint path; None when no weights are published.
     checkpoint: Callable[[str | Path | None], Path] | None
 
@@ -75,9 +76,17 @@ def model_info(name: str) -> ModelInfo:
     return _entry(name).info
 
 
-def build_model(name: str) -> nn.Module:
-    """The architecture with random initialisation (seed with `torch.manual_seed` first)."""
-    return _entry(name).build()
+def build_model(name: str, **arch: Any) -> nn.Module:
+    """The architecture with random initialisation (seed with `torch.manual_seed` first).
+
+    `arch` overrides constructor arguments (e.g. `num_classes=10` after head surgery), so a
+    compressed file can record how its model differs from the zoo default.
+    """
+    entry = _entry(name)
+    try:
+        return entry.build(**arch)
+    except TypeError as exc:
+        raise ModelError(f"cannot build {name!r} with arguments {arch}: {exc}") from None
 
 
 def get_model(

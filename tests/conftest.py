@@ -1,0 +1,43 @@
+"""Shared fixtures: small models and the location of ../shared/data (tests needing it skip without it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NETSHRINK_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data_or_skip() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the shared data folder {SHARED_DATA} (set NETSHRINK_DATA)")
+    return SHARED_DATA
+
+
+class TinyNet(nn.Module):
+    """Conv + BN + Linear: every kind of tensor a real model has, small enough for fast tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    torch.manual_seed(0)
+    net = TinyNet()
+    with torch.no_grad():  # non-trivial BN statistics, so round-trips of buffers are meaningful
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+        net.bn.num_batches_tracked.fill_(7)
+    return net.eval()

@@ -1,0 +1,166 @@
+"""The .nsk container: round trips, determinism, atomic writes and every error path."""
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import netshrink
+from netshrink.errors import (
+    ChecksumMismatch,
+    FormatError,
+    MalformedHeader,
+    NetshrinkError,
+    NotNetshrinkFile,
+    TruncatedFile,
+    UnsupportedVersion,
+)
+from netshrink.fileformat import MAGIC, PREFIX, read_nsk
+
+
+@pytest.fixture
+def nsk_path(tmp_path, tiny_net):
+    path = tmp_path / "tiny.nsk"
+    netshrink.compress(tiny_net, "oneshot-prune50-palette5", progress=False).save(path)
+    return path
+
+
+def test_round_trip_restores_every_tensor(tmp_path, tiny_net):
+    path = tmp_path / "exact.nsk"
+    netshrink.save(tiny_net, path)
+    loaded = netshrink.load(path, model=type(tiny_net)())
+    for key, value in tiny_net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_same_recipe_and_seed_give_identical_bytes(tmp_path, tiny_net):
+    a, b = tmp_path / "a.nsk", tmp_path / "b.nsk"
+    netshrink.compress(tiny_net, "oneshot-prune50-palette5", seed=3, progress=False).save(a)
+    netshrink.compress(tiny_net, "oneshot-prune50-palette5", seed=3, progress=False).save(b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_loaded_model_equals_compressed_model_in_memory(nsk_path, tiny_net):
+    compressed = netshrink.compress(tiny_net, "oneshot-prune50-palette5", progress=False)
+    loaded = netshrink.load(nsk_path, model=type(tiny_net)())
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(compressed.model(x), loaded(x))
+
+
+def test_inspect_bytes_add_up_to_file_size(nsk_path):
+    report = netshrink.inspect(nsk_path)
+    assert report.file_bytes == os.stat(nsk_path).st_size
+    assert report.header_bytes + sum(t.total_bytes for t in report.tensors) == report.file_bytes
+    assert report.ratio == report.original_bytes / report.file_bytes
+
+
+def _rewrite(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_not_a_netshrink_file(tmp_path):
+    with pytest.raises(NotNetshrinkFile):
+        read_nsk(_rewrite(tmp_path / "x.nsk", b"PK\x03\x04 a zip file, not ours" * 3))
+    with pytest.raises(NotNetshrinkFile):
+        read_nsk(_rewrite(tmp_path / "e.nsk", b""))
+
+
+def test_unsupported_version(nsk_path):
+    data = bytearray(nsk_path.read_bytes())
+    data[8:10] = struct.pack("<H", 99)
+    with pytest.raises(UnsupportedVersion, match="version 99"):
+        read_nsk(_rewrite(nsk_path, bytes(data)))
+
+
+@pytest.mark.parametrize("keep", [5, 12, 30, -1])
+def test_truncated(nsk_path, keep):
+    data = nsk_path.read_bytes()
+    with pytest.raises(TruncatedFile):
+        read_nsk(_rewrite(nsk_path, data[:keep]))
+
+
+def test_checksum_mismatch_in_payload_and_header(nsk_path):
+    data = bytearray(nsk_path.read_bytes())
+    data[-3] ^= 0x10
+    with pytest.raises(ChecksumMismatch, match="tensor"):
+        read_nsk(_rewrite(nsk_path, bytes(data)))
+    data[-3] ^= 0x10
+    data[PREFIX.size + 2] ^= 0x01
+    with pytest.raises(ChecksumMismatch, match="header"):
+        read_nsk(_rewrite(nsk_path, bytes(data)))
+
+
+def _with_header(text: bytes, payload: bytes = b"") -> bytes:
+    packed = zlib.compress(text)
+    return PREFIX.pack(MAGIC, 1, 0, len(packed), zlib.crc32(packed)) + packed + payload
+
+
+@pytest.mark.parametrize("text", [
+    b"not json", b"[1, 2]", b'{"netshrink": 1, "tensors": 5, "payload_bytes": 0}',
+    b'{"netshrink": 1, "tensors": [{"name": 3}], "payload_bytes": 0}',
+    b'{"netshrink": 1, "tensors": [], "payload_bytes": -1}',
+    b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
+    b'{"codec": "dense", "shape": [-4], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
+    b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
+    b'{"codec": "dense", "shape": [65536, 65536, 65536], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
+])
+def test_malformed_header(tmp_path, text):
+    with pytest.raises(MalformedHeader):
+        read_nsk(_rewrite(tmp_path / "m.nsk", _with_header(text)))
+
+
+def test_trailing_bytes_are_rejected(nsk_path):
+    with pytest.raises(MalformedHeader, match="unexpected bytes"):
+        read_nsk(_rewrite(nsk_path, nsk_path.read_bytes() + b"\0"))
+
+
+def test_valid_checksum_but_undecodable_codec_is_a_format_error(tmp_path):
+    text = (b'{"netshrink": 1, "model": {}, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, '
+            b'"enc": {"codec": "palette", "shape": [4], "params": {"bits": "five", "rows": 1}, "streams": [], '
+            b'"children": {}}}], "payload_bytes": 0}')
+    with pytest.raises(FormatError, match="bits"):
+        netshrink.load(_rewrite(tmp_path / "p.nsk", _with_header(text)), model=torch.nn.Linear(2, 2))
+
+
+def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path, tiny_net, monkeypatch):
+    path = tmp_path / "keep.nsk"
+    netshrink.save(tiny_net, path)
+    before = path.read_bytes()
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(os, "fsync", die)
+    with pytest.raises(KeyboardInterrupt):
+        netshrink.compress(tiny_net, "fp16", progress=False).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.nsk"]  # no temporary left behind
+
+
+def test_fuzz_flips_and_truncations_are_clean_errors_or_verified_loads(nsk_path, tiny_net):
+    """Thousands of random single-byte flips and truncations: NetshrinkError or a correct load."""
+    original = nsk_path.read_bytes()
+    reference = netshrink.load(nsk_path, model=type(tiny_net)()).state_dict()
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "loaded": 0}
+    for trial in range(3000):
+        data = bytearray(original)
+        if trial % 3 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+        nsk_path.write_bytes(bytes(data))
+        try:
+            loaded = netshrink.load(nsk_path, model=type(tiny_net)())
+        except NetshrinkError:
+            outcomes["error"] += 1
+            continue
+        outcomes["loaded"] += 1  # a flip CRC-32 cannot see would have to decode to the same model
+        for key, value in reference.items():
+            assert torch.equal(loaded.state_dict()[key], value)
+    assert outcomes["error"] > 2900
