@@ -78,6 +78,6 @@ def test_evaluate_by_name_on_mnist5k() -> None:
 def test_pretrained_resnet20_on_jpeg_cifar10() -> None:
     from netshrink.zoo import get_model
 
-    result = evaluate(get_model("resnet20", data_dir=SHARED), "cifar10", SHARED, limit=1000,
+    result = evaluate(get_model("resnet20", data_dir=SHARED), "cifar10", SHARED, limit=500,
                       progress=False)
-    assert 0.76 <= result.value <= 0.86  # 81.0 % on all 10,000 (JPEG q75 costs ~10 points)
+    assert 0.74 <= result.value <= 0.88  # 81.0 % on all 10,000 (JPEG q75 costs ~10 points)
