@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from netshrink.data import ArrayDataset
+from netshrink.errors import NetshrinkError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
         while step < total:
             for x, y in loader:
                 loss = _train_step(model, loss_fn, x, y, hooks, optimizer)
+                if not math.isfinite(loss):
+                    raise NetshrinkError(f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)")
                 scheduler.step()
                 for hook in hooks:
                     hook.after_step(model, step)
@@ -141,8 +144,8 @@ def _train_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
 #: Tuned from-scratch settings per (model, data set); fine-tuning uses a lower rate (see below).
 _DEFAULTS: dict[tuple[str, str], TrainConfig] = {
     ("lenet5", "mnist5k"): TrainConfig(epochs=6, batch_size=64, lr=0.05, weight_decay=5e-4),
-    ("lenet5", "mnist"): TrainConfig(epochs=15, batch_size=64, lr=0.05, weight_decay=5e-4),
-    ("lenet300", "mnist"): TrainConfig(epochs=20, batch_size=64, lr=0.05, weight_decay=1e-4),
+    ("lenet5", "mnist"): TrainConfig(epochs=12, batch_size=64, lr=0.02, weight_decay=5e-4, augment="shift", warmup_steps=200),
+    ("lenet300", "mnist"): TrainConfig(epochs=15, batch_size=128, lr=0.05, weight_decay=1e-4, augment="shift", warmup_steps=200),
     ("lenet300", "mnist5k"): TrainConfig(epochs=10, batch_size=64, lr=0.05, weight_decay=1e-4),
     ("resnet20", "cifar10"): TrainConfig(epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, augment="crop_flip"),
 }

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-AUGMENTATIONS = ("flip", "crop_flip")
+AUGMENTATIONS = ("flip", "crop_flip", "shift")
 
 # The standard recipe per dataset: He et al. 2016 (CIFAR: pad 4, random 32x32 crop, flip).
 DEFAULT_AUGMENTATION: dict[str, str | None] = {
-    "mnist": None,
+    "mnist": "shift",
     "mnist5k": None,
     "cifar10": "crop_flip",
     "imagenette": "flip",
@@ -17,9 +17,12 @@ DEFAULT_AUGMENTATION: dict[str, str | None] = {
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (N, C, H, W). `kind`: "flip" or "crop_flip" (pad 4 + crop + flip)."""
+    """Augment a float batch (N, C, H, W). `kind`: "flip", "crop_flip" (pad 4 + crop + flip), or
+    "shift" (random translation by up to 2 pixels, no flip: digits are not mirror-symmetric)."""
     if kind == "flip":
         return random_flip(x, generator)
+    if kind == "shift":
+        return random_crop(x, 2, generator)
     if kind == "crop_flip":
         return random_flip(random_crop(x, 4, generator), generator)
     raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
