@@ -52,18 +52,25 @@ def model_identity(model: nn.Module, name: str | None = None, **extra: Any) -> d
 
 
 def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *, name: str | None = None,
-             seed: int = 0, progress: bool = True, inplace: bool = False, identity: dict[str, Any] | None = None) -> CompressedModel:
-    """Apply a recipe's steps in order. The input model is left untouched unless `inplace`."""
+             seed: int = 0, progress: bool = True, inplace: bool = False, identity: dict[str, Any] | None = None,
+             dataset: str | None = None) -> CompressedModel:
+    """Apply a recipe's steps in order. The input model is left untouched unless `inplace`.
+
+    `data` is the training split for recipes that retrain or calibrate (never the evaluation
+    split); `dataset` names it, which picks its default augmentation.
+    """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if recipe.needs_data and data is None:
         raise NetshrinkError(f"recipe {recipe.name} needs training data: pass data= (CLI: --dataset/--data-dir)")
     model = model if inplace else copy.deepcopy(model)
     torch.manual_seed(seed)
-    plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress)
+    plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress, dataset=dataset)
     for index, step in enumerate(recipe.steps, 1):
         log.info("recipe %s step %d/%d: %s", recipe.name, index, len(recipe.steps), step.step_name)
         step.apply(model, plan, ctx)
-    ident = identity if identity is not None else model_identity(model, name)
+    ident = dict(identity) if identity is not None else model_identity(model, name)
+    if ctx.arch:
+        ident["arch"] = {**(ident.get("arch") or {}), **ctx.arch}
     return CompressedModel(model, plan, recipe, ident)
 
 

@@ -83,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netshrink: interrupted", file=sys.stderr)
         return 130
-    _emit(result, args)
+    try:
+        _emit(result, args)
+    except BrokenPipeError:  # `netshrink inspect F | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

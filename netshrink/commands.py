@@ -119,14 +119,24 @@ def run_compress(args: argparse.Namespace) -> CommandResult:
         dataset = _dataset_for(args, resolved)
     output = args.output or f"{resolved.name or Path(args.model).stem}.nsk"
     before = None if args.no_eval else _eval(resolved.module, dataset, args.data_dir)
-    data = load_dataset(dataset, "train", args.data_dir) if recipe.needs_data else None
+    data = _training_data(recipe, dataset, args.data_dir)
     started = time.perf_counter()
     identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
-    compressed = api.compress(resolved.module, recipe, data, seed=args.seed, identity=identity)
+    compressed = api.compress(resolved.module, recipe, data, seed=args.seed, identity=identity, dataset=dataset)
     report = compressed.save(output)
     seconds = time.perf_counter() - started
     after = None if args.no_eval else _eval(api.load(output), dataset, args.data_dir)
     return _compress_result(report, recipe.name, dataset, before, after, seconds)
+
+
+def _training_data(recipe, dataset: str, data_dir: str | None):
+    """The training split for recipes that retrain or calibrate; a one-line error when it is missing."""
+    if not recipe.needs_data:
+        return None
+    try:
+        return load_dataset(dataset, "train", data_dir)
+    except DataError as exc:
+        raise DataError(f"recipe {recipe.name} retrains, so it needs the {dataset} training split: {exc}") from None
 
 
 def _embedded_default(args: argparse.Namespace) -> ResolvedModel:

@@ -56,6 +56,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             choices = ", ".join(map(repr, typing.get_args(hint)))
             raise RecipeError(f"{where}: {value!r} is not one of {choices}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_coerce(k, key_hint, where): _coerce(v, value_hint, f"{where}[{k!r}]") for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             value = [value]
@@ -73,5 +78,5 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+        out[f.name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
     return out

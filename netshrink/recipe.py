@@ -35,6 +35,10 @@ class StepContext:
     data: Any = None
     seed: int = 0
     progress: bool = True
+    dataset: str | None = None
+    #: Architecture changes a step made (e.g. channels removed), merged into the file's model
+    #: identity under "arch" so `netshrink.load` rebuilds the smaller module.
+    arch: dict[str, Any] = field(default_factory=dict)
 
 
 class Step(Protocol):
