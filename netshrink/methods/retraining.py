@@ -80,3 +80,51 @@ def nonzero_masks(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Ten
     """Keep-masks of the weights that are currently nonzero (what earlier pruning left)."""
     state = model.state_dict()
     return {name: state[name] != 0 for name in names}
+
+
+class SharedValueHook(TrainHook):
+    """Trained quantization (Deep Compression, Han et al. 2016, sec. 3.3) as a gradient edit.
+
+    `labels[name]` gives each weight its cluster (-1: pruned, held at zero). All weights of a
+    cluster hold the same value; replacing each weight's gradient by the sum (or mean) of its
+    cluster's gradients moves the whole cluster as one centroid. Every optimiser we use acts
+    elementwise (SGD, momentum, weight decay, Adam), so equal weights with equal gradients stay
+    equal: the number of distinct values never grows.
+    """
+
+    def __init__(self, labels: dict[str, torch.Tensor], reduce: str = "sum") -> None:
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.labels, self.reduce = labels, reduce
+        self.params: dict[str, nn.Parameter] = {}
+
+    def prepare(self, model: nn.Module) -> None:
+        named = dict(model.named_parameters())
+        self.params = {name: named[name] for name in self.labels}
+
+    def after_backward(self, model: nn.Module) -> None:
+        for name, param in self.params.items():
+            if param.grad is not None:
+                param.grad.copy_(shared_gradient(param.grad, self.labels[name], self.reduce))
+
+
+def shared_gradient(grad: torch.Tensor, labels: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    """Each weight's gradient replaced by its cluster's summed (or mean) gradient; label -1 -> 0."""
+    flat_grad, flat_labels = grad.reshape(-1), labels.reshape(-1)
+    kept = flat_labels >= 0
+    k = int(flat_labels.max()) + 1 if kept.any() else 0
+    sums = torch.zeros(k, dtype=grad.dtype).index_add_(0, flat_labels[kept], flat_grad[kept])
+    if reduce == "mean":
+        sums /= torch.bincount(flat_labels[kept], minlength=k).clamp_min(1).to(grad.dtype)
+    out = torch.zeros_like(flat_grad)
+    out[kept] = sums[flat_labels[kept]]
+    return out.reshape(grad.shape)
+
+
+def value_labels(weight: torch.Tensor) -> torch.Tensor:
+    """Cluster labels of a weight-shared tensor: the index of each weight's distinct value; zeros -> -1."""
+    values, labels = torch.unique(weight.detach(), return_inverse=True)
+    labels = labels.clone()
+    zero = (weight == 0)
+    labels[zero] = -1
+    return labels
