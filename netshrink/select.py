@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
 from torch import nn
 
 from netshrink.errors import RecipeError
+
+T = TypeVar("T")
 
 #: Layers whose `weight` the weight-compressing steps act on.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
@@ -52,3 +55,11 @@ def select_modules(model: nn.Module, selection: Selection, types: tuple[type[nn.
         raise RecipeError(f"step {step}: include {list(selection.include)} / exclude {list(selection.exclude)} "
                           f"match no layer; candidate layers: {sample}")
     return chosen
+
+
+def per_layer(name: str, default: T, overrides: dict[str, T]) -> T:
+    """The setting for module `name`: the first fnmatch pattern in `overrides` that matches, else `default`."""
+    for pattern, value in overrides.items():
+        if fnmatchcase(name, pattern):
+            return value
+    return default

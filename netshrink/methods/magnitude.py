@@ -64,9 +64,9 @@ class MagnitudePrune(LayerStep):
         for name in names:
             with torch.no_grad():
                 state[name].mul_(masks[name])
-            plan.assign(model, name, _sparse_of(plan.codec_for(name)))
+            plan.assign(model, name, sparse_of(plan.codec_for(name)))
 
 
-def _sparse_of(codec) -> Sparse:
+def sparse_of(codec) -> Sparse:
     """Wrap the tensor's current value codec in Sparse (once)."""
     return codec if isinstance(codec, Sparse) else Sparse(inner=codec)

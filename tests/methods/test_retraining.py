@@ -1,0 +1,85 @@
+"""Retraining mechanics: masks hold, shared values stay shared, centroids move by summed gradients."""
+
+import pytest
+import torch
+
+import netshrink
+from netshrink.data import ArrayDataset
+from netshrink.errors import NetshrinkError, RecipeError
+from netshrink.methods.retraining import SharedValueHook, shared_gradient, value_labels
+from netshrink.recipe import parse_recipe
+
+
+def recipe(*steps):
+    return parse_recipe({"name": "test", "steps": list(steps)})
+
+
+@pytest.fixture
+def images() -> ArrayDataset:
+    """256 random 3x8x8 images whose label is the brightest colour channel: learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return ArrayDataset(x, x.float().mean((2, 3)).argmax(1))
+
+
+def test_shared_gradient_sums_each_cluster_and_zeroes_pruned():
+    labels = torch.tensor([0, 1, 0, -1, 1, 2])
+    grad = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert torch.equal(shared_gradient(grad, labels), torch.tensor([4.0, 7.0, 4.0, 0.0, 7.0, 6.0]))
+    assert torch.equal(shared_gradient(grad, labels, "mean"), torch.tensor([2.0, 3.5, 2.0, 0.0, 3.5, 6.0]))
+
+
+def test_value_labels_group_equal_values_and_mark_zeros():
+    labels = value_labels(torch.tensor([0.5, 0.0, -1.0, 0.5, -1.0]))
+    assert labels[1] == -1 and labels[0] == labels[3] and labels[2] == labels[4] and labels[0] != labels[2]
+
+
+def test_centroid_moves_by_the_sum_of_its_weights_gradients():
+    layer = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, 0.5, -0.25, 0.0]]))
+    hook = SharedValueHook({"weight": value_labels(layer.weight)})
+    hook.prepare(layer)
+    layer(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum().backward()
+    hook.after_backward(layer)
+    with torch.no_grad():
+        layer.weight -= 0.1 * layer.weight.grad
+    assert torch.allclose(layer.weight, torch.tensor([[0.5 - 0.3, 0.5 - 0.3, -0.25 - 0.3, 0.0]]))
+
+
+def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, images, tmp_path):
+    steps = recipe({"prune": {"sparsity": 0.5}},
+                   {"trained_quantization": {"bits": 3, "epochs": 2, "lr": 0.001, "batch_size": 32}})
+    one_shot = netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 3, "init": "linear"}}),
+                                  progress=False)
+    trained = netshrink.compress(tiny_net, steps, data=images, progress=False)
+    for name in ("conv.weight", "fc.weight"):
+        w, w0 = trained.model.state_dict()[name], one_shot.model.state_dict()[name]
+        assert torch.equal(w == 0, w0 == 0), "pruned weights must stay zero, survivors nonzero"
+        assert len(torch.unique(w[w != 0])) <= 8
+        assert not torch.equal(torch.unique(w), torch.unique(w0)), "the centroids should have moved"
+    trained.save(tmp_path / "tq.nsk")
+    loaded = netshrink.load(tmp_path / "tq.nsk", model=type(tiny_net)())
+    for name, tensor in trained.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_iterative_prune_reaches_per_layer_targets_and_holds_zeros(tiny_net, images):
+    steps = recipe({"iterative_prune": {"sparsity": 0.8, "per_layer": {"conv": 0.5}, "rounds": 2, "epochs": 0.5,
+                                        "batch_size": 32}})
+    pruned = netshrink.compress(tiny_net, steps, data=images, progress=False).model.state_dict()
+    assert float((pruned["conv.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert float((pruned["fc.weight"] == 0).float().mean()) == pytest.approx(0.8, abs=0.01)
+    assert not torch.equal(pruned["conv.bias"], tiny_net.state_dict()["conv.bias"]), "retraining should have run"
+
+
+def test_retraining_recipe_without_data_is_a_clear_error(tiny_net):
+    with pytest.raises(NetshrinkError, match="needs training data"):
+        netshrink.compress(tiny_net, recipe({"iterative_prune": {}}), progress=False)
+
+
+@pytest.mark.parametrize("settings, field", [({"sparsity": 1.2}, "sparsity"), ({"rounds": 0}, "rounds"),
+                                            ({"per_layer": {"fc": 2.0}}, "per_layer"), ({"epochs": -1}, "epochs")])
+def test_bad_iterative_prune_settings_name_the_field(settings, field):
+    with pytest.raises(RecipeError, match=field):
+        recipe({"iterative_prune": settings})
