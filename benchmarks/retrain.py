@@ -1,0 +1,200 @@
+"""Retraining benchmark: every retraining recipe from a baseline checkpoint, beside the published
+numbers, plus the ablations (Deep k-Means regulariser on/off; ADMM vs iterative magnitude pruning).
+
+Each row is a real file: compress with the recipe (training data = the train split), save the .nsk,
+load it back (the zoo rebuilds the module from the header) and score the LOADED model on the
+held-out test split. ratio = fp32 bytes of every parameter and buffer / file bytes on disk;
+weights_ratio is the papers' convention (conv/linear weights only), labelled as such.
+
+    NETSHRINK_DATA=/work/shared/data python benchmarks/retrain.py \
+        --lenet5 runs/lenet5.nsk --lenet300 runs/lenet300.nsk [--resnet20 runs/resnet20-ft.nsk] \
+        [--only lenet5-dc,lenet5-admm] [--ablations] [--out benchmarks/results/retrain.json]
+
+Baselines: `netshrink train lenet5 --dataset mnist -o runs/lenet5.nsk` (same for lenet300); ResNet-20:
+`netshrink train resnet20 --dataset cifar10 --from-pretrained --epochs E -o runs/resnet20-ft.nsk`
+with E the epochs the ResNet recipes retrain, so the JPEG shift is never counted as compression gain.
+Rows whose baseline is not given are skipped (and listed as skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import netshrink  # noqa: E402
+from netshrink.data import load_dataset  # noqa: E402
+from netshrink.evaluate import evaluate  # noqa: E402
+from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
+
+log = logging.getLogger("retrain")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recipe on one baseline, with what the paper reports for it (never used in any computation)."""
+
+    model: str
+    recipe: str
+    published: str = ""
+    target: str = ""
+    ablation_of: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # step name -> settings to replace
+
+    @property
+    def name(self) -> str:
+        return self.recipe if not self.overrides else f"{self.recipe} [{self.label}]"
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{s}: {', '.join(f'{k}={v}' for k, v in o.items())}" for s, o in self.overrides.items())
+
+
+JOBS = [
+    Job("lenet300", "lenet300-dc", "Deep Compression: 40x at 1.58 % error", "ratio >= 40x at <= 1.70 % error"),
+    Job("lenet5", "lenet5-dc", "Deep Compression: 39x at 0.74 % error", "ratio >= 39x at <= 0.85 % error"),
+    Job("lenet5", "lenet5-admm", "Ye et al.: 1,910x weights only, 623x with indices, 0.74 % error",
+        "weights_ratio >= 623x, ratio >= 300x, error <= baseline + 0.1 pp"),
+    Job("lenet5", "lenet5-deepkmeans", "Wu et al. report LeNet-5 only for the energy metrics",
+        "beats plain k-means + fine-tune at the same size"),
+    Job("lenet5", "lenet5-compound", "", "(thesis pipeline)"),
+    Job("resnet20", "resnet20-deepkmeans", "", "ratio >= 10x at <= 1 pp drop"),
+    Job("resnet20", "resnet20-admm", "", "ratio >= 10x at <= 1 pp drop"),
+    Job("resnet20", "resnet20-compound", "", ">= 2x fewer FLOPs, ratio >= 8x at <= 1.5 pp drop"),
+]
+ABLATIONS = [
+    Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
+    Job("resnet20", "resnet20-deepkmeans", ablation_of="resnet20-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
+    Job("lenet5", "lenet5-iterative-like-admm", ablation_of="lenet5-admm"),
+]
+
+
+def recipe_for(job: Job) -> Recipe:
+    """The packaged recipe with `job.overrides` applied to its steps (the ablations)."""
+    if job.recipe == "lenet5-iterative-like-admm":
+        return iterative_like_admm()
+    recipe = load_recipe(job.recipe)
+    spec = recipe.to_dict()
+    for step in spec["steps"]:
+        (kind, settings), = step.items()
+        settings.update(job.overrides.get(kind, {}))
+    return parse_recipe({**spec, "name": job.name})
+
+
+def iterative_like_admm() -> Recipe:
+    """Iterative magnitude pruning to exactly the per-layer sparsities of lenet5-admm, then the same
+    quantization, for the same total epochs: ADMM vs magnitude pruning at equal sparsity."""
+    admm = load_recipe("lenet5-admm").to_dict()
+    prune = next(s["admm_prune"] for s in admm["steps"] if "admm_prune" in s)
+    quant = next(s["admm_quantize"] for s in admm["steps"] if "admm_quantize" in s)
+    prune_epochs = sum(float(prune.get(k, 0) or 0) for k in ("epochs", "retrain_epochs"))
+    steps = [{"iterative_prune": {"sparsity": prune["sparsity"], "per_layer": prune.get("per_layer", {}),
+                                  "rounds": 4, "epochs": prune_epochs / 4, "lr": prune.get("lr", 0.01)}},
+             {"trained_quantization": {"bits": quant["bits"], "per_layer_bits": quant.get("per_layer_bits", {}),
+                                       "epochs": sum(float(quant.get(k, 0) or 0) for k in ("epochs", "retrain_epochs")),
+                                       "lr": 1e-4}},
+             {"cast": {"dtype": "fp16"}}]
+    return parse_recipe({"name": "lenet5-iterative-like-admm", "steps": steps})
+
+
+def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
+    identity = netshrink.api.read_identity(baseline)
+    dataset = identity.get("dataset") or {"resnet20": "cifar10"}.get(job.model, "mnist")
+    model = netshrink.load(baseline)
+    test, train = load_dataset(dataset, "test"), load_dataset(dataset, "train")
+    before = evaluate(model, test, progress=False).value
+    recipe = recipe_for(job)
+    started = time.perf_counter()
+    compressed = netshrink.compress(model, recipe, train, name=job.model, dataset=dataset,
+                                    identity={**identity, "name": job.model, "dataset": dataset})
+    path = workdir / f"{job.model}-{recipe.name.replace(' ', '_')}.nsk"
+    report = compressed.save(path)
+    seconds = time.perf_counter() - started
+    after = evaluate(netshrink.load(path), test, progress=False).value
+    row = {"model": job.model, "recipe": recipe.name, "ablation_of": job.ablation_of, "baseline": str(baseline),
+           "file_bytes": report.file_bytes, "original_bytes": report.original_bytes, "ratio": report.ratio,
+           "weights_ratio": report.weights_ratio, "top1_before": before, "top1_after": after,
+           "error_before": 1 - before, "error_after": 1 - after, "drop_pp": 100 * (before - after),
+           "seconds": seconds, "published": job.published, "target": job.target, "recipe_spec": recipe.to_dict(),
+           "tensors": report.to_json()["tensors"]}
+    log.info("%s %s: ratio %.1fx (weights %.1fx), error %.2f -> %.2f %%, %.0f s", job.model, recipe.name,
+             row["ratio"], row["weights_ratio"], 100 * row["error_before"], 100 * row["error_after"], seconds)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | recipe | ratio | weights_ratio | file bytes | error before % | error after % | drop pp | minutes | published | target |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | "
+                     f"{100 * r['error_before']:.2f} | {100 * r['error_after']:.2f} | {r['drop_pp']:.2f} | "
+                     f"{r['seconds'] / 60:.1f} | {r['published']} | {r['target']} |")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    main = [r for r in result["rows"] if not r["ablation_of"]]
+    ablations = [r for r in result["rows"] if r["ablation_of"]]
+    lines = ["# Retraining benchmark", "",
+             f"Loaded .nsk files scored on the full held-out test split. ratio = fp32 bytes of all parameters and "
+             f"buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. Published numbers are the papers' own, on their "
+             f"baselines, for reference only. Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.",
+             "", *table(main), ""]
+    if ablations:
+        lines += ["## Ablations", "", "Each ablation row changes one thing in the recipe named in `ablation_of` "
+                  "(same bits, same retraining budget).", "", *table(ablations), ""]
+    if meta["skipped"]:
+        lines += [f"Skipped (no baseline given): {', '.join(meta['skipped'])}", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for model in ("lenet5", "lenet300", "resnet20"):
+        parser.add_argument(f"--{model}", type=Path, help=f"{model} baseline checkpoint (.nsk from `netshrink train`)")
+    parser.add_argument("--only", help="comma-separated recipe names to run (default: all with a baseline)")
+    parser.add_argument("--ablations", action="store_true", help="also run the ablation rows")
+    parser.add_argument("--out", default="benchmarks/results/retrain.json")
+    args = parser.parse_args(argv)
+    baselines = {m: getattr(args, m) for m in ("lenet5", "lenet300", "resnet20") if getattr(args, m)}
+    only = set(args.only.split(",")) if args.only else None
+    jobs = [j for j in JOBS + (ABLATIONS if args.ablations else [])
+            if (only is None or j.recipe in only or (j.ablation_of or "") in only)]
+    runnable = [j for j in jobs if j.model in baselines]
+    skipped = [j.name for j in jobs if j.model not in baselines]
+    started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
+        rows = [run_job(job, baselines[job.model], Path(tmp)) for job in runnable]
+    meta = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+            f"{torch.get_num_threads()}", "loadavg_start": loadavg, "wall_seconds": time.perf_counter() - started,
+            "skipped": skipped, "torch": torch.__version__, "weights_ratio_label": WEIGHTS_RATIO_LABEL}
+    result = {"meta": meta, "rows": rows}
+    out = Path(args.out)
+    if out.exists():  # keep rows of recipes not rerun this time
+        old = json.loads(out.read_text())
+        rerun = {(r["model"], r["recipe"]) for r in rows}
+        result["rows"] = [r for r in old.get("rows", []) if (r["model"], r["recipe"]) not in rerun] + rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
