@@ -77,6 +77,9 @@ JOBS = [
 ]
 ABLATIONS = [
     Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
+    Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans", overrides={"deep_kmeans": {"finetune_epochs": 0.0}}),
+    Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans",
+        overrides={"deep_kmeans": {"lam": 0.0, "finetune_epochs": 0.0}}),
     Job("resnet20", "resnet20-deepkmeans", ablation_of="resnet20-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
     Job("lenet5", "lenet5-iterative-like-admm", ablation_of="lenet5-admm"),
 ]
