@@ -31,6 +31,15 @@ INITS = ("optimal", "linear", "density", "random")
 MAX_BITS = 16
 
 
+def book_size(bits: int, row_length: int) -> int:
+    """Codebook entries per row: 2^bits, but never more than the row has weights.
+
+    A row of 9 weights (a depthwise 3x3 kernel, per channel) needs at most 9 values: padding its
+    codebook to 32 would spend 46 bytes per channel on entries no index can use.
+    """
+    return max(1, min(1 << bits, row_length))
+
+
 @register_codec
 @dataclass(frozen=True)
 class Palette(Codec):
@@ -53,11 +62,12 @@ class Palette(Codec):
         if self.per_channel and tensor.dim() < 2:
             raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
         rows = tensor.detach().float().reshape(tensor.shape[0], -1) if self.per_channel else tensor.detach().float().reshape(1, -1)
-        k = 1 << self.bits
+        k = book_size(self.bits, rows.shape[1])
         codebooks, labels = zip(*(self._cluster_row(row.numpy(), k) for row in rows)) if rows.numel() else ((), ())
         codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
         indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        params = {"bits": self.bits, "rows": rows.shape[0], "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
+        params = {"bits": self.bits, "rows": rows.shape[0], "book": k,
+                  "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
         streams = {
             "codebook": Stream("codebook", tensor_to_bytes(codebook)),
             "indices": Stream("indices", encode_symbols(indices, k)),
@@ -79,11 +89,11 @@ class Palette(Codec):
     @classmethod
     def decode(cls, enc: Encoded) -> torch.Tensor:
         bits = require_int(enc.params, "bits", 1, MAX_BITS, cls.name)
-        k = 1 << bits
         numel = enc.numel
         rows = require_int(enc.params, "rows", 0 if numel == 0 else 1, max(numel, 1), cls.name)
         if rows and numel % rows:
             raise FormatError(f"palette has {rows} rows, which do not divide {numel} weights")
+        k = require_int(enc.params, "book", 1, 1 << bits, cls.name)
         codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, rows * k)
         indices = decode_symbols(require_stream(enc, "indices", "indices"), numel, k)
         if rows == 0:

@@ -70,3 +70,11 @@ def test_bad_settings_and_corrupt_params():
     enc.params["bits"] = 40
     with pytest.raises(FormatError, match="bits"):
         decode(enc)
+
+
+def test_short_rows_store_no_more_entries_than_weights_and_are_exact_to_fp16():
+    w = torch.randn(40, 1, 3, 3)  # a depthwise 3x3 layer: 9 weights per channel
+    enc = Palette(bits=5, per_channel=True).encode(w)
+    assert enc.params["book"] == 9
+    assert len(enc.streams["codebook"].data) == 40 * 9 * 2
+    assert torch.equal(Palette.decode(enc), w.half().float())
