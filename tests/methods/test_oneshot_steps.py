@@ -73,3 +73,12 @@ def test_lowrank_then_palette_nests_and_loads(tmp_path, tiny_net):
     loaded = netshrink.load(path, model=type(tiny_net)())
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(loaded(x), compressed.model(x))
+
+
+def test_per_channel_auto_picks_channels_only_for_short_rows(tiny_net):
+    # conv rows have 27 weights (<= 32 entries of a 5-bit palette): per channel; fc rows 1024: per layer
+    compressed = netshrink.compress(tiny_net, recipe({"palette": {"bits": 5, "per_channel": "auto"}}), progress=False)
+    assert compressed.plan.codec_for("conv.weight").per_channel is True
+    assert compressed.plan.codec_for("fc.weight").per_channel is False
+    pruned = netshrink.compress(tiny_net, "oneshot-prune50-palette5", progress=False)  # sparse: one palette
+    assert pruned.plan.codec_for("conv.weight").name == "sparse"
