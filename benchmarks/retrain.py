@@ -181,22 +181,28 @@ def main(argv: list[str] | None = None) -> int:
     runnable = [j for j in jobs if j.model in baselines]
     skipped = [j.name for j in jobs if j.model not in baselines]
     started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
-        rows = [run_job(job, baselines[job.model], Path(tmp)) for job in runnable]
-    meta = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-            f"{torch.get_num_threads()}", "loadavg_start": loadavg, "wall_seconds": time.perf_counter() - started,
-            "skipped": skipped, "torch": torch.__version__, "weights_ratio_label": WEIGHTS_RATIO_LABEL}
-    result = {"meta": meta, "rows": rows}
     out = Path(args.out)
-    if out.exists():  # keep rows of recipes not rerun this time
-        old = json.loads(out.read_text())
-        rerun = {(r["model"], r["recipe"]) for r in rows}
-        result["rows"] = [r for r in old.get("rows", []) if (r["model"], r["recipe"]) not in rerun] + rows
+    with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
+        for job in runnable:  # results are written after every job: a long run keeps what it finished
+            row = run_job(job, baselines[job.model], Path(tmp))
+            meta = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                    f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg,
+                    "wall_seconds": time.perf_counter() - started, "skipped": skipped, "torch": torch.__version__,
+                    "weights_ratio_label": WEIGHTS_RATIO_LABEL}
+            result = write_results(out, meta, row)
+    print(markdown(result) if runnable else "nothing to run: give the baselines (see --help)")
+    return 0
+
+
+def write_results(out: Path, meta: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Add (or replace) `row` in the JSON at `out`, keeping rows of recipes not rerun, and rewrite the table."""
+    rows = json.loads(out.read_text()).get("rows", []) if out.exists() else []
+    rows = [r for r in rows if (r["model"], r["recipe"]) != (row["model"], row["recipe"])] + [row]
+    result = {"meta": meta, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from netshrink.errors import FormatError, ModelError, NetshrinkError
 from netshrink.fileformat import NskFile, read_nsk, write_nsk
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import Recipe, StepContext, load_recipe
-from netshrink.report import FileReport, file_report
+from netshrink.report import FileReport, file_report, original_size
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     if recipe.needs_data and data is None:
         raise NetshrinkError(f"recipe {recipe.name} needs training data: pass data= (CLI: --dataset/--data-dir)")
     model = model if inplace else copy.deepcopy(model)
+    original = original_size(model)
     torch.manual_seed(seed)
     plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress, dataset=dataset)
     for index, step in enumerate(recipe.steps, 1):
@@ -71,6 +72,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     ident = dict(identity) if identity is not None else model_identity(model, name)
     if ctx.arch:
         ident["arch"] = {**(ident.get("arch") or {}), **ctx.arch}
+    ident.setdefault("original", original)  # a re-compressed file keeps the first original
     return CompressedModel(model, plan, recipe, ident)
 
 

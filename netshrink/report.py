@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netshrink.errors import FormatError
 from netshrink.fileformat import NskFile, read_nsk
 
 WEIGHT_MODULES = {"Conv1d", "Conv2d", "Conv3d", "Linear", "Embedding"}
@@ -48,6 +49,7 @@ class FileReport:
     tensors: list[TensorReport]
     model: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] | None = None
+    original_weight_numel: int | None = None  # conv/linear weights before structural changes
 
     @property
     def ratio(self) -> float:
@@ -57,7 +59,8 @@ class FileReport:
     def weights_ratio(self) -> float:
         weights = [t for t in self.tensors if t.is_layer_weight]
         bits = sum(8 * t.total_bytes for t in weights)
-        return 32 * sum(t.numel for t in weights) / bits if bits else float("nan")
+        numel = self.original_weight_numel or sum(t.numel for t in weights)
+        return 32 * numel / bits if bits else float("nan")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,5 +111,29 @@ def file_report(path: str | Path) -> FileReport:
     """Report of a .nsk file: what is in it and what it costs on disk."""
     nsk = read_nsk(path)
     tensors = tensor_reports(nsk)
-    original = 4 * sum(t.numel for t in tensors)
-    return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe)
+    original, weight_numel = recorded_original(nsk.model, path)
+    original = original or 4 * sum(t.numel for t in tensors)
+    return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe,
+                      weight_numel)
+
+
+def original_size(model: Any) -> dict[str, int]:
+    """What the uncompressed model weighs: recorded in the header before any step changes its shape,
+    so a recipe that removes channels is credited against the model it started from."""
+    from netshrink.select import WEIGHT_LAYERS
+
+    fp32_bytes = 4 * sum(t.numel() for t in model.state_dict().values())
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_LAYERS))
+    return {"fp32_bytes": fp32_bytes, "weight_numel": weights}
+
+
+def recorded_original(identity: dict[str, Any], path: str | Path) -> tuple[int | None, int | None]:
+    """(fp32 bytes, conv/linear weight count) of the original model, if the header records them."""
+    original = identity.get("original")
+    if original is None:
+        return None, None
+    values = original.get("fp32_bytes") if isinstance(original, dict) else None, \
+        original.get("weight_numel") if isinstance(original, dict) else None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 48 for v in values):
+        raise FormatError(f"{path}: malformed header: model 'original' must hold non-negative integers fp32_bytes, weight_numel")
+    return values

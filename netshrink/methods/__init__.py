@@ -1,5 +1,6 @@
 """Compression methods, one module each. Importing this package registers their recipe steps."""
 
-from netshrink.methods import cast, lowrank, magnitude, palette, retraining
+from netshrink.methods import admm, cast, deep_kmeans, iterative_prune, lowrank, magnitude, palette, retraining, trained_quantization
+from netshrink.methods import head, structured  # noqa: F401  (gap_head, filter_prune)
 
-__all__ = ["cast", "lowrank", "magnitude", "palette", "retraining"]
+__all__ = ["admm", "cast", "deep_kmeans", "iterative_prune", "lowrank", "magnitude", "palette", "retraining", "trained_quantization"]

@@ -48,9 +48,9 @@ class RetrainSettings:
         """Train `model` on the step's data with `hooks`; zero epochs means no training."""
         if ctx.data is None:
             raise DataError(f"{desc} retrains the model and needs training data (CLI: --dataset; API: data=)")
-        config = self.train_config(ctx, epochs, lr)
-        if config.epochs == 0:
+        if (self.epochs if epochs is None else epochs) == 0:
             return None
+        config = self.train_config(ctx, epochs, lr)
         return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params)
 
 

@@ -82,3 +82,12 @@ def test_per_channel_auto_picks_channels_only_for_short_rows(tiny_net):
     assert compressed.plan.codec_for("fc.weight").per_channel is False
     pruned = netshrink.compress(tiny_net, "oneshot-prune50-palette5", progress=False)  # sparse: one palette
     assert pruned.plan.codec_for("conv.weight").name == "sparse"
+
+
+def test_ratio_is_against_the_model_before_any_step(tiny_net, tmp_path):
+    compressed = netshrink.compress(tiny_net, "fp16", progress=False)
+    with torch.no_grad():  # as if a step had removed half of the model: the original stays the reference
+        compressed.model.fc.weight.zero_()
+    report = compressed.save(tmp_path / "m.nsk")
+    assert report.original_bytes == 4 * sum(t.numel() for t in tiny_net.state_dict().values())
+    assert compressed.identity["original"]["weight_numel"] == tiny_net.conv.weight.numel() + tiny_net.fc.weight.numel()
