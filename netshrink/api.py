@@ -48,7 +48,8 @@ class CompressedModel:
 def model_identity(model: nn.Module, name: str | None = None, **extra: Any) -> dict[str, Any]:
     """What the header records about the model: zoo name (if any), class, and extra config."""
     cls = type(model)
-    return {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}", **extra}
+    arch = model.arch_options() if hasattr(model, "arch_options") else {}  # zoo models: widths, head
+    return {"name": name, "class": f"{cls.__module__}.{cls.__qualname__}", **({"arch": arch} if arch else {}), **extra}
 
 
 def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *, name: str | None = None,
