@@ -41,3 +41,14 @@ def tiny_net() -> TinyNet:
         net.bn.running_var.uniform_(0.5, 2)
         net.bn.num_batches_tracked.fill_(7)
     return net.eval()
+
+
+@pytest.fixture
+def tiny_images():
+    """256 random 3x8x8 images whose label is the brightest colour channel: learnable in a few steps,
+    the right input size for TinyNet. For tests of the retraining mechanics."""
+    from netshrink.data import ArrayDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return ArrayDataset(x, x.float().mean((2, 3)).argmax(1))

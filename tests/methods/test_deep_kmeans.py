@@ -5,7 +5,6 @@ import torch
 
 import netshrink
 from netshrink.codecs.pq import subvectors
-from netshrink.data import ArrayDataset
 from netshrink.errors import RecipeError
 from netshrink.methods.deep_kmeans import SpectralKMeansHook, SpectralTerm
 from netshrink.recipe import parse_recipe
@@ -51,17 +50,10 @@ def test_kmeans_term_equals_the_clustering_sse():
     assert float(term.value(weight)) == pytest.approx(float((columns - centres[term.labels]).pow(2).sum()), rel=1e-5)
 
 
-@pytest.fixture
-def images() -> ArrayDataset:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (128, 3, 8, 8), generator=g, dtype=torch.uint8)
-    return ArrayDataset(x, x.float().mean((2, 3)).argmax(1))
-
-
-def test_deep_kmeans_step_stores_k_codewords_and_round_trips(tiny_net, images, tmp_path):
+def test_deep_kmeans_step_stores_k_codewords_and_round_trips(tiny_net, tiny_images, tmp_path):
     steps = recipe({"deep_kmeans": {"clusters": 8, "linear_d": 4, "epochs": 0.5, "finetune_epochs": 0.5,
                                     "batch_size": 32, "lam": 0.01, "refresh_steps": 2}})
-    compressed = netshrink.compress(tiny_net, steps, data=images, progress=False)
+    compressed = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
     state = compressed.model.state_dict()
     assert len(torch.unique(subvectors(state["conv.weight"], 3), dim=0)) <= 8
     assert len(torch.unique(subvectors(state["fc.weight"], 4), dim=0)) <= 8

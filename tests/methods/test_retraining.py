@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import netshrink
-from netshrink.data import ArrayDataset
 from netshrink.errors import NetshrinkError, RecipeError
 from netshrink.methods.retraining import SharedValueHook, shared_gradient, value_labels
 from netshrink.recipe import parse_recipe
@@ -12,14 +11,6 @@ from netshrink.recipe import parse_recipe
 
 def recipe(*steps):
     return parse_recipe({"name": "test", "steps": list(steps)})
-
-
-@pytest.fixture
-def images() -> ArrayDataset:
-    """256 random 3x8x8 images whose label is the brightest colour channel: learnable in a few steps."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (256, 3, 8, 8), generator=g, dtype=torch.uint8)
-    return ArrayDataset(x, x.float().mean((2, 3)).argmax(1))
 
 
 def test_shared_gradient_sums_each_cluster_and_zeroes_pruned():
@@ -47,12 +38,12 @@ def test_centroid_moves_by_the_sum_of_its_weights_gradients():
     assert torch.allclose(layer.weight, torch.tensor([[0.5 - 0.3, 0.5 - 0.3, -0.25 - 0.3, 0.0]]))
 
 
-def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, images, tmp_path):
+def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, tiny_images, tmp_path):
     steps = recipe({"prune": {"sparsity": 0.5}},
                    {"trained_quantization": {"bits": 3, "epochs": 2, "lr": 0.001, "batch_size": 32}})
     one_shot = netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 3, "init": "linear"}}),
                                   progress=False)
-    trained = netshrink.compress(tiny_net, steps, data=images, progress=False)
+    trained = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
     for name in ("conv.weight", "fc.weight"):
         w, w0 = trained.model.state_dict()[name], one_shot.model.state_dict()[name]
         assert torch.equal(w == 0, w0 == 0), "pruned weights must stay zero, survivors nonzero"
@@ -64,10 +55,10 @@ def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, im
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
-def test_iterative_prune_reaches_per_layer_targets_and_holds_zeros(tiny_net, images):
+def test_iterative_prune_reaches_per_layer_targets_and_holds_zeros(tiny_net, tiny_images):
     steps = recipe({"iterative_prune": {"sparsity": 0.8, "per_layer": {"conv": 0.5}, "rounds": 2, "epochs": 0.5,
                                         "batch_size": 32}})
-    pruned = netshrink.compress(tiny_net, steps, data=images, progress=False).model.state_dict()
+    pruned = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False).model.state_dict()
     assert float((pruned["conv.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     assert float((pruned["fc.weight"] == 0).float().mean()) == pytest.approx(0.8, abs=0.01)
     assert not torch.equal(pruned["conv.bias"], tiny_net.state_dict()["conv.bias"]), "retraining should have run"
