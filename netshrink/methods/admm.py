@@ -32,7 +32,7 @@ from netshrink.codecs import Palette
 from netshrink.codecs.palette import MAX_BITS
 from netshrink.errors import RecipeError
 from netshrink.methods.magnitude import sparse_of
-from netshrink.methods.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
+from netshrink.methods.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, parameters_named, value_labels
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
@@ -130,8 +130,7 @@ class AdmmHook(TrainHook):
         self.residuals: list[float] = []
 
     def prepare(self, model: nn.Module) -> None:
-        named = dict(model.named_parameters())
-        self.params = {name: named[name] for name in self.projections}
+        self.params = parameters_named(model, self.projections)
         with torch.no_grad():
             self.z = {name: self.projections[name](p) for name, p in self.params.items()}
             self.u = {name: torch.zeros_like(p) for name, p in self.params.items()}

@@ -34,7 +34,7 @@ from torch import nn
 
 from netshrink.cluster.kmeans import kmeans
 from netshrink.codecs.pq import PQ, from_subvectors, subvectors
-from netshrink.methods.retraining import RetrainSettings, SharedValueHook
+from netshrink.methods.retraining import RetrainSettings, SharedValueHook, parameters_named
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
@@ -88,8 +88,7 @@ class SpectralKMeansHook(TrainHook):
         self.params: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module) -> None:
-        named = dict(model.named_parameters())
-        self.params = {name: named[name] for name in self.terms}
+        self.params = parameters_named(model, self.terms)
         self._refresh()
 
     def _refresh(self) -> None:

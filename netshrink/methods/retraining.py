@@ -54,6 +54,12 @@ class RetrainSettings:
         return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params)
 
 
+def parameters_named(model: nn.Module, names) -> dict[str, nn.Parameter]:
+    """The model's parameters under `names` (state-dict names), for hooks that edit them each step."""
+    named = dict(model.named_parameters())
+    return {name: named[name] for name in names}
+
+
 class MaskHook(TrainHook):
     """Holds pruned weights at exactly zero: their gradients are zeroed and the weights re-zeroed."""
 
@@ -62,8 +68,7 @@ class MaskHook(TrainHook):
         self.params: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module) -> None:
-        named = dict(model.named_parameters())
-        self.params = {name: named[name] for name in self.masks}
+        self.params = parameters_named(model, self.masks)
 
     def after_backward(self, model: nn.Module) -> None:
         for name, param in self.params.items():
@@ -99,8 +104,7 @@ class SharedValueHook(TrainHook):
         self.params: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module) -> None:
-        named = dict(model.named_parameters())
-        self.params = {name: named[name] for name in self.labels}
+        self.params = parameters_named(model, self.labels)
 
     def after_backward(self, model: nn.Module) -> None:
         for name, param in self.params.items():
