@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import netshrink  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
+from netshrink.flops import flops  # noqa: E402
+from netshrink.zoo import model_info  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
 from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
 
@@ -119,6 +121,7 @@ def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
     model = netshrink.load(baseline)
     test, train = load_dataset(dataset, "test"), load_dataset(dataset, "train")
     before = evaluate(model, test, progress=False).value
+    model_before = netshrink.load(baseline)  # compress() may change `model` in place
     recipe = recipe_for(job)
     started = time.perf_counter()
     compressed = netshrink.compress(model, recipe, train, name=job.model, dataset=dataset,
@@ -126,12 +129,15 @@ def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
     path = workdir / f"{job.model}-{recipe.name.replace(' ', '_')}.nsk"
     report = compressed.save(path)
     seconds = time.perf_counter() - started
-    after = evaluate(netshrink.load(path), test, progress=False).value
+    loaded = netshrink.load(path)
+    after = evaluate(loaded, test, progress=False).value
+    input_shape = model_info(job.model).input_shape
     row = {"model": job.model, "recipe": recipe.name, "ablation_of": job.ablation_of, "baseline": str(baseline),
            "file_bytes": report.file_bytes, "original_bytes": report.original_bytes, "ratio": report.ratio,
            "weights_ratio": report.weights_ratio, "top1_before": before, "top1_after": after,
            "error_before": 1 - before, "error_after": 1 - after, "drop_pp": 100 * (before - after),
-           "seconds": seconds, "published": job.published, "target": job.target, "recipe_spec": recipe.to_dict(),
+           "seconds": seconds, "macs_before": flops(model_before, input_shape), "macs_after": flops(loaded, input_shape),
+           "published": job.published, "target": job.target, "recipe_spec": recipe.to_dict(),
            "tensors": report.to_json()["tensors"]}
     log.info("%s %s: ratio %.1fx (weights %.1fx), error %.2f -> %.2f %%, %.0f s", job.model, recipe.name,
              row["ratio"], row["weights_ratio"], 100 * row["error_before"], 100 * row["error_after"], seconds)
@@ -139,13 +145,21 @@ def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | recipe | ratio | weights_ratio | file bytes | error before % | error after % | drop pp | minutes | published | target |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = ["| model | recipe | ratio | weights_ratio | file bytes | error before % | error after % | drop pp | "
+             "fewer MACs | minutes | published | target |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['recipe']} | {r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | "
-                     f"{100 * r['error_before']:.2f} | {100 * r['error_after']:.2f} | {r['drop_pp']:.2f} | "
+                     f"{100 * r['error_before']:.2f} | {100 * r['error_after']:.2f} | {r['drop_pp']:.2f} | {_mac_ratio(r)} | "
                      f"{r['seconds'] / 60:.1f} | {r['published']} | {r['target']} |")
     return lines
+
+
+def _mac_ratio(row: dict[str, Any]) -> str:
+    """MACs of the baseline over MACs of the compressed model (rows written before this was recorded: '')"""
+    if not row.get("macs_after"):
+        return ""
+    return f"{row['macs_before'] / row['macs_after']:.2f}x"
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ centroid, entropy coded (rANS): skewed index histograms cost fewer bits than `bi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -50,6 +50,9 @@ class Palette(Codec):
     per_channel: bool = False
     init: str = "optimal"
     seed: int = 0
+    #: Optional importance of each weight (same shape as the tensor): the k-means then minimises
+    #: sum w_i (x_i - c)^2. A property of this encoding run, not of the file: never written.
+    importance: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
@@ -61,9 +64,12 @@ class Palette(Codec):
         require_float_tensor(tensor, self.name)
         if self.per_channel and tensor.dim() < 2:
             raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
-        rows = tensor.detach().float().reshape(tensor.shape[0], -1) if self.per_channel else tensor.detach().float().reshape(1, -1)
+        n_rows = tensor.shape[0] if self.per_channel else 1
+        rows = tensor.detach().float().reshape(n_rows, -1)
+        weights = self._importance_rows(tensor, n_rows)
         k = book_size(self.bits, rows.shape[1])
-        codebooks, labels = zip(*(self._cluster_row(row.numpy(), k) for row in rows)) if rows.numel() else ((), ())
+        codebooks, labels = (zip(*(self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
+                                   for i, row in enumerate(rows))) if rows.numel() else ((), ()))
         codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
         indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         params = {"bits": self.bits, "rows": rows.shape[0], "book": k,
@@ -74,11 +80,21 @@ class Palette(Codec):
         }
         return Encoded(self.name, tuple(tensor.shape), params, streams)
 
-    def _cluster_row(self, row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _importance_rows(self, tensor: torch.Tensor, n_rows: int) -> torch.Tensor | None:
+        if self.importance is None:
+            return None
+        if self.importance.shape != tensor.shape:
+            raise CodecError(f"palette importance has shape {tuple(self.importance.shape)} but the tensor has "
+                             f"{tuple(tensor.shape)}; give one importance per weight")
+        return self.importance.detach().double().reshape(n_rows, -1)
+
+    def _cluster_row(self, row: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Cluster one row; return its fp16 codebook padded to k entries and the indices into it."""
         if row.size == 0:
             return np.zeros(k, dtype=np.float16), np.zeros(0, dtype=np.int64)
-        centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed)
+        if weights is not None and not weights.any():  # an unused row (e.g. a dead channel): plain k-means
+            weights = None
+        centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
         # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): assign each weight to
         # the nearest *stored* value so the file decodes to exactly what the model was evaluated with.
         book = np.unique(centroids.astype(np.float16))

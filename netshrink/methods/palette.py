@@ -2,7 +2,8 @@
 
 Deep Compression (Han et al. 2016, sec. 3) with the optimal 1-D k-means of `netshrink.cluster`;
 pruned layers are clustered on their surviving weights only (the palette becomes the sparse
-codec's value codec), so zeros stay exactly zero.
+codec's value codec), so zeros stay exactly zero. `weighting` clusters by each weight's cost at the
+layer's output instead of weight error alone (see netshrink/importance.py).
 """
 
 from __future__ import annotations
@@ -15,28 +16,66 @@ from torch import nn
 from tqdm import tqdm
 
 from netshrink.codecs import Palette
+from netshrink.errors import DataError, RecipeError
+from netshrink.importance import following_norm_scales, input_second_moments, weight_importance
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
+
+WEIGHTINGS = ("none", "norm", "activation")
 
 
 @register_step("palette")
 @dataclass(frozen=True)
 class WeightSharing(LayerStep):
-    """k-means weight sharing with a 16-bit codebook, per layer or per output channel."""
+    """k-means weight sharing with a 16-bit codebook, per layer or per output channel.
+
+    weighting: "none" (weight error), "norm" (x the squared scale of the BatchNorm after the layer;
+    data-free) or "activation" (also x the mean squared input each weight multiplies, measured on
+    `calibration` training samples).
+    """
 
     bits: int = 5
     per_channel: bool | Literal["auto"] = False
     init: Literal["optimal", "linear", "density", "random"] = "optimal"
+    weighting: Literal["none", "norm", "activation"] = "none"
+    calibration: int = 512
 
     def __post_init__(self) -> None:
         Palette(self.bits, self.per_channel is True, self.init)  # validates
+        if self.calibration < 1:
+            raise ValueError(f"calibration must be >= 1 sample, got {self.calibration}")
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return self.weighting == "activation"
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         state = model.state_dict()
+        importance = self.importances(model, ctx)
         for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
             current = plan.codec_for(name)
-            codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed)
+            if name in importance and current.name == "sparse":
+                raise RecipeError(f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
+                                  "use weighting: none after pruning")
+            codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed,
+                            importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
+
+    def importances(self, model: nn.Module, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """weight name -> importance per weight (empty for weighting "none")."""
+        if self.weighting == "none":
+            return {}
+        layers = self.layers(model)
+        scales = following_norm_scales(model)
+        moments = {}
+        if self.weighting == "activation":
+            if ctx.data is None:
+                raise DataError("palette weighting 'activation' measures inputs on training samples "
+                                "(CLI: --dataset; API: data=)")
+            batches = (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
+            moments = input_second_moments(model, [name for name, _ in layers], batches)
+        return {f"{name}.weight": weight_importance(module, scales.get(name), moments.get(name))
+                for name, module in layers}
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
         """per_channel "auto": one palette per output channel exactly when a channel has no more

@@ -187,3 +187,45 @@ def test_helper_errors() -> None:
         assign_nearest_1d(np.ones(3), np.array([2.0, 1.0]))
     with pytest.raises(CodecError, match="labels"):
         kmeans_sse(np.ones(3), np.ones(2), np.zeros(2, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- weighted k-means
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_integer_weights_equal_repeated_points(seed: int) -> None:
+    """Weight w on a point is the same problem as w copies of it: same centroids, same SSE."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(3, 300)
+    w = rng.integers(1, 5, x.size)
+    c_w, labels_w = kmeans_1d_exact(x, 6, sample_weight=w)
+    c_r, labels_r = kmeans_1d_exact(np.repeat(x, w), 6)
+    np.testing.assert_allclose(c_w, c_r, rtol=1e-9, atol=1e-12)
+    assert kmeans_sse(x, c_w, labels_w, w) == pytest.approx(kmeans_sse(np.repeat(x, w), c_r, labels_r), rel=1e-9)
+
+
+def test_weighted_binned_within_0p01_percent_of_weighted_exact() -> None:
+    x = heavy_tailed(20_000, seed=3)
+    w = np.random.default_rng(3).gamma(0.5, 2.0, x.size)  # a skewed importance, like channel scales
+    exact = kmeans_sse(x, *kmeans_1d_exact(x, 16, sample_weight=w), w)
+    binned = kmeans_sse(x, *kmeans_1d(x, 16, sample_weight=w), w)
+    assert exact <= binned <= exact * 1.0001
+
+
+def test_weights_pull_centroids_toward_important_points() -> None:
+    """Two equal groups, one 100x more important: its spread is resolved by more centroids."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-1, 0.1, 500), rng.normal(1, 0.1, 500)])
+    w = np.r_[np.full(500, 100.0), np.ones(500)]
+    centroids, labels = kmeans_1d(x, 8, sample_weight=w)
+    assert (centroids < 0).sum() > (centroids > 0).sum()
+    assert kmeans_sse(x, centroids, labels, w) < kmeans_sse(x, *kmeans_1d(x, 8), w)
+
+
+@pytest.mark.parametrize("weights, message", [(np.ones(3), "one weight per scalar"),
+                                              (-np.ones(10), "non-negative"),
+                                              (np.zeros(10), "not all zero"),
+                                              (np.full(10, np.nan), "finite")])
+def test_bad_weights_raise_codec_error(weights: np.ndarray, message: str) -> None:
+    with pytest.raises(CodecError, match=message):
+        kmeans_1d(np.arange(10.0), 3, sample_weight=weights)
