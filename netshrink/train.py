@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,17 @@ from netshrink.data import ArrayDataset
 from netshrink.errors import NetshrinkError
 
 log = logging.getLogger(__name__)
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run `model` on one batch's inputs: an image tensor, or a text batch given as a tuple/list
+    (model(*inputs)) or a dict of tensors (model(**inputs)). Every loop, loss and calibration pass
+    calls models through this, so a method written for CNNs also runs on a transformer."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
 
 
 class TrainHook:
@@ -91,15 +102,16 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
         params: Sequence[nn.Parameter] | None = None, desc: str = "train") -> TrainResult:
     """Train `model` on `data` for `config.epochs` epochs (fractions allowed) with `hooks` plugged in.
 
-    `loss_fn(model, x, y)` defaults to cross-entropy; distillation passes its own. `params` limits
-    what the optimiser updates (default: all parameters).
+    `loss_fn(model, x, y)` defaults to cross-entropy on `call_model(model, x)`; distillation passes
+    its own (`netshrink.distill.DistillationLoss`). `params` limits what the optimiser updates
+    (default: all parameters).
     """
     torch.manual_seed(config.seed)
     loader = data.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed)
     total = max(1, int(round(config.epochs * len(loader))))
     optimizer = make_optimizer(list(params if params is not None else model.parameters()), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config))
-    loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(m(x), y, label_smoothing=config.label_smoothing))
+    loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(call_model(m, x), y, label_smoothing=config.label_smoothing))
     for hook in hooks:
         hook.prepare(model)
     model.train()

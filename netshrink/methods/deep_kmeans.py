@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from netshrink.cluster.kmeans import kmeans
-from netshrink.codecs.pq import PQ, from_subvectors, subvectors
-from netshrink.methods.retraining import RetrainSettings, SharedValueHook, parameters_named
+from netshrink.codecs.pq import PQ, subvectors
+from netshrink.methods.retraining import RetrainSettings, SharedValueHook, parameters_named, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
@@ -141,24 +141,3 @@ class DeepKMeans(RetrainSettings, LayerStep):
                      epochs=self.finetune_epochs, lr=self.finetune_lr)
         for name, term in terms.items():
             store_shared(model, plan, name, labels[name], term.d)
-
-
-def scalar_labels(encoded, d: int) -> torch.Tensor:
-    """Per-weight labels of a PQ-coded tensor: codeword c, position j -> c * d + j.
-
-    Weights with equal labels hold the same codeword entry, so `SharedValueHook` trains codewords.
-    """
-    vector_labels = PQ.labels_of(encoded)
-    flat = vector_labels[:, None] * d + torch.arange(d)
-    return from_subvectors(flat, encoded.shape)
-
-
-def store_shared(model: nn.Module, plan: CompressionPlan, name: str, labels: torch.Tensor, d: int) -> None:
-    """Record the fine-tuned codewords (fp16 in the file, so the model is reloaded with them)."""
-    weight = model.state_dict()[name]
-    columns, vector_labels = subvectors(weight, d), subvectors(labels, d)[:, 0] // d
-    k = int(vector_labels.max()) + 1
-    codebook = torch.zeros(k, d)
-    codebook[vector_labels] = columns  # members of a cluster are identical: any one is its centre
-    encoded = PQ.encode_assigned(codebook, vector_labels, tuple(weight.shape))
-    plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))

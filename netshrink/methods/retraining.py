@@ -9,13 +9,16 @@ own hooks; none owns an epoch loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from netshrink.codecs.base import Encoded
+from netshrink.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
 from netshrink.errors import DataError
+from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext
 from netshrink.train import TrainConfig, TrainHook, TrainResult, fit
 
@@ -44,14 +47,16 @@ class RetrainSettings:
 
     def retrain(self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str, *,
                 epochs: float | None = None, lr: float | None = None,
-                params: Sequence[nn.Parameter] | None = None) -> TrainResult | None:
-        """Train `model` on the step's data with `hooks`; zero epochs means no training."""
+                params: Sequence[nn.Parameter] | None = None,
+                loss_fn: Callable | None = None) -> TrainResult | None:
+        """Train `model` on the step's data with `hooks`; zero epochs means no training. `loss_fn`
+        replaces cross-entropy (e.g. a distillation loss, see `netshrink.distill`)."""
         if ctx.data is None:
             raise DataError(f"{desc} retrains the model and needs training data (CLI: --dataset; API: data=)")
         if (self.epochs if epochs is None else epochs) == 0:
             return None
         config = self.train_config(ctx, epochs, lr)
-        return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params)
+        return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params, loss_fn=loss_fn)
 
 
 def parameters_named(model: nn.Module, names) -> dict[str, nn.Parameter]:
@@ -132,3 +137,28 @@ def value_labels(weight: torch.Tensor) -> torch.Tensor:
     zero = (weight == 0)
     labels[zero] = -1
     return labels
+
+
+# ----------------------------------------------------------------------------- PQ codeword fine-tuning
+
+
+def scalar_labels(encoded: Encoded, d: int) -> torch.Tensor:
+    """Per-weight labels of a PQ-coded tensor: codeword c, position j -> c * d + j.
+
+    Weights with equal labels hold the same codeword entry, so `SharedValueHook` trains codewords
+    with the assignments fixed (Deep k-Means; Stock et al. 2020, sec. 3.3).
+    """
+    vector_labels = PQ.labels_of(encoded)
+    flat = vector_labels[:, None] * d + torch.arange(d)
+    return from_subvectors(flat, encoded.shape)
+
+
+def store_shared(model: nn.Module, plan: CompressionPlan, name: str, labels: torch.Tensor, d: int) -> None:
+    """Record the fine-tuned codewords (fp16 in the file, so the model is reloaded with them)."""
+    weight = model.state_dict()[name]
+    columns, vector_labels = subvectors(weight, d), subvectors(labels, d)[:, 0] // d
+    k = int(vector_labels.max()) + 1
+    codebook = torch.zeros(k, d)
+    codebook[vector_labels] = columns  # members of a cluster are identical: any one is its centre
+    encoded = PQ.encode_assigned(codebook, vector_labels, tuple(weight.shape))
+    plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))

@@ -1,0 +1,152 @@
+"""What a layer sees: the second moments of its input blocks, for output-aware PQ (Stock et al. 2020).
+
+For a layer y = x W^T with its weight rows cut into sub-vectors of d (codecs/pq.py), the error
+that replacing the sub-vector w_ob (output o, input block b) by a codeword c adds to output o is
+x_b (w_ob - c), x_b the d inputs that block b multiplies (for a convolution: d entries of the
+im2col patch). Its mean square is (w_ob - c)^T G_b (w_ob - c) with
+
+    G_b = E[x_b^T x_b],  the UNCENTRED second moment of block b's inputs
+
+(uncentred because a mean error is not absorbed by anything: there is no bias correction). Summed
+over blocks this is the output error without the cross-block terms E[x_b^T x_b'], which PQ cannot
+act on one sub-vector at a time; Stock et al. go one step further and pool all blocks into one
+matrix (`covariance: pooled` in the pq step). Only the [blocks, d, d] sums are kept, accumulated
+batch by batch, so memory does not grow with the calibration set; a convolution contributes
+`positions` random output positions per image, gathered without building the full im2col.
+
+The input is taken exactly as the convolution computes with it: `_conv_forward` is wrapped for the
+duration of a pass, so padding done inside `forward` (TF "SAME" convolutions) is included. A pass
+stops as soon as the layer has been seen (`StopForward`), so calibrating early layers is cheap.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from netshrink.train import call_model
+
+#: Elements of patch features gathered at once (64 MiB of float32).
+_FEATURE_BLOCK = 1 << 24
+
+
+class StopForward(Exception):
+    """Raised by a capture hook once its layer has been seen: the rest of the pass is not needed."""
+
+
+def groups_of(module: nn.Module) -> int:
+    return module.groups if isinstance(module, nn.Conv2d) else 1
+
+
+def block_points(weight: torch.Tensor, d: int, groups: int = 1) -> torch.Tensor:
+    """The weight's sub-vectors as [groups * blocks_per_row, rows_per_group, d]: entry [j, i] is the
+    block j of row i of its group, so all points of one j share one input block, hence one metric."""
+    rows = weight.shape[0]
+    per_row = weight[0].numel() // d
+    return (weight.reshape(groups, rows // groups, per_row, d).permute(0, 2, 1, 3)
+            .reshape(groups * per_row, rows // groups, d))
+
+
+def unblock_labels(labels: torch.Tensor, groups: int) -> torch.Tensor:
+    """Labels [groups * blocks_per_row, rows_per_group] back in `subvectors` order (row-major)."""
+    blocks, rows_per_group = labels.shape
+    return labels.reshape(groups, blocks // groups, rows_per_group).permute(0, 2, 1).reshape(-1)
+
+
+def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> list[str]:
+    """Names of `layers` in the order a forward pass on `inputs` first calls them (unused ones last)."""
+    seen: list[str] = []
+    handles = [module.register_forward_pre_hook(lambda _m, _a, name=name: seen.append(name) if name not in seen else None)
+               for name, module in layers.items()]
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen + [name for name in layers if name not in seen]
+
+
+def input_grams(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
+                seed: int = 0) -> torch.Tensor:
+    """E[x_b^T x_b] per input block b of `module` ([groups * blocks_per_row, d, d], float64) over the
+    calibration `batches` (inputs of the whole model), running the model in eval mode."""
+    accumulator = _GramAccumulator(module, d, positions, torch.Generator().manual_seed(seed))
+    with accumulator.capturing(), torch.no_grad():
+        model.eval()
+        for inputs in batches:
+            try:
+                call_model(model, inputs)
+            except StopForward:
+                pass
+    return accumulator.result()
+
+
+class _GramAccumulator:
+    def __init__(self, module: nn.Module, d: int, positions: int, generator: torch.Generator) -> None:
+        self.module, self.d, self.positions, self.generator = module, d, positions, generator
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+
+    @contextmanager
+    def capturing(self) -> Iterator[None]:
+        module = self.module
+        if isinstance(module, nn.Conv2d):
+            original = module._conv_forward
+
+            def capture(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+                self.add(_conv_patches(module, x, self.positions, self.generator))
+                raise StopForward
+
+            module._conv_forward = capture  # type: ignore[method-assign]
+            try:
+                yield
+            finally:
+                del module._conv_forward  # the class's method is visible again
+        else:
+            def pre_hook(_module: nn.Module, args: tuple) -> None:
+                self.add(args[0].detach().reshape(-1, args[0].shape[-1]).float())
+                raise StopForward
+
+            handle = module.register_forward_pre_hook(pre_hook)
+            try:
+                yield
+            finally:
+                handle.remove()
+
+    def add(self, features: torch.Tensor) -> None:
+        """features [rows, groups * row_length]: one row per sampled input patch (or token)."""
+        blocks = features.shape[1] // self.d
+        if self.sums is None:
+            self.sums = torch.zeros(blocks, self.d, self.d, dtype=torch.float64)
+        step = max(1, _FEATURE_BLOCK // max(1, features.shape[1]))
+        for first in range(0, features.shape[0], step):
+            part = features[first:first + step].reshape(-1, blocks, self.d)
+            self.sums += torch.einsum("rbi,rbj->bij", part, part).double()
+        self.count += features.shape[0]
+
+    def result(self) -> torch.Tensor:
+        if self.sums is None or self.count == 0:
+            raise RuntimeError("the calibration passes never reached the layer")
+        return self.sums / self.count
+
+
+def _conv_patches(module: nn.Conv2d, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:
+    """im2col rows [images * sampled positions, in_channels * kh * kw] of the convolution's input,
+    in the weight's (in_channel, kh, kw) order, at up to `positions` random output positions."""
+    if module.padding != "valid":
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    x = x.detach().float()
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    total = out_h * out_w
+    chosen = torch.randperm(total, generator=generator)[:positions] if total > positions else torch.arange(total)
+    rows, cols = (chosen // out_w) * sh, (chosen % out_w) * sw
+    patches = torch.stack([x[:, :, rows + i * dh, cols + j * dw]
+                           for i in range(kh) for j in range(kw)], 2)       # [n, C, kh*kw, P]
+    return patches.reshape(x.shape[0], -1, len(chosen)).permute(0, 2, 1).reshape(-1, patches.shape[1] * kh * kw)

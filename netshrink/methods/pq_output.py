@@ -1,0 +1,200 @@
+"""Output-aware product quantization with distillation ("And the Bit Goes Down", Stock et al. 2020).
+
+Each selected layer's weight rows are cut into sub-vectors of d (codecs/pq.py) sharing one
+codebook of k fp16 codewords. With `objective: output` the codebook minimises the error of the
+layer's OUTPUT on calibration inputs, sum_b (w_b - c)^T G_b (w_b - c) with G_b the uncentred second
+moment of the inputs of block b (methods/layer_inputs.py): k-means in that metric, closed-form
+codeword update (cluster/kmeans.py: `kmeans_metric`). With `objective: weights` it is plain PQ
+(Euclidean k-means of the weights, the ablation). Layers are quantized one at a time in forward
+order; each layer's inputs come from the network whose earlier layers are already quantized, so a
+layer compensates the errors before it (Stock et al., sec. 3.2).
+
+Fine-tuning (sec. 3.3): after each stage (`stage_epochs`, a stage = layers sharing the first
+`stage_depth` parts of their names, e.g. `layer2`) and at the end (`epochs`), the codewords
+(assignments fixed, `SharedValueHook`) and every other parameter (biases, norms, layers not yet
+quantized) are trained to reproduce the uncompressed network's outputs (`distill: kl` on logits,
+`mse` on embeddings, `ce` = labels only) through the one training loop. BatchNorm running
+statistics are buffers of the model, so the file stores (and `netshrink.load` restores) them.
+
+Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
+in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
+whole kernel) for depthwise convolutions, `per_layer_d` / `per_layer_k` override by fnmatch pattern.
+Embedding tables have no input activations to weigh by: they are clustered by weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from netshrink.cluster import assign_nearest_metric, kmeans_metric
+from netshrink.codecs.pq import PQ, row_length
+from netshrink.distill import DistillationLoss, frozen_teacher
+from netshrink.errors import DataError, RecipeError
+from netshrink.methods.layer_inputs import block_points, forward_order, groups_of, input_grams, unblock_labels
+from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
+from netshrink.plan import CompressionPlan
+from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.select import per_layer
+from netshrink.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+MAX_K = 256
+
+
+@register_step("pq")
+@dataclass(frozen=True)
+class OutputAwarePQ(RetrainSettings, LayerStep):
+    """PQ codebooks per layer (output-aware or by weight), then distillation fine-tuning of the codewords."""
+
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear, nn.Embedding)
+
+    conv_d: int = 9
+    pointwise_d: int = 4
+    depthwise_d: int = 0
+    per_layer_d: dict[str, int] = field(default_factory=dict)
+    k: int = 256
+    per_layer_k: dict[str, int] = field(default_factory=dict)
+    objective: Literal["output", "weights"] = "output"
+    covariance: Literal["block", "pooled"] = "block"
+    calibration: int = 1024
+    calibration_batch: int = 64
+    positions: int = 256
+    ridge: float = 1e-4
+    kmeans_iters: int = 20
+    distill: Literal["kl", "mse", "ce"] = "kl"
+    temperature: float = 1.0
+    stage_epochs: float = 0.0
+    stage_depth: int = 1
+    epochs: float = 1.0
+    lr: float = 1e-3
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    reduce: Literal["sum", "mean"] = "sum"
+
+    def __post_init__(self) -> None:
+        RetrainSettings.__post_init__(self)
+        for k in (self.k, *self.per_layer_k.values()):
+            if isinstance(k, bool) or not 1 <= k <= MAX_K:
+                raise ValueError(f"k must be in [1, {MAX_K}] (indices are at most 8 bits), got {k}")
+        if any(d < 1 for d in (self.conv_d, self.pointwise_d, *self.per_layer_d.values())) or self.depthwise_d < 0:
+            raise ValueError("conv_d, pointwise_d and per_layer_d must be >= 1, depthwise_d >= 0 (0: whole kernel)")
+        if min(self.calibration, self.calibration_batch, self.positions, self.stage_depth) < 1:
+            raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
+        if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0 or self.temperature <= 0:
+            raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0, temperature > 0")
+
+    # ------------------------------------------------------------------ settings per layer
+
+    def d_for(self, name: str, module: nn.Module) -> int:
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            default = self.depthwise_d or row_length(module.weight.shape)
+        elif isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            default = self.conv_d
+        else:
+            default = self.pointwise_d
+        d = per_layer(name, default, self.per_layer_d)
+        length = row_length(module.weight.shape)
+        if length % d:
+            divisors = [v for v in range(1, min(length, 64) + 1) if length % v == 0]
+            raise RecipeError(f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
+                              f"(weight {tuple(module.weight.shape)}); use per_layer_d with one of {divisors}")
+        return d
+
+    def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
+        return dataclasses.replace(super().train_config(ctx, epochs, lr), optimizer=self.optimizer)
+
+    # ------------------------------------------------------------------ the step
+
+    def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        layers = dict(self.layers(model))
+        settings = {name: (self.d_for(name, module), per_layer(name, self.k, self.per_layer_k))
+                    for name, module in layers.items()}
+        needs_data = self.objective == "output" or self.epochs > 0 or self.stage_epochs > 0
+        if needs_data and ctx.data is None:
+            raise DataError("step pq needs training data for calibration and fine-tuning "
+                            "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
+        teacher = frozen_teacher(model) if self.distill != "ce" and (self.epochs or self.stage_epochs) else None
+        calibration = _calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed) \
+            if self.objective == "output" else None
+        order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
+        labels: dict[str, torch.Tensor] = {}
+        stages = self._stages(order)
+        with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
+            for index, stage in enumerate(stages):
+                for name in stage:
+                    labels[f"{name}.weight"] = self._quantize(model, plan, name, layers[name], *settings[name],
+                                                              calibration, ctx.seed)
+                    bar.update(1)
+                if self.stage_epochs > 0 and index < len(stages) - 1:
+                    self._finetune(model, ctx, labels, teacher, self.stage_epochs, f"distill after {stage[-1]}")
+        self._finetune(model, ctx, labels, teacher, self.epochs, "distill (global)")
+        for name, (d, _) in settings.items():
+            store_shared(model, plan, f"{name}.weight", labels[f"{name}.weight"], d)
+
+    def _stages(self, order: list[str]) -> list[list[str]]:
+        """Consecutive layers (in forward order) whose names share the first `stage_depth` parts."""
+        stages: list[list[str]] = []
+        for name in order:
+            key = name.split(".")[: self.stage_depth]
+            if stages and stages[-1][0].split(".")[: self.stage_depth] == key:
+                stages[-1].append(name)
+            else:
+                stages.append([name])
+        return stages
+
+    def _quantize(self, model: nn.Module, plan: CompressionPlan, name: str, module: nn.Module, d: int, k: int,
+                  calibration: list[Any] | None, seed: int) -> torch.Tensor:
+        """Give layer `name` its PQ codebook and labels (model updated); returns per-weight labels."""
+        weight_name = f"{name}.weight"
+        codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
+        if calibration is None or isinstance(module, nn.Embedding):
+            plan.assign(model, weight_name, codec)
+        else:
+            grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+            encoded = _output_aware_encoding(module.weight.detach(), d, k, grams, groups_of(module),
+                                             self.kmeans_iters, seed)
+            plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
+        return scalar_labels(plan.entries[weight_name].encoded, d)
+
+    def _metric(self, grams: torch.Tensor) -> torch.Tensor:
+        """Pooled or per-block matrices, plus a ridge of `ridge` x their mean eigenvalue: blocks whose
+        inputs are always zero (dead channels, padding) still get a positive-definite metric."""
+        if self.covariance == "pooled":
+            grams = grams.mean(0, keepdim=True).expand_as(grams)
+        d = grams.shape[-1]
+        scale = float(torch.diagonal(grams, dim1=1, dim2=2).mean()) or 1.0
+        return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
+
+    def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
+                  teacher: nn.Module | None, epochs: float, desc: str) -> None:
+        if epochs <= 0:
+            return
+        loss = DistillationLoss(teacher, self.distill, self.temperature)
+        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce)], desc, epochs=epochs, loss_fn=loss)
+
+
+def _output_aware_encoding(weight: torch.Tensor, d: int, k: int, grams: torch.Tensor, groups: int, iters: int,
+                           seed: int):
+    """k-means of the sub-vectors in their blocks' metrics; labels re-assigned to the fp16 codewords."""
+    points = block_points(weight.float(), d, groups)
+    metric = grams.float()
+    result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), metric, iters=iters, seed=seed)
+    codebook = result.centroids.to(torch.float16)  # stored in fp16: assign to what the file holds
+    labels, _ = assign_nearest_metric(points, codebook.float(), metric)
+    return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(weight.shape))
+
+
+def _calibration_batches(data: Any, n: int, batch_size: int, seed: int) -> list[Any]:
+    """Inputs of `n` random training samples in batches (no augmentation), kept for all passes."""
+    sample = data.sample(n, seed=seed) if hasattr(data, "sample") else data
+    batches = [inputs for inputs, _ in sample.loader(batch_size)]
+    if not batches:
+        raise DataError("step pq: the calibration data is empty")
+    return batches
