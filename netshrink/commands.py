@@ -16,6 +16,7 @@ from netshrink import api, zoo
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset
 from netshrink.errors import DataError, ModelError, NetshrinkError
 from netshrink.evaluate import EvalResult, evaluate
+from netshrink.cli import DEFAULT_RECIPE
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report import WEIGHTS_RATIO_LABEL, file_report
 from netshrink.train import TrainConfig, default_train_config, fit
@@ -111,7 +112,9 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
 
 
 def run_compress(args: argparse.Namespace) -> CommandResult:
-    recipe = load_recipe(args.recipe)  # fail fast on a bad recipe, before any training
+    if getattr(args, "target_ratio", None) is not None:
+        return _compress_to_ratio(args)
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE)  # fail fast on a bad recipe, before any training
     if args.model is None:
         resolved, dataset = _embedded_default(args), EMBEDDED_DATASET
     else:
@@ -159,10 +162,72 @@ def _compress_result(report, recipe: str, dataset: str, before: EvalResult | Non
     }
     lines = [report.table(only_weights=True)]
     if before and after:
-        lines.append(f"{dataset} held-out {before.metric}: before {before.value:.2%}, after {after.value:.2%} "
-                     f"(change {100 * (after.value - before.value):+.2f} pp) on {after.n} samples; "
+        lines.append(f"{dataset} held-out {before.metric}: before {before.show(before.value)}, after "
+                     f"{after.show(after.value)} (change {after.show_change(before.value)}) on {after.n} samples; "
                      f"compression took {seconds:.1f} s")
     return CommandResult("\n".join(lines), payload)
+
+
+# --- sensitivity and automatic budgets ---------------------------------------------------------------
+
+
+def _numbers(text: str, kind: type, option: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise NetshrinkError(f"{option} takes a comma-separated list of numbers, got {text!r}") from None
+
+
+def _sensitivity_of(resolved: ResolvedModel, dataset: str, args: argparse.Namespace, config=None,
+                    path: str | None = None) -> dict[str, Any]:
+    """Measured (or cached) sensitivity of the model, on a held-out slice of the training split."""
+    from netshrink.sensitivity import SensitivityConfig, load_for_model, sensitivity
+
+    if path and Path(path).is_file() and config is None:
+        return load_for_model(path, resolved.module)
+    try:
+        config = config or SensitivityConfig(seed=args.seed)
+    except ValueError as exc:
+        raise NetshrinkError(f"sensitivity settings: {exc}") from None
+    train = load_dataset(dataset, "train", args.data_dir)
+    identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
+    return sensitivity(resolved.module, train, config, dataset=dataset, path=path, identity=identity)
+
+
+def run_sensitivity(args: argparse.Namespace) -> CommandResult:
+    from netshrink.sensitivity import SensitivityConfig, summary_table
+
+    resolved = resolve_model(args.model, args.data_dir)
+    dataset = _dataset_for(args, resolved)
+    try:
+        config = SensitivityConfig(_numbers(args.bits, int, "--bits"), _numbers(args.sparsity, float, "--sparsity"),
+                                   args.samples, args.seed)
+    except (ValueError, NetshrinkError) as exc:
+        raise NetshrinkError(f"sensitivity settings: {exc}") from None
+    result = _sensitivity_of(resolved, dataset, args, config, args.output)
+    return CommandResult(summary_table(result), result)
+
+
+def _compress_to_ratio(args: argparse.Namespace) -> CommandResult:
+    from netshrink.budget import choice_table, compress_to_ratio
+
+    if args.recipe:
+        raise NetshrinkError("give either --recipe or --target-ratio: a target generates its own recipe")
+    resolved = resolve_model(args.model, args.data_dir) if args.model else _embedded_default(args)
+    dataset = _dataset_for(args, resolved)
+    output = args.output or f"{resolved.name or Path(args.model).stem}.nsk"
+    sens = _sensitivity_of(resolved, dataset, args, path=args.sensitivity)
+    started = time.perf_counter()
+    identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
+    budget = compress_to_ratio(resolved.module, sens, args.target_ratio, identity=identity, seed=args.seed)
+    seconds = time.perf_counter() - started
+    before = None if args.no_eval else _eval(resolved.module, dataset, args.data_dir)
+    report = budget.compressed.save(output)
+    after = None if args.no_eval else _eval(api.load(output), dataset, args.data_dir)
+    result = _compress_result(report, budget.compressed.recipe.name, dataset, before, after, seconds)
+    result.text = f"{choice_table(budget.choice)}\n\n{result.text}"
+    result.json["budget"] = {name: dataclasses.asdict(o) for name, o in budget.choice.items()}
+    return result
 
 
 # --- eval, inspect, recipes -------------------------------------------------------------------------

@@ -235,3 +235,32 @@ def sensitivity(model: nn.Module, train: ArrayDataset, config: SensitivityConfig
     os.replace(tmp, target)
     result["cached"] = False
     return result
+
+
+def load_for_model(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """A sensitivity JSON given by the user, checked to be of this very model (its key recomputed)."""
+    try:
+        result = json.loads(Path(path).read_text())
+        config = SensitivityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["settings"].items()})
+        key = cache_key(model, config, result["dataset"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is not a netshrink sensitivity JSON ({type(exc).__name__}: {exc})") from None
+    if result.get("key") != key:
+        raise DataError(f"{path} was measured on another model or data set than this one; re-run "
+                        "`netshrink sensitivity` on this model")
+    return result
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Per layer, the KL from the uncompressed model at every setting (the full record is the JSON)."""
+    layers = result["layers"]
+    width = max([len(layer["name"]) for layer in layers] + [5])
+    heads = [f"{p['setting']}b" for p in layers[0]["bits"]] + [f"s{p['setting']:g}" for p in layers[0]["sparsity"]]
+    lines = [f"KL(reference || compressed) per layer, nats, on {result['samples']} held-out training samples of "
+             f"{result['dataset']} (baseline top-1 {result['baseline']['top1']:.2%})"
+             + (" [cached]" if result.get("cached") else ""),
+             f"{'layer':<{width}}  " + " ".join(f"{h:>8}" for h in heads)]
+    for layer in layers:
+        values = [p["kl"] for p in layer["bits"] + layer["sparsity"]]
+        lines.append(f"{layer['name']:<{width}}  " + " ".join(f"{v:>8.4f}" for v in values))
+    return "\n".join(lines)
