@@ -1,7 +1,7 @@
 """Scoring a model on the held-out split of a dataset.
 
-The metric is named in the result (`top1` here) so that later tasks with other metrics
-(Spearman on STS-B) can return the same type.
+The metric is named in the result and chosen by the dataset (`metric` attribute; images: top-1
+accuracy, STS-B sentence pairs: Spearman correlation of cosine similarity with the gold score).
 """
 
 from __future__ import annotations
@@ -14,33 +14,44 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.data import ArrayDataset, load_dataset
+from netshrink.data import ArrayDataset, SentencePairs, load_dataset
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """A score: `metric` names it ("top1" is a fraction in [0, 1]), `n` is the sample count."""
+    """A score: `metric` names it ("top1" is a fraction in [0, 1], "spearman" a correlation in
+    [-1, 1]), `n` is the sample count."""
 
     metric: str
     value: float
     n: int
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.value:.2%} on {self.n} samples"
+        return f"{self.metric} {self.show(self.value)} on {self.n} samples"
+
+    def show(self, value: float) -> str:
+        """`value` in this metric's usual form: accuracy as a percentage, correlations as numbers."""
+        return f"{value:.2%}" if self.metric == "top1" else f"{value:.4f}"
+
+    def show_change(self, before: float) -> str:
+        """The change from `before`: percentage points for accuracy, plain difference otherwise."""
+        delta = self.value - before
+        return f"{100 * delta:+.2f} pp" if self.metric == "top1" else f"{delta:+.4f}"
 
 
 def evaluate(
     model: nn.Module,
-    dataset: str | ArrayDataset,
+    dataset: str | ArrayDataset | SentencePairs,
     data_dir: str | Path | None = None,
     split: str = "test",
     batch_size: int = 256,
     progress: bool = True,
     limit: int | None = None,
 ) -> EvalResult:
-    """Top-1 accuracy of `model` on `split` of `dataset` (a name or an ArrayDataset).
+    """Top-1 accuracy (Spearman for sentence pairs) of `model` on `split` of `dataset` (a name or
+    a dataset).
 
     A 1000-way model on an ImageNet subset (Imagenette) is scored against the ImageNet
     indices of its labels; otherwise outputs must match the dataset's classes. `limit` scores
@@ -50,8 +61,12 @@ def evaluate(
     if limit is not None:
         data = data.sample(limit)
     name = dataset if isinstance(dataset, str) else "dataset"
-    correct = _count_correct(model, data, batch_size, progress, desc=f"eval {name}/{split}")
-    result = EvalResult("top1", correct / max(len(data), 1), len(data))
+    desc = f"eval {name}/{split}"
+    if getattr(data, "metric", "top1") == "spearman":
+        result = EvalResult("spearman", _pair_spearman(model, data, batch_size, progress, desc), len(data))
+    else:
+        correct = _count_correct(model, data, batch_size, progress, desc=desc)
+        result = EvalResult("top1", correct / max(len(data), 1), len(data))
     log.info("%s/%s: %s", name, split, result)
     return result
 
@@ -74,6 +89,39 @@ def _count_correct(
                 label_map = data.label_map(logits.shape[1]).to(device)
             correct += int((logits.argmax(1) == label_map[y.to(device)]).sum())
     return correct
+
+
+def _pair_spearman(model: nn.Module, data: SentencePairs, batch_size: int, progress: bool, desc: str) -> float:
+    """Spearman correlation between cos(embedding 1, embedding 2) and the gold score of each pair
+    (the STS-B protocol of Reimers & Gurevych 2019)."""
+    model.eval()
+    device = _device_of(model)
+    similarities = []
+    with torch.inference_mode():
+        for (ids, mask), scores in tqdm(data.loader(batch_size), desc=desc, unit="batch", disable=not progress):
+            embeddings = model(ids.to(device), mask.to(device)).float()
+            first, second = embeddings[: len(scores)], embeddings[len(scores):]
+            similarities.append(torch.nn.functional.cosine_similarity(first, second).cpu())
+    return spearman(torch.cat(similarities), data.scores)
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation: Pearson correlation of the ranks, ties given their mean rank."""
+    rx, ry = average_ranks(x.double()), average_ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denominator if denominator > 0 else 0.0
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of a 1-D tensor, tied values sharing the mean of their ranks (scipy's "average")."""
+    order = values.argsort(stable=True)
+    _, inverse, counts = torch.unique_consecutive(values[order], return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()  # rank of the last member of each run of ties
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks = torch.empty(values.shape, dtype=torch.float64)
+    ranks[order] = mean_rank[inverse]
+    return ranks
 
 
 def _device_of(model: nn.Module) -> torch.device:

