@@ -14,6 +14,7 @@ from torch import nn
 
 from netshrink import api, zoo
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset
+from netshrink.energy import file_energy_summary
 from netshrink.errors import DataError, ModelError, NetshrinkError
 from netshrink.evaluate import EvalResult, evaluate
 from netshrink.cli import DEFAULT_RECIPE
@@ -160,7 +161,8 @@ def _compress_result(report, recipe: str, dataset: str, before: EvalResult | Non
         "before": before.value if before else None, "after": after.value if after else None,
         "compress_seconds": seconds, "tensors": report.to_json()["tensors"],
     }
-    lines = [report.table(only_weights=True)]
+    energy_text, payload["energy"] = file_energy_summary(report.file)
+    lines = [report.table(only_weights=True), energy_text]
     if before and after:
         lines.append(f"{dataset} held-out {before.metric}: before {before.show(before.value)}, after "
                      f"{after.show(after.value)} (change {after.show_change(before.value)}) on {after.n} samples; "
@@ -243,7 +245,8 @@ def run_eval(args: argparse.Namespace) -> CommandResult:
 
 def run_inspect(args: argparse.Namespace) -> CommandResult:
     report = file_report(args.file)
-    return CommandResult(report.table(), report.to_json())
+    energy_text, energy = file_energy_summary(args.file)
+    return CommandResult(f"{report.table()}\n{energy_text}", {**report.to_json(), "energy": energy})
 
 
 def run_recipes(args: argparse.Namespace) -> CommandResult:

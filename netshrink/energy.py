@@ -31,7 +31,7 @@ from torch import nn
 
 from netshrink.codecs.base import Encoded
 from netshrink.codecs.dense import DTYPES
-from netshrink.errors import ModelError
+from netshrink.errors import ModelError, NetshrinkError
 from netshrink.flops import LayerShape, layer_shapes
 
 # --- constants, with their sources -------------------------------------------------------------------
@@ -317,3 +317,17 @@ def zoo_input_shape(identity: Mapping[str, Any]) -> tuple[int, ...] | None:
 
     name = identity.get("name")
     return tuple(zoo.model_info(name).input_shape) if isinstance(name, str) and name in zoo.MODEL_NAMES else None
+
+
+def file_energy_summary(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(one text line, JSON object) on the energy of a .nsk file for `inspect` and `compress`; says
+    why when it cannot be estimated (model outside the zoo, input the zero-input forward cannot take)."""
+    try:
+        energy = energy_of_file(path)
+    except NetshrinkError as exc:  # not a zoo model, or its tensors do not fit the zoo architecture
+        reason = str(exc)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # forward rejects a float zero input
+        reason = f"{path}: energy unavailable: a forward pass on a zero input failed ({type(exc).__name__}: {exc})"
+    else:
+        return energy.summary(), energy.to_json()
+    return reason, {"available": False, "reason": reason}
