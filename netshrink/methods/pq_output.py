@@ -90,6 +90,11 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0 or self.temperature <= 0:
             raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0, temperature > 0")
 
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        """Calibration (objective: output) and fine-tuning need the training split; plain PQ does not."""
+        return self.objective == "output" or self.epochs > 0 or self.stage_epochs > 0
+
     # ------------------------------------------------------------------ settings per layer
 
     def d_for(self, name: str, module: nn.Module) -> int:
@@ -116,8 +121,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         layers = dict(self.layers(model))
         settings = {name: (self.d_for(name, module), per_layer(name, self.k, self.per_layer_k))
                     for name, module in layers.items()}
-        needs_data = self.objective == "output" or self.epochs > 0 or self.stage_epochs > 0
-        if needs_data and ctx.data is None:
+        if self.needs_data and ctx.data is None:
             raise DataError("step pq needs training data for calibration and fine-tuning "
                             "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
         teacher = frozen_teacher(model) if self.distill != "ce" and (self.epochs or self.stage_epochs) else None

@@ -1,0 +1,121 @@
+"""Output-aware PQ step (Stock et al. 2020): layer-input moments, output error vs weight-only PQ,
+end-to-end compression with distillation, BN statistics through the file, clear setting errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import netshrink
+from netshrink.codecs.pq import subvectors
+from netshrink.data import ArrayDataset
+from netshrink.errors import DataError, NetshrinkError, RecipeError
+from netshrink.methods.layer_inputs import block_points, forward_order, input_grams, unblock_labels
+from netshrink.recipe import parse_recipe
+from netshrink.zoo.efficientnet_lite import SameConv2d
+
+
+def recipe(*steps):
+    return parse_recipe({"name": "test", "steps": list(steps)})
+
+
+def unfold_grams(conv: nn.Conv2d, x: torch.Tensor, d: int) -> torch.Tensor:
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)   # [n, C*kh*kw, L]
+    rows = cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).reshape(-1, cols.shape[1] // d, d).double()
+    return torch.einsum("rbi,rbj->bij", rows, rows) / rows.shape[0]
+
+
+@pytest.mark.parametrize("conv, pad, d", [
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1, 1, 1, 1), 9),
+    (nn.Conv2d(4, 4, 3, padding=1, groups=4), (1, 1, 1, 1), 9),      # depthwise: one block per channel
+    (SameConv2d(4, 6, 3, stride=2), (0, 1, 0, 1), 18),              # TF "SAME": padded inside forward
+])
+def test_input_grams_are_the_im2col_second_moments(conv, pad, d):
+    x = torch.randn(3, 4, 10, 10)
+    grams = input_grams(conv, conv, d, [x], positions=10**6)
+    torch.testing.assert_close(grams, unfold_grams(conv, F.pad(x, pad), d), rtol=1e-5, atol=1e-6)
+
+
+def test_block_layout_round_trips_to_subvector_order():
+    weight = torch.arange(8 * 2 * 3 * 3, dtype=torch.float32).reshape(8, 2, 3, 3)
+    for groups in (1, 2):
+        points = block_points(weight, 9, groups)
+        ids = torch.arange(points.shape[0] * points.shape[1]).reshape(points.shape[:2])
+        flat = unblock_labels(ids, groups)
+        torch.testing.assert_close(points.reshape(-1, 9)[flat], subvectors(weight, 9))
+
+
+class LinearOnImages(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(48, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def correlated_images(n: int = 512, seed: int = 0) -> ArrayDataset:
+    """uint8 3x4x4 images whose pixels are strongly correlated, with very unequal variances."""
+    gen = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(48, 48, generator=gen) * torch.logspace(0, -1.5, 48)[:, None]
+    x = (torch.randn(n, 48, generator=gen) @ mixing).reshape(n, 3, 4, 4)
+    images = (128 + 40 * x / x.std()).clamp(0, 255).to(torch.uint8)
+    return ArrayDataset(images, torch.randint(0, 16, (n,), generator=gen))
+
+
+def test_output_aware_beats_weight_pq_on_the_layer_output():
+    torch.manual_seed(0)
+    model, data = LinearOnImages().eval(), correlated_images()
+    held_out = correlated_images(256, seed=1).images.float() / 255
+    errors = {}
+    for objective in ("output", "weights"):
+        step = {"pq": {"objective": objective, "k": 16, "pointwise_d": 4, "epochs": 0, "calibration": 512, "ridge": 0.0}}
+        compressed = netshrink.compress(model, recipe(step), data=data, progress=False)
+        with torch.no_grad():
+            errors[objective] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
+    assert errors["output"] < 0.7 * errors["weights"]
+
+
+def test_forward_order_follows_the_calls(tiny_net):
+    layers = {"fc": tiny_net.fc, "conv": tiny_net.conv}
+    assert forward_order(tiny_net, layers, torch.rand(2, 3, 8, 8)) == ["conv", "fc"]
+
+
+def test_tiny_cnn_compresses_end_to_end_and_file_keeps_bn_statistics(tiny_net, tiny_images, tmp_path):
+    steps = recipe({"pq": {"k": 8, "pointwise_d": 4, "calibration": 64, "epochs": 0.5, "stage_epochs": 0.25,
+                           "batch_size": 32, "lr": 0.01}}, {"cast": {}})
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    compressed = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
+    state = compressed.model.state_dict()
+    assert len(torch.unique(subvectors(state["conv.weight"], 9), dim=0)) <= 8
+    assert len(torch.unique(subvectors(state["fc.weight"], 4), dim=0)) <= 8
+    assert not torch.equal(state["bn.running_mean"], before["bn.running_mean"])  # fine-tuning moved them
+    assert int(state["bn.num_batches_tracked"]) > int(before["bn.num_batches_tracked"])
+    report = compressed.save(tmp_path / "pq.nsk")
+    assert report.ratio > 4
+    loaded = netshrink.load(tmp_path / "pq.nsk", model=type(tiny_net)())
+    for name, tensor in state.items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(loaded(x), compressed.model.eval()(x))
+
+
+def test_bad_settings_are_one_line_errors(tiny_net, tiny_images):
+    with pytest.raises(RecipeError, match="k must be in"):
+        recipe({"pq": {"k": 300}})
+    with pytest.raises(RecipeError, match="objective"):
+        recipe({"pq": {"objective": "activations"}})
+    with pytest.raises(RecipeError, match=r"d=7 does not divide the row length 27 of layer 'conv'"):
+        netshrink.compress(tiny_net, recipe({"pq": {"conv_d": 7, "epochs": 0}}), data=tiny_images, progress=False)
+    with pytest.raises(NetshrinkError, match="needs training data"):
+        netshrink.compress(tiny_net, recipe({"pq": {}}), progress=False)
+    with pytest.raises(DataError, match="needs training data"):
+        step = recipe({"pq": {}}).steps[0]
+        step.apply(tiny_net, netshrink.plan.CompressionPlan(), netshrink.recipe.StepContext())
+
+
+def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
+    compressed = netshrink.compress(tiny_net, recipe({"pq": {"objective": "weights", "epochs": 0, "k": 4}}), progress=False)
+    assert len(torch.unique(subvectors(compressed.model.state_dict()["conv.weight"], 9), dim=0)) <= 4
