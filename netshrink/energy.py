@@ -296,9 +296,10 @@ def energy_of_model(model: nn.Module, input_shape: Sequence[int], formats: Mappi
 
 
 def energy_of_file(path: str | Path, input_shape: Sequence[int] | None = None,
-                   config: EnergyConfig = EnergyConfig()) -> ModelEnergy:
+                   config: EnergyConfig = EnergyConfig(), model: nn.Module | None = None) -> ModelEnergy:
     """Energy of the model in a .nsk file, weights as the file stores them. The input shape comes from
-    the zoo entry the header names; for any other model pass `input_shape` (else ModelError)."""
+    the zoo entry the header names; for any other model pass `input_shape` (else ModelError) and,
+    as for `api.load`, the module."""
     from netshrink import api
     from netshrink.fileformat import read_nsk
 
@@ -308,7 +309,7 @@ def energy_of_file(path: str | Path, input_shape: Sequence[int] | None = None,
         raise ModelError(f"{path}: energy unavailable: the input shape of a {nsk.model.get('class', 'non-zoo')} "
                          "model is unknown; pass input_shape")
     formats = {rec.name: weight_format(rec.encoded) for rec in nsk.tensors}
-    return energy_of_model(api.load(path), shape, formats, config)
+    return energy_of_model(api.load(path, model), shape, formats, config)
 
 
 def zoo_input_shape(identity: Mapping[str, Any]) -> tuple[int, ...] | None:
