@@ -1,4 +1,4 @@
-"""Command line: `netshrink train | compress | eval | inspect | recipes`.
+"""Command line: `netshrink train | compress | sensitivity | eval | inspect | recipes`.
 
 A thin front end over the API. A user error (`NetshrinkError`) is printed as one line on stderr and
 exits with status 2; a traceback means a bug in netshrink.
