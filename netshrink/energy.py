@@ -12,7 +12,7 @@ Energy of a layer = computation + weight movement + activation movement, in pJ:
   array (inter-PE), register file -- costs (relative cost of the level) x (a 16-bit MAC) x bits/16.
   Weights move in their stored form (the bits the .nsk file holds: indices, codebooks, positions);
   weight-shared layers (palette, pq) pay a codebook look-up (an RF read of the codeword value) per
-  MAC. How often each value crosses each level is the row-stationary reuse of `_movement`.
+  MAC. How often each value crosses each level is the row-stationary reuse of `movement`.
 
 Every constant below names its source. Only ratios between estimates are meaningful: the model is
 a first-order, technology-scaled estimate, not a simulation of a particular chip.
@@ -48,9 +48,11 @@ PJ_PER_FULL_ADDER = 3.1 / (32 * 32)
 RELATIVE_ACCESS_COST = {"dram": 200.0, "buffer": 6.0, "array": 2.0, "rf": 1.0}
 REFERENCE_BITS = 16
 
-#: Register-file words per PE and PE count of the Eyeriss chip (Chen et al., JSSC 2017, Sec. III):
-#: 168 PEs, filter spad 224 x 16 b, ifmap spad 12 x 16 b. They set how many tiles a layer is cut into.
+#: Register-file words per PE and PE array of the Eyeriss chip (Chen et al., JSSC 2017, Sec. III):
+#: 168 PEs in 12 rows x 14 columns, filter spad 224 x 16 b, ifmap spad 12 x 16 b. They set how many
+#: tiles a layer is cut into.
 EYERISS_PES = 168
+ARRAY_COLUMNS = 14
 FILTER_SPAD_BITS = 224 * 16
 IFMAP_SPAD_BITS = 12 * 16
 
@@ -70,11 +72,13 @@ class EnergyConfig:
     original_weight_bits: int = 32
     pj_per_full_adder: float = PJ_PER_FULL_ADDER
     pes: int = EYERISS_PES
+    array_columns: int = ARRAY_COLUMNS
     filter_spad_bits: int = FILTER_SPAD_BITS
     ifmap_spad_bits: int = IFMAP_SPAD_BITS
 
     def __post_init__(self) -> None:
-        for key in ("activation_bits", "original_weight_bits", "pes", "filter_spad_bits", "ifmap_spad_bits"):
+        for key in ("activation_bits", "original_weight_bits", "pes", "array_columns", "filter_spad_bits",
+                    "ifmap_spad_bits"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"energy {key} must be a positive integer, got {value!r}")
@@ -237,14 +241,14 @@ def _layer_parts(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> 
     act = config.activation_bits
     parts = {"computation": macs * config.mac_pj(fmt.value_bits, act), "weights": 0.0, "activations": 0.0,
              **{level: 0.0 for level in LEVELS}}
-    for kind, level, bits in _movement(shape, fmt, config):
+    for kind, level, bits in movement(shape, fmt, config):
         energy = config.access_pj(level, bits)
         parts[kind] += energy
         parts[level] += energy
     return parts
 
 
-def _movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> list[tuple[str, str, float]]:
+def movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> list[tuple[str, str, float]]:
     """(data kind, level, bits moved) of one layer call under row-stationary reuse (Chen et al. 2016).
 
     - Weights come from DRAM once and through the buffer once, in their stored form. Inside the array a
@@ -254,7 +258,8 @@ def _movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> lis
     - Inputs come from DRAM once and are re-read from the buffer once per weight tile (the layer's
       weights cut into what the PEs' filter spads hold); delivered to PEs once per S/stride uses.
     - Partial sums are read and written in the RF at every MAC, passed between PEs after each kernel
-      row of S taps, re-read and re-written in the buffer once per input tile, written to DRAM once.
+      row of S taps, re-read and re-written in the buffer once per pass over the input channels
+      (`_channel_passes`), written to DRAM once.
     """
     macs = shape.macs * fmt.density
     act = config.activation_bits
@@ -263,7 +268,7 @@ def _movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> lis
     rf_bits = fmt.rf_bits(shape.weight_numel)
     deliveries = macs / shape.output_width  # weights brought into PEs
     weight_tiles = math.ceil(shape.weight_numel * fmt.density * rf_bits / (config.pes * config.filter_spad_bits)) or 1
-    input_tiles = math.ceil(shape.input_numel * act / (config.pes * config.ifmap_spad_bits)) or 1
+    passes = _channel_passes(shape, config)
     moves = [
         ("weights", "dram", fmt.stored_bits), ("weights", "buffer", fmt.stored_bits),
         ("weights", "array", deliveries * rf_bits),
@@ -271,12 +276,28 @@ def _movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> lis
         ("inputs", "dram", shape.input_numel * act), ("inputs", "buffer", shape.input_numel * act * weight_tiles),
         ("inputs", "array", macs * min(1.0, stride / width) * act), ("inputs", "rf", macs * act),
         ("outputs", "rf", 2 * macs * act), ("outputs", "array", macs / width * act),
-        ("outputs", "buffer", shape.output_numel * act * (2 * input_tiles - 1)),
+        ("outputs", "buffer", shape.output_numel * act * (2 * passes - 1)),
         ("outputs", "dram", shape.output_numel * act),
     ]
     if fmt.shared:
         moves.append(("weights", "rf", macs * fmt.value_bits))  # codebook look-up per MAC
     return [("weights" if kind == "weights" else "activations", level, bits) for kind, level, bits in moves]
+
+
+def _channel_passes(shape: LayerShape, config: EnergyConfig) -> int:
+    """Passes over a layer's input channels, each ending with a buffer round trip of the partial sums.
+
+    Row stationary (Chen et al. 2016, Sec. V): a PE interleaves the rows of as many channels as its
+    ifmap spad holds windows of S inputs; a PE set R rows high and E columns wide reduces the R
+    kernel rows, and the sets that fit in the array take further channels of the same pass.
+    """
+    height = shape.kernel[0] if shape.kernel else 1
+    width = shape.kernel[-1] if shape.kernel else 1
+    out_rows = shape.output_shape[-2] if len(shape.kernel) == 2 else 1
+    per_pe = max(1, config.ifmap_spad_bits // (width * config.activation_bits))
+    sets = max(1, config.pes // (height * min(out_rows, config.array_columns)))
+    channels = shape.input_shape[0] // shape.groups if shape.kernel else shape.input_numel
+    return math.ceil(channels / (per_pe * sets))
 
 
 # --- entry points ---------------------------------------------------------------------------------------
