@@ -19,7 +19,7 @@ selected layer weight (biases, norm parameters, buffers in fp16, and the file he
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,12 +39,15 @@ class BudgetError(NetshrinkError):
 
 @dataclass(frozen=True)
 class LayerOption:
-    """One way to store one layer: palette `bits` after pruning to `sparsity` (0: no pruning)."""
+    """One way to store one layer: palette `bits` after pruning to `sparsity` (0: no pruning);
+    `energy_pj` is filled in only for energy targets (see `choose_for_energy`)."""
 
     bits: int
     sparsity: float
     bytes: int
     damage: float
+    codebook_bytes: int = 0
+    energy_pj: float = 0.0
 
 
 def _curve(points: list[dict[str, Any]], metric: str, baseline: dict[str, float]) -> dict[float, float]:
@@ -57,46 +60,53 @@ def layer_options(layer: dict[str, Any], baseline: dict[str, float], metric: str
                   prune: bool = True) -> list[LayerOption]:
     """Every measured (sparsity, bits) pair of one layer of a sensitivity result."""
     bits = _curve(layer["bits"], metric, baseline)
-    options = [LayerOption(p["setting"], 0.0, p["bytes"], bits[p["setting"]]) for p in layer["bits"]]
+    options = [LayerOption(p["setting"], 0.0, p["bytes"], bits[p["setting"]], p.get("codebook_bytes", 0))
+               for p in layer["bits"]]
     if prune:
         sparse = _curve(layer["sparsity"], metric, baseline)
-        options += [LayerOption(c["bits"], c["sparsity"], c["bytes"], bits[c["bits"]] + sparse[c["sparsity"]])
-                    for c in layer["combined"]]
+        options += [LayerOption(c["bits"], c["sparsity"], c["bytes"], bits[c["bits"]] + sparse[c["sparsity"]],
+                                c.get("codebook_bytes", 0)) for c in layer["combined"]]
     return options
 
 
-def _pick(options: list[LayerOption], lam: float) -> LayerOption:
-    return min(options, key=lambda o: (o.damage + lam * o.bytes, o.bytes))
+def _pick(options: list[LayerOption], lam: float, cost: str) -> LayerOption:
+    return min(options, key=lambda o: (o.damage + lam * getattr(o, cost), getattr(o, cost)))
 
 
-def _total(choice: dict[str, LayerOption]) -> int:
-    return sum(o.bytes for o in choice.values())
+def _total(choice: dict[str, LayerOption], cost: str = "bytes") -> float:
+    return sum(getattr(o, cost) for o in choice.values())
 
 
-def allocate(options: dict[str, list[LayerOption]], budget: int) -> dict[str, LayerOption]:
-    """The option per layer with the least total damage whose bytes fit `budget` (Lagrangian + greedy fill)."""
-    smallest = {name: min(opts, key=lambda o: (o.bytes, o.damage)) for name, opts in options.items()}
-    if _total(smallest) > budget:
-        raise BudgetError(f"the smallest settings need {_total(smallest):,} bytes of layer weights, over the "
-                          f"{budget:,} the target leaves")
+def allocate(options: dict[str, list[LayerOption]], budget: float, cost: str = "bytes") -> dict[str, LayerOption]:
+    """The option per layer with the least total damage whose `cost` (bytes or energy_pj) fits `budget`
+    (Lagrangian bisection, then a greedy fill)."""
+    def pick_all(lam: float) -> dict[str, LayerOption]:
+        return {n: _pick(o, lam, cost) for n, o in options.items()}
+
+    smallest = {name: min(opts, key=lambda o: (getattr(o, cost), o.damage)) for name, opts in options.items()}
+    if _total(smallest, cost) > budget:
+        raise BudgetError(f"the cheapest settings cost {_total(smallest, cost):,.0f} ({cost}), over the "
+                          f"{budget:,.0f} the target leaves")
     low, high = 0.0, 1.0
-    while _total({n: _pick(o, high) for n, o in options.items()}) > budget:
+    while _total(pick_all(high), cost) > budget:
         high *= 10
-    for _ in range(60):  # bisect on the multiplier: damage + lam * bytes
+    for _ in range(80):  # bisect on the multiplier: damage + lam * cost
         mid = (low + high) / 2
-        low, high = (mid, high) if _total({n: _pick(o, mid) for n, o in options.items()}) > budget else (low, mid)
-    choice = {n: _pick(o, high) for n, o in options.items()}
-    return _spend_leftover(options, choice, budget)
+        low, high = (mid, high) if _total(pick_all(mid), cost) > budget else (low, mid)
+    return _spend_leftover(options, pick_all(high), budget, cost)
 
 
 def _spend_leftover(options: dict[str, list[LayerOption]], choice: dict[str, LayerOption],
-                    budget: int) -> dict[str, LayerOption]:
-    """Greedily take the affordable upgrade with the most damage saved per extra byte, until none fits."""
+                    budget: float, cost: str) -> dict[str, LayerOption]:
+    """Greedily take the affordable upgrade with the most damage saved per extra cost, until none fits."""
+    def extra(name: str, option: LayerOption) -> float:
+        return getattr(option, cost) - getattr(choice[name], cost)
+
     while True:
-        room = budget - _total(choice)
-        upgrades = [((choice[n].damage - o.damage) / max(o.bytes - choice[n].bytes, 1), n, o)
+        room = budget - _total(choice, cost)
+        upgrades = [((choice[n].damage - o.damage) / max(extra(n, o), 1e-12), n, o)
                     for n, opts in options.items() for o in opts
-                    if o.damage < choice[n].damage and o.bytes - choice[n].bytes <= room]
+                    if o.damage < choice[n].damage and extra(n, o) <= room]
         if not upgrades:
             return choice
         _, name, option = max(upgrades, key=lambda u: u[0])
@@ -184,7 +194,8 @@ class BudgetResult:
     compressed: Any  # api.CompressedModel
     choice: dict[str, LayerOption]
     file_bytes: int
-    target_bytes: int
+    target_bytes: int | None = None
+    energy_ratio: float | None = None  # estimated original / compressed energy (energy targets only)
 
 
 def file_bytes(compressed: Any) -> int:
@@ -214,7 +225,8 @@ def compress_to_ratio(model: nn.Module, sens: dict[str, Any], ratio: float, *, i
     fixed = non_weight_bytes(model, [layer["tensor"] for layer in sens["layers"]])
     for attempt in range(attempts):
         choice = choose_for_ratio(sens, model, ratio, original, header, metric, prune)
-        recipe = budget_recipe(choice, f"auto-ratio-{ratio:g}x", _description(sens, ratio, metric, prune))
+        recipe = budget_recipe(choice, f"auto-ratio-{ratio:g}x",
+                               _description(sens, f"a whole-file ratio of {ratio:g}x", metric, prune))
         compressed = api.compress(model, recipe, seed=seed, progress=progress, identity=identity)
         size = file_bytes(compressed)
         if size <= target:
@@ -226,8 +238,62 @@ def compress_to_ratio(model: nn.Module, sens: dict[str, Any], ratio: float, *, i
                       f"{target:,}-byte target after {attempts} attempts; try a slightly lower ratio")
 
 
-def _description(sens: dict[str, Any], ratio: float, metric: str, prune: bool) -> str:
+def _description(sens: dict[str, Any], target: str, metric: str, prune: bool) -> str:
     what = "bits and sparsity" if prune else "bits"
-    return (f"automatic per-layer {what} for a whole-file ratio of {ratio:g}x: least summed single-layer "
+    return (f"automatic per-layer {what} for {target}: least summed single-layer "
             f"{metric} on {sens['samples']} held-out training samples of {sens['dataset']} "
             f"(sensitivity {sens['key']})")
+
+
+# --- energy targets: the same knapsack with each option's estimated energy as its cost ----------------
+
+
+def option_energy(shapes: list[Any], tensor: str, numel: int, option: LayerOption, config: Any) -> float:
+    """pJ of every call of the layer holding `tensor` when stored as `option` (netshrink.energy)."""
+    from netshrink.energy import WeightFormat, estimate
+
+    present = numel - int(round(option.sparsity * numel))  # magnitude pruning removes exactly this many
+    fmt = WeightFormat(16, 8 * option.bytes, 8 * option.codebook_bytes, present / numel, shared=True)
+    return estimate([s for s in shapes if s.weight_name == tensor], {tensor: fmt}, config).total()
+
+
+def choose_for_energy(sens: dict[str, Any], model: nn.Module, energy_ratio: float, input_shape: tuple[int, ...],
+                      metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
+    """Per-layer settings whose estimated energy is at most original / energy_ratio, least predicted damage."""
+    from netshrink.energy import EnergyConfig, WeightFormat, estimate
+    from netshrink.flops import layer_shapes
+
+    if energy_ratio <= 1:
+        raise BudgetError(f"--target-energy must be > 1 (original / compressed energy), got {energy_ratio:g}")
+    config, shapes = EnergyConfig(), layer_shapes(model, input_shape)
+    options = {layer["name"]: [replace(o, energy_pj=option_energy(shapes, layer["tensor"], layer["numel"], o, config))
+                               for o in layer_options(layer, sens["baseline"], metric, prune)]
+               for layer in sens["layers"]}
+    chosen = {layer["tensor"] for layer in sens["layers"]}
+    others = [s for s in shapes if s.weight_name not in chosen]  # stored fp16 by the recipe's cast step
+    fixed = estimate(others, {s.weight_name: WeightFormat.dense(s.weight_numel, 16) for s in others}, config).total()
+    original = estimate(shapes, {}, config).total("original")
+    reachable = original / (fixed + sum(min(o.energy_pj for o in opts) for opts in options.values()))
+    if reachable < energy_ratio:
+        raise BudgetError(f"target energy ratio {energy_ratio:g}x cannot be met: the smallest measured settings "
+                          f"reach {reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)")
+    return allocate(options, original / energy_ratio - fixed, cost="energy_pj")
+
+
+def compress_to_energy(model: nn.Module, sens: dict[str, Any], energy_ratio: float, *,
+                       identity: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
+                       metric: str = "kl", prune: bool = True, seed: int = 0, progress: bool = True) -> BudgetResult:
+    """Choose for an energy target, compress, and estimate the energy of what the file stores."""
+    from netshrink import api
+    from netshrink.energy import energy_of_model, weight_format, zoo_input_shape
+
+    shape = input_shape or zoo_input_shape(identity or {})
+    if shape is None:
+        raise BudgetError("an energy target needs the model's input shape: use a zoo model or a checkpoint of one")
+    choice = choose_for_energy(sens, model, energy_ratio, tuple(shape), metric, prune)
+    recipe = budget_recipe(choice, f"auto-energy-{energy_ratio:g}x",
+                           _description(sens, f"an estimated energy ratio of {energy_ratio:g}x", metric, prune))
+    compressed = api.compress(model, recipe, seed=seed, progress=progress, identity=identity)
+    formats = {name: weight_format(entry.encoded) for name, entry in compressed.plan.entries.items() if entry.encoded}
+    achieved = energy_of_model(compressed.model, tuple(shape), formats).ratio
+    return BudgetResult(compressed, choice, file_bytes(compressed), energy_ratio=achieved)

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
     comp.add_argument("--target-ratio", type=float, help="instead of a recipe: pick per-layer bits and sparsity for "
                       "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)")
-    comp.add_argument("--sensitivity", help="with --target-ratio: a `netshrink sensitivity` JSON to use")
+    comp.add_argument("--target-energy", type=float, help="instead of a recipe: per-layer bits and sparsity for this "
+                      "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity")
+    comp.add_argument("--sensitivity", help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
+                      "with fewer --samples)")
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     comp.add_argument("--seed", type=int, default=0)

@@ -113,8 +113,8 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
 
 
 def run_compress(args: argparse.Namespace) -> CommandResult:
-    if getattr(args, "target_ratio", None) is not None:
-        return _compress_to_ratio(args)
+    if getattr(args, "target_ratio", None) is not None or getattr(args, "target_energy", None) is not None:
+        return _compress_to_target(args)
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)  # fail fast on a bad recipe, before any training
     if args.model is None:
         resolved, dataset = _embedded_default(args), EMBEDDED_DATASET
@@ -210,24 +210,31 @@ def run_sensitivity(args: argparse.Namespace) -> CommandResult:
     return CommandResult(summary_table(result), result)
 
 
-def _compress_to_ratio(args: argparse.Namespace) -> CommandResult:
-    from netshrink.budget import choice_table, compress_to_ratio
+def _compress_to_target(args: argparse.Namespace) -> CommandResult:
+    from netshrink.budget import choice_table, compress_to_energy, compress_to_ratio
 
     if args.recipe:
-        raise NetshrinkError("give either --recipe or --target-ratio: a target generates its own recipe")
+        raise NetshrinkError("give either --recipe or a target (--target-ratio, --target-energy): a target "
+                         "generates its own recipe")
+    if args.target_ratio is not None and args.target_energy is not None:
+        raise NetshrinkError("give one target at a time: --target-ratio or --target-energy")
     resolved = resolve_model(args.model, args.data_dir) if args.model else _embedded_default(args)
     dataset = _dataset_for(args, resolved)
     output = args.output or f"{resolved.name or Path(args.model).stem}.nsk"
     sens = _sensitivity_of(resolved, dataset, args, path=args.sensitivity)
     started = time.perf_counter()
     identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
-    budget = compress_to_ratio(resolved.module, sens, args.target_ratio, identity=identity, seed=args.seed)
+    if args.target_ratio is not None:
+        budget = compress_to_ratio(resolved.module, sens, args.target_ratio, identity=identity, seed=args.seed)
+    else:
+        budget = compress_to_energy(resolved.module, sens, args.target_energy, identity=identity, seed=args.seed)
     seconds = time.perf_counter() - started
     before = None if args.no_eval else _eval(resolved.module, dataset, args.data_dir)
     report = budget.compressed.save(output)
     after = None if args.no_eval else _eval(api.load(output), dataset, args.data_dir)
     result = _compress_result(report, budget.compressed.recipe.name, dataset, before, after, seconds)
-    result.text = f"{choice_table(budget.choice)}\n\n{result.text}"
+    energy = "" if budget.energy_ratio is None else f"\nestimated energy ratio {budget.energy_ratio:.2f}x"
+    result.text = f"{choice_table(budget.choice)}\n\n{result.text}{energy}"
     result.json["budget"] = {name: dataclasses.asdict(o) for name, o in budget.choice.items()}
     return result
 

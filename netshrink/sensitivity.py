@@ -16,14 +16,16 @@ pruning to s and then palettizing the survivors at b bits, the pairs a budget ma
 
 JSON format (`FORMAT`), kept flat for plotting:
 
-    {"format": "netshrink-sensitivity/1", "key": "<hash of model tensors + settings>",
+    {"format": "netshrink-sensitivity/2", "key": "<hash of model tensors + settings>",
      "model": {...identity...}, "dataset": "cifar10", "split": "train-holdout", "samples": 512,
      "settings": {"bits": [2, ...], "sparsity": [0.3, ...], "samples": 512, "seed": 0},
      "baseline": {"top1": 0.9, "loss": 0.3, "kl": 0.0},
      "layers": [{"name": "conv1", "tensor": "conv1.weight", "numel": 432, "fp32_bytes": 1728,
-                 "bits":     [{"setting": 2, "top1": ..., "loss": ..., "kl": ..., "bytes": ...}, ...],
-                 "sparsity": [{"setting": 0.3, "top1": ..., "loss": ..., "kl": ..., "bytes": ...}, ...],
-                 "combined": [{"sparsity": 0.3, "bits": 2, "bytes": ...}, ...]}, ...]}
+                 "bits":     [{"setting": 2, "top1": ..., "loss": ..., "kl": ..., "bytes": ...,
+                               "codebook_bytes": ...}, ...],
+                 "sparsity": [{"setting": 0.3, "top1": ..., "loss": ..., "kl": ..., "bytes": ...,
+                               "codebook_bytes": ...}, ...],
+                 "combined": [{"sparsity": 0.3, "bits": 2, "bytes": ..., "codebook_bytes": ...}, ...]}, ...]}
 
 Results are cached: a JSON file whose "key" matches the model's tensors and the settings is
 reused instead of measured again.
@@ -44,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from netshrink.codecs import Codec, Dense, Palette, Sparse
+from netshrink.codecs import Codec, Dense, Encoded, Palette, Sparse
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError
 from netshrink.methods.magnitude import magnitude_masks
@@ -54,7 +56,7 @@ from netshrink.plan import fingerprint
 from netshrink.select import WEIGHT_LAYERS, Selection, select_modules
 
 log = logging.getLogger(__name__)
-FORMAT = "netshrink-sensitivity/1"
+FORMAT = "netshrink-sensitivity/2"
 
 
 @dataclass(frozen=True)
@@ -129,14 +131,19 @@ def pruned(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return weight * magnitude_masks({"w": weight}, sparsity)["w"]
 
 
-def trial_weights(weight: torch.Tensor, config: SensitivityConfig) -> Iterator[tuple[str, float, torch.Tensor, int]]:
-    """(kind, setting, decoded weight, bytes) for every setting of one layer, through the real codecs."""
+def sizes(encoded: Encoded) -> dict[str, int]:
+    """Bytes in the file, and how many of them are codebooks (the energy model needs the split)."""
+    return {"bytes": encoded.nbits() // 8, "codebook_bytes": encoded.bytes_by_kind()["codebook"]}
+
+
+def trial_weights(weight: torch.Tensor, config: SensitivityConfig) -> Iterator[tuple[str, float, torch.Tensor, dict]]:
+    """(kind, setting, decoded weight, sizes) for every setting of one layer, through the real codecs."""
     for bits in config.bits:
         encoded, decoded = palette_codec(bits, weight, config.seed).round_trip(weight)
-        yield "bits", bits, decoded, encoded.nbits() // 8
+        yield "bits", bits, decoded, sizes(encoded)
     for sparsity in config.sparsity:
         encoded, decoded = Sparse(Dense("exact")).round_trip(pruned(weight, sparsity))
-        yield "sparsity", sparsity, decoded, encoded.nbits() // 8
+        yield "sparsity", sparsity, decoded, sizes(encoded)
 
 
 def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> list[dict[str, Any]]:
@@ -146,7 +153,7 @@ def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> list[dict
         survivors = pruned(weight, sparsity)
         for bits in config.bits:
             codec: Codec = Sparse(Palette(bits, False, "optimal", config.seed))
-            out.append({"sparsity": sparsity, "bits": bits, "bytes": codec.encode(survivors).nbits() // 8})
+            out.append({"sparsity": sparsity, "bits": bits, **sizes(codec.encode(survivors))})
     return out
 
 
@@ -158,10 +165,10 @@ def measure_layer(model: nn.Module, tensor: str, config: SensitivityConfig, scor
     row: dict[str, Any] = {"name": tensor.rsplit(".", 1)[0], "tensor": tensor, "numel": original.numel(),
                            "fp32_bytes": 4 * original.numel(), "bits": [], "sparsity": []}
     try:
-        for kind, setting, decoded, nbytes in trial_weights(original, config):
+        for kind, setting, decoded, size in trial_weights(original, config):
             with torch.no_grad():
                 weight.copy_(decoded)
-            row[kind].append({"setting": setting, **scorer.score(model), "bytes": nbytes})
+            row[kind].append({"setting": setting, **scorer.score(model), **size})
             bar.update(1)
     finally:
         with torch.no_grad():

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from netshrink import api
-from netshrink.budget import (BudgetError, LayerOption, allocate, budget_recipe, compress_to_ratio, file_bytes,
-                              original_bytes_of, predicted_damage, uniform_choice)
+from netshrink.budget import (BudgetError, LayerOption, allocate, budget_recipe, compress_to_energy, compress_to_ratio,
+                              file_bytes, original_bytes_of, predicted_damage, uniform_choice)
+from netshrink.energy import energy_of_model, weight_format
 from netshrink.cli import main
 from netshrink.data import ArrayDataset
 from netshrink.fileformat import read_nsk
@@ -94,6 +95,17 @@ def test_impossible_target_is_a_one_line_error(two_branch, sens):
         compress_to_ratio(two_branch, sens, 0.5, progress=False)
 
 
+def test_energy_target_is_met_by_the_stored_formats(two_branch, sens):
+    result = compress_to_energy(two_branch, sens, 5.0, input_shape=(3, 16, 16), progress=False)
+    plan = result.compressed.plan
+    formats = {name: weight_format(entry.encoded) for name, entry in plan.entries.items()}
+    assert energy_of_model(result.compressed.model, (3, 16, 16), formats).ratio == pytest.approx(result.energy_ratio)
+    assert 5.0 <= result.energy_ratio < 5.5  # spends what the target allows on the loud layer
+    assert result.choice["quiet"].energy_pj < result.choice["loud"].energy_pj  # the energy goes where damage is
+    with pytest.raises(BudgetError, match=r"target energy ratio 500x cannot be met: .* reach \d+\.\d\dx"):
+        compress_to_energy(two_branch, sens, 500.0, input_shape=(3, 16, 16), progress=False)
+
+
 def test_cli_refuses_a_recipe_with_a_target(capsys):
     assert main(["compress", "resnet20", "--recipe", "fp16", "--target-ratio", "8"]) == 2
-    assert "either --recipe or --target-ratio" in capsys.readouterr().err
+    assert "either --recipe or a target" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def test_every_layer_and_setting_is_measured(result):
         assert [p["setting"] for p in layer["sparsity"]] == [0.5, 0.9]
         assert len(layer["combined"]) == 6
         for point in layer["bits"] + layer["sparsity"]:
-            assert set(point) == {"setting", "top1", "loss", "kl", "bytes"}
+            assert set(point) == {"setting", "top1", "loss", "kl", "bytes", "codebook_bytes"}
             assert 0 <= point["top1"] <= 1 and point["kl"] >= 0 and point["bytes"] > 0
     assert result["samples"] == 64 and result["split"] == "train-holdout"
 
