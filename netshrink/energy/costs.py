@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: pJ per full adder at 45 nm: Horowitz, "Computing's energy problem", ISSCC 2014, Fig. 1.1.9 gives a
-#: 32-bit integer multiply as 3.1 pJ; an array multiplier of 32x32 bits is 1024 full adders. The same
-#: constant reproduces his other integer figures to within 20%: 8-bit multiply 64 FA = 0.19 pJ (0.2),
-#: 8-bit add 0.024 pJ (0.03), 32-bit add 0.097 pJ (0.1) -- see tests/test_energy.py.
+#: pJ per full adder at 45 nm: the energy table of Horowitz, "Computing's energy problem", ISSCC 2014,
+#: pp. 10-14, gives a 32-bit integer multiply as 3.1 pJ; an array multiplier of 32x32 bits is 1024
+#: full adders. The same constant reproduces his other integer figures to within 20%: 8-bit multiply
+#: (64 FA) 0.19 pJ (0.2), 8-bit add 0.024 pJ (0.03), 32-bit add 0.097 pJ (0.1): tests/test_energy.py.
 PJ_PER_FULL_ADDER = 3.1 / (32 * 32)
 
 #: Access cost of one 16-bit value at each level, relative to one 16-bit MAC: Chen, Emer, Sze,
@@ -16,9 +16,9 @@ PJ_PER_FULL_ADDER = 3.1 / (32 * 32)
 RELATIVE_ACCESS_COST = {"dram": 200.0, "buffer": 6.0, "array": 2.0, "rf": 1.0}
 REFERENCE_BITS = 16
 
-#: Register-file words per PE and PE array of the Eyeriss chip (Chen et al., JSSC 2017, Sec. III):
-#: 168 PEs in 12 rows x 14 columns, filter spad 224 x 16 b, ifmap spad 12 x 16 b. They set how many
-#: tiles a layer is cut into.
+#: Register-file words per PE and PE array of the Eyeriss chip (Chen et al., JSSC 2017: 168 PEs,
+#: p. 8: filter spad 224 x 16 b, ifmap spad 12 x 16 b), arranged 12 rows x 14 columns as in the
+#: Eyeriss-based model of H. Yang et al. ICLR 2019. They set how many tiles a layer is cut into.
 EYERISS_PES = 168
 ARRAY_COLUMNS = 14
 FILTER_SPAD_BITS = 224 * 16
