@@ -132,7 +132,8 @@ def movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> list
     stride = shape.stride[-1] if shape.stride else 1
     rf_bits = fmt.rf_bits(shape.weight_numel)
     deliveries = macs / shape.output_width  # weights brought into PEs
-    weight_tiles = math.ceil(shape.weight_numel * fmt.density * rf_bits / (config.pes * config.filter_spad_bits)) or 1
+    spad_bits = config.pes * config.filter_spad_bits
+    weight_tiles = math.ceil(shape.weight_numel * fmt.density * rf_bits / spad_bits) or 1
     passes = _channel_passes(shape, config)
     moves = [
         ("weights", "dram", fmt.stored_bits), ("weights", "buffer", fmt.stored_bits),
@@ -152,7 +153,7 @@ def movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> list
 def _channel_passes(shape: LayerShape, config: EnergyConfig) -> int:
     """Passes over a layer's input channels, each ending with a buffer round trip of the partial sums.
 
-    Row stationary (Chen et al. 2016, Sec. V): a PE interleaves the rows of as many channels as its
+    Row stationary (Chen et al. 2016): a PE interleaves the rows of as many channels as its
     ifmap spad holds windows of S inputs; a PE set R rows high and E columns wide reduces the R
     kernel rows, and the sets that fit in the array take further channels of the same pass.
     """
@@ -161,6 +162,6 @@ def _channel_passes(shape: LayerShape, config: EnergyConfig) -> int:
     out_rows = shape.output_shape[-2] if len(shape.kernel) == 2 else 1
     per_pe = max(1, config.ifmap_spad_bits // (width * config.activation_bits))
     sets = max(1, config.pes // (height * min(out_rows, config.array_columns)))
-    channels = shape.input_shape[0] // shape.groups if shape.kernel else shape.input_numel
+    channels = shape.input_shape[0] // shape.groups if shape.kernel else shape.input_shape[-1]  # Linear: features
     return math.ceil(channels / (per_pe * sets))
 
