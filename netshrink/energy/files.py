@@ -33,8 +33,8 @@ def energy_of_file(path: str | Path, input_shape: Sequence[int] | None = None,
     nsk = read_nsk(path)
     shape = tuple(input_shape) if input_shape is not None else zoo_input_shape(nsk.model)
     if shape is None:
-        raise ModelError(f"{path}: energy unavailable: the input shape of a {nsk.model.get('class', 'non-zoo')} "
-                         "model is unknown; pass input_shape")
+        raise ModelError(f"{path}: the input shape of a {nsk.model.get('class', 'non-zoo')} model is unknown; "
+                         "pass input_shape")
     formats = {rec.name: weight_format(rec.encoded) for rec in nsk.tensors}
     return energy_of_model(api.load(path, model), shape, formats, config)
 
@@ -52,10 +52,10 @@ def file_energy_summary(path: str | Path) -> tuple[str, dict[str, Any]]:
     why when it cannot be estimated (model outside the zoo, input the zero-input forward cannot take)."""
     try:
         energy = energy_of_file(path)
-    except NetshrinkError as exc:  # not a zoo model, or its tensors do not fit the zoo architecture
-        reason = str(exc)
+    except NetshrinkError as exc:  # not a zoo model, tensors that do not fit it, or inputs it cannot take
+        reason = f"energy unavailable: {exc}"
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # forward rejects a float zero input
-        reason = f"{path}: energy unavailable: a forward pass on a zero input failed ({type(exc).__name__}: {exc})"
+        reason = f"energy unavailable: {path}: a forward pass on a zero input failed ({type(exc).__name__}: {exc})"
     else:
         return energy.summary(), energy.to_json()
     return reason, {"available": False, "reason": reason}
