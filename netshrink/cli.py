@@ -1,4 +1,4 @@
-"""Command line: `netshrink train | compress | sensitivity | eval | inspect | recipes`.
+"""Command line: `netshrink train | compress | sensitivity | eval | inspect | report | recipes`.
 
 A thin front end over the API. A user error (`NetshrinkError`) is printed as one line on stderr and
 exits with status 2; a traceback means a bug in netshrink.
@@ -26,6 +26,12 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
                         help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)")
 
 
+def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", action="append", default=[], metavar="BENCH_JSON",
+                        help="benchmark JSON (benchmarks/results/*.json) whose runs the report plots as accuracy vs "
+                             "size; repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
@@ -51,12 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--target-energy", type=float, help="instead of a recipe: per-layer bits and sparsity for this "
                       "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity")
     comp.add_argument("--sensitivity", help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
-                      "with fewer --samples)")
+                      "with fewer --samples); with --report: its curves are plotted")
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     comp.add_argument("--seed", type=int, default=0)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     comp.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+    comp.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report of the file "
+                      "(plots --sensitivity curves when given)")
+    _add_runs_arg(comp)
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
     sens.add_argument("model", help="zoo model name or .nsk file")
@@ -77,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
     ins.add_argument("file")
     ins.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("report", help="self-contained HTML page with plots of a .nsk file")
+    rep.add_argument("file")
+    rep.add_argument("-o", "--output", required=True, metavar="HTML", help="HTML file to write")
+    _add_runs_arg(rep)
+    rep.add_argument("--sensitivity", help="a `netshrink sensitivity` JSON whose per-layer curves to plot")
+    rep.add_argument("--json", action="store_true")
 
     sub.add_parser("recipes", help="list the packaged recipes")
     return parser

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -21,6 +21,9 @@ from netshrink.cli import DEFAULT_RECIPE
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report import WEIGHTS_RATIO_LABEL, file_report
 from netshrink.train import TrainConfig, default_train_config, fit
+
+if TYPE_CHECKING:  # the report (matplotlib) is imported only when asked for
+    from netshrink.html_report import ReportExtras
 
 log = logging.getLogger(__name__)
 EMBEDDED_MODEL, EMBEDDED_DATASET = "lenet5", "mnist5k"
@@ -113,8 +116,17 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
 
 
 def run_compress(args: argparse.Namespace) -> CommandResult:
+    extras = _report_extras(args)  # a bad --runs/--sensitivity file fails before any compression is spent
     if getattr(args, "target_ratio", None) is not None or getattr(args, "target_energy", None) is not None:
-        return _compress_to_target(args)
+        result = _compress_to_target(args)
+    else:
+        result = _compress_with_recipe(args)
+    if extras is not None:
+        _write_compress_report(args.report, result, extras)
+    return result
+
+
+def _compress_with_recipe(args: argparse.Namespace) -> CommandResult:
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)  # fail fast on a bad recipe, before any training
     if args.model is None:
         resolved, dataset = _embedded_default(args), EMBEDDED_DATASET
@@ -168,6 +180,28 @@ def _compress_result(report, recipe: str, dataset: str, before: EvalResult | Non
                      f"{after.show(after.value)} (change {after.show_change(before.value)}) on {after.n} samples; "
                      f"compression took {seconds:.1f} s")
     return CommandResult("\n".join(lines), payload)
+
+
+def _report_extras(args: argparse.Namespace) -> ReportExtras | None:
+    """The report's inputs when compress is asked for one (`--report`), read before compressing."""
+    from netshrink.html_report import read_extras
+
+    if not getattr(args, "report", None):
+        if getattr(args, "runs", None):
+            raise NetshrinkError("--runs is plotted in the HTML report: add --report FILE.html")
+        return None
+    return read_extras(args.runs, args.sensitivity)
+
+
+def _write_compress_report(path: str, result: CommandResult, extras: ReportExtras) -> None:
+    from netshrink.html_report import write_html_report
+
+    payload = result.json
+    evaluation = {key: payload.get(key) for key in ("metric", "dataset", "before", "after")}
+    extras = dataclasses.replace(extras, evaluation=evaluation, energy=payload.get("energy"))
+    write_html_report(file_report(payload["file"]), path, extras)
+    payload["report"] = str(path)
+    result.text += f"\nHTML report: {path}"
 
 
 # --- sensitivity and automatic budgets ---------------------------------------------------------------
@@ -254,6 +288,18 @@ def run_inspect(args: argparse.Namespace) -> CommandResult:
     report = file_report(args.file)
     energy_text, energy = file_energy_summary(args.file)
     return CommandResult(f"{report.table()}\n{energy_text}", {**report.to_json(), "energy": energy})
+
+
+def run_report(args: argparse.Namespace) -> CommandResult:
+    from netshrink.html_report import read_extras, write_html_report
+
+    extras = read_extras(args.runs, args.sensitivity)
+    report = file_report(args.file)
+    extras.energy = file_energy_summary(args.file)[1]
+    write_html_report(report, args.output, extras)
+    payload = {"file": args.file, "report": args.output, "runs": len(extras.runs),
+               "sensitivity": args.sensitivity, "energy": extras.energy.get("available", False)}
+    return CommandResult(f"wrote {args.output}: {report.summary()}", payload)
 
 
 def run_recipes(args: argparse.Namespace) -> CommandResult:

@@ -34,10 +34,15 @@ class TensorReport:
     bits_per_weight: float
     bytes: dict[str, int]
     total_bytes: int
+    zeros: int = 0  # exact zeros in the decoded tensor: pruned weights, whatever codec stores them
 
     @property
     def is_layer_weight(self) -> bool:
         return self.module in WEIGHT_MODULES and self.name.endswith("weight")
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
 
 
 @dataclass
@@ -96,21 +101,28 @@ class FileReport:
                 f"weights_ratio {self.weights_ratio:.2f}x (paper convention, conv/linear weights only)")
 
 
-def tensor_reports(nsk: NskFile) -> list[TensorReport]:
+def tensor_reports(nsk: NskFile, path: str | Path) -> list[TensorReport]:
+    """Each tensor's codec and bytes, and its zeros counted on the decoded values: the sparsity a
+    loaded model really has, whichever codec (sparse, or a palette with a zero entry) stores it."""
+    from netshrink.api import _decode_state  # one place decodes a file with per-tensor errors
+
+    state = _decode_state(nsk, path)
     out = []
     for rec in nsk.tensors:
         enc = rec.encoded
         kinds = enc.bytes_by_kind()
         total = sum(kinds.values())
         bpw = 8 * total / enc.numel if enc.numel else 0.0
-        out.append(TensorReport(rec.name, rec.module_type, enc.describe(), list(enc.shape), enc.numel, bpw, kinds, total))
+        zeros = int((state[rec.name] == 0).sum())
+        out.append(TensorReport(rec.name, rec.module_type, enc.describe(), list(enc.shape), enc.numel, bpw, kinds,
+                                total, zeros))
     return out
 
 
 def file_report(path: str | Path) -> FileReport:
     """Report of a .nsk file: what is in it and what it costs on disk."""
     nsk = read_nsk(path)
-    tensors = tensor_reports(nsk)
+    tensors = tensor_reports(nsk, path)
     original, weight_numel = recorded_original(nsk.model, path)
     original = original or 4 * sum(t.numel for t in tensors)
     return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe,
