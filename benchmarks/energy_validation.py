@@ -101,7 +101,7 @@ def reference_energy(shape: LayerShape, module: nn.Module) -> float:
     tiles = math.ceil(out_hw / ARRAY_M)
     wt = tiles * weights * E_CACHE + out_hw * weights * E_RF + \
         (tiles * max(0, weights - KERNEL_CACHE) + min(KERNEL_CACHE, weights)) * E_MEM
-    macs = d // g * _taps(h, r, xi, p) * _taps(w, r, xi, p) * (c // g)
+    macs = d * (c // g) * _taps(h, r, xi, p) * _taps(w, r, xi, p)  # in-bounds taps only
     return x + wt + E_MAC * macs
 
 
