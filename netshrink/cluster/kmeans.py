@@ -339,16 +339,19 @@ _METRIC_BLOCK = 1 << 22
 
 def kmeans_metric(
     x: torch.Tensor, k: int, grams: torch.Tensor, *, iters: int = 20, seed: int = 0,
-    init: torch.Tensor | None = None,
+    init: torch.Tensor | None = None, point_weights: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Cluster the points x [m, n, d] into k shared codewords, point x[j, i] measured by grams[j].
 
-    Minimises sum_j sum_i (x_ji - c)^T G_j (x_ji - c) over codewords and labels (see the module doc).
-    Starts from `init` [k, d] if given, else from `kmeans` in the pooled metric mean_j G_j (Euclidean
-    k-means of x L, mapped back). Returns centroids [k', d] (k' = min(k, m n)), labels [m, n], the
-    objective (as `sse`) and the updates made. The objective never increases from one update to the next.
+    Minimises sum_j sum_i a_ji (x_ji - c)^T G_j (x_ji - c) over codewords and labels (see the module
+    doc); a = `point_weights` [m, n] (positive; default 1) scales a point's cost without changing
+    which codeword is nearest to it. Starts from `init` [k, d] if given, else from `kmeans` in the
+    pooled metric mean_j G_j (Euclidean k-means of x L, mapped back). Returns centroids [k', d]
+    (k' = min(k, m n)), labels [m, n], the objective (as `sse`) and the updates made. The objective
+    never increases from one update to the next.
     """
     points, factors = _validated_metric_problem(x, grams)
+    weights = _point_weights(point_weights, points)
     _check_int("k", k, 1)
     _check_int("iters", iters, 0)
     m, n, d = points.shape
@@ -357,12 +360,13 @@ def kmeans_metric(
         return KMeansResult(points.reshape(-1, d).clone(), labels, 0.0, 0)
     centroids = _pooled_start(points, grams, k, seed) if init is None else _validated_points(init, "init").clone()
     labels = _nearest_metric(points, centroids, factors)
+    iteration = 0
     for iteration in range(1, iters + 1):
-        centroids = _metric_update(points, grams.double(), factors, centroids, labels)
+        centroids = _metric_update(points, grams.double(), weights, centroids, labels)
         moved, labels = labels, _nearest_metric(points, centroids, factors)
         if torch.equal(moved, labels):
-            return KMeansResult(centroids, labels, metric_cost(points, centroids, labels, grams), iteration)
-    return KMeansResult(centroids, labels, metric_cost(points, centroids, labels, grams), iters)
+            break
+    return KMeansResult(centroids, labels, metric_cost(points, centroids, labels, grams, weights), iteration)
 
 
 def assign_nearest_metric(x: torch.Tensor, centroids: torch.Tensor, grams: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -373,24 +377,36 @@ def assign_nearest_metric(x: torch.Tensor, centroids: torch.Tensor, grams: torch
     return labels, metric_cost(points, book, labels, grams)
 
 
-def metric_centroids(x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor, k: int) -> torch.Tensor:
-    """The closed-form update: c_k = (sum_p G_p)^-1 sum_p G_p x_p over the members p of cluster k.
+def metric_centroids(x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor, k: int,
+                     point_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The closed-form update: c_k = (sum_p a_p G_p)^-1 sum_p a_p G_p x_p over the members p of cluster k.
 
-    Setting the gradient 2 sum_p G_p (c - x_p) of the (convex) objective to zero gives it, so it is
-    the exact minimiser for fixed labels. A cluster without members keeps c = 0.
+    Setting the gradient 2 sum_p a_p G_p (c - x_p) of the (convex) objective to zero gives it, so it
+    is the exact minimiser for fixed labels. A cluster without members keeps c = 0.
     """
     points, _ = _validated_metric_problem(x, grams)
-    return _solved_centroids(points, grams.double(), labels, torch.zeros(k, points.shape[2]))[0]
+    weights = _point_weights(point_weights, points)
+    return _solved_centroids(points, grams.double(), weights, labels, torch.zeros(k, points.shape[2]))[0]
 
 
-def metric_cost(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor) -> float:
-    """sum_j sum_i (x_ji - c_l)^T G_j (x_ji - c_l), from the differences, in float64."""
-    return float(_metric_errors(x.double(), centroids.double(), labels, grams.double()).sum())
+def metric_cost(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor,
+                point_weights: torch.Tensor | None = None) -> float:
+    """sum_j sum_i a_ji (x_ji - c_l)^T G_j (x_ji - c_l), from the differences, in float64."""
+    errors = _metric_errors(x.double(), centroids.double(), labels, grams.double())
+    return float((errors if point_weights is None else errors * point_weights.double()).sum())
 
 
 def _metric_errors(points: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
     diff = points - centroids[labels]
     return torch.einsum("jnd,jde,jne->jn", diff, grams, diff)
+
+
+def _point_weights(weights: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor:
+    if weights is None:
+        return torch.ones(points.shape[:2], dtype=torch.float64)
+    if tuple(weights.shape) != tuple(points.shape[:2]) or not torch.isfinite(weights).all() or bool((weights <= 0).any()):
+        raise CodecError(f"point_weights must be positive and finite, of shape {tuple(points.shape[:2])}")
+    return weights.detach().double()
 
 
 def _validated_metric_problem(x: torch.Tensor, grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -432,33 +448,34 @@ def _nearest_metric(points: torch.Tensor, centroids: torch.Tensor, factors: torc
     return labels
 
 
-def _normal_equations(points: torch.Tensor, grams: torch.Tensor, labels: torch.Tensor, k: int):
-    """Per cluster: sum_p G_p [k, d, d], sum_p G_p x_p [k, d], member counts [k]."""
+def _normal_equations(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, k: int):
+    """Per cluster: sum_p a_p G_p [k, d, d], sum_p a_p G_p x_p [k, d], member counts [k]."""
     m, n, d = points.shape
     flat = (torch.arange(m)[:, None] * k + labels).reshape(-1)
-    sums = torch.zeros(m * k, d, dtype=torch.float64).index_add_(0, flat, points.reshape(-1, d).double()).reshape(m, k, d)
-    counts = torch.bincount(flat, minlength=m * k).reshape(m, k).double()
-    system = torch.einsum("jk,jde->kde", counts, grams)
+    weighted = points.reshape(-1, d).double() * weights.reshape(-1, 1)
+    sums = torch.zeros(m * k, d, dtype=torch.float64).index_add_(0, flat, weighted).reshape(m, k, d)
+    mass = torch.zeros(m * k, dtype=torch.float64).index_add_(0, flat, weights.reshape(-1)).reshape(m, k)
+    system = torch.einsum("jk,jde->kde", mass, grams)
     rhs = torch.einsum("jde,jke->kd", grams, sums)
-    return system, rhs, counts.sum(0)
+    return system, rhs, torch.bincount(labels.reshape(-1), minlength=k)
 
 
-def _metric_update(points: torch.Tensor, grams: torch.Tensor, factors: torch.Tensor, centroids: torch.Tensor,
+def _metric_update(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
     """The closed-form update; empty clusters re-seeded at the worst-served points (as `kmeans`)."""
-    out, used = _solved_centroids(points, grams, labels, centroids)
+    out, used = _solved_centroids(points, grams, weights, labels, centroids)
     empty = (~used).nonzero().squeeze(1)
     if empty.numel():
-        errors = _metric_errors(points.double(), centroids.double(), labels, grams).reshape(-1)
+        errors = (_metric_errors(points.double(), centroids.double(), labels, grams) * weights).reshape(-1)
         worst = torch.topk(errors, min(empty.numel(), errors.numel())).indices
         out[empty[: worst.numel()]] = points.reshape(-1, points.shape[2])[worst]
     return out
 
 
-def _solved_centroids(points: torch.Tensor, grams: torch.Tensor, labels: torch.Tensor,
+def _solved_centroids(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
                       base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`base` with each used cluster's row replaced by its solution; also the used-cluster mask."""
-    system, rhs, counts = _normal_equations(points, grams, labels, base.shape[0])
+    system, rhs, counts = _normal_equations(points, grams, weights, labels, base.shape[0])
     out, used = base.double().clone(), counts > 0
     out[used] = torch.linalg.solve(system[used], rhs[used].unsqueeze(-1)).squeeze(-1)
     return out.float(), used

@@ -71,6 +71,29 @@ def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -
     return seen + [name for name in layers if name not in seen]
 
 
+def batchnorm_scales(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, torch.Tensor]:
+    """gamma^2 / (running_var + eps) per output channel of each layer directly followed by a
+    BatchNorm over its outputs: at inference BN multiplies channel o by gamma_o / sigma_o, so an error
+    in row o reaches the next layer scaled by that much (the weighting the pq step gives each row)."""
+    calls: list[tuple[str, nn.Module]] = []
+    watched = {**layers, **{n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}}
+    handles = [module.register_forward_pre_hook(lambda m, _a, name=name: calls.append((name, m)))
+               for name, module in watched.items()]
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scales = {}
+    for (name, module), (_, after) in zip(calls, calls[1:]):
+        if name in layers and isinstance(after, nn.modules.batchnorm._BatchNorm) \
+                and after.num_features == module.weight.shape[0] and after.running_var is not None:
+            gamma = after.weight.detach() if after.affine else torch.ones(after.num_features)
+            scales[name] = (gamma.double() ** 2 / (after.running_var.double() + after.eps)).clamp_min(1e-12)
+    return scales
+
+
 def input_grams(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
                 seed: int = 0) -> torch.Tensor:
     """E[x_b^T x_b] per input block b of `module` ([groups * blocks_per_row, d, d], float64) over the

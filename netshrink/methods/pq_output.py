@@ -37,7 +37,8 @@ from netshrink.cluster import assign_nearest_metric, kmeans_metric
 from netshrink.codecs.pq import PQ, row_length
 from netshrink.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import DataError, RecipeError
-from netshrink.methods.layer_inputs import block_points, forward_order, groups_of, input_grams, unblock_labels
+from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, forward_order, groups_of, input_grams,
+                                            unblock_labels)
 from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
@@ -68,6 +69,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     calibration_batch: int = 64
     positions: int = 256
     ridge: float = 1e-4
+    weigh_by_norm: bool = False
     kmeans_iters: int = 20
     distill: Literal["kl", "mse", "ce"] = "kl"
     temperature: float = 1.0
@@ -128,13 +130,14 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         calibration = _calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed) \
             if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
+        row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
         with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
             for index, stage in enumerate(stages):
                 for name in stage:
                     labels[f"{name}.weight"] = self._quantize(model, plan, name, layers[name], *settings[name],
-                                                              calibration, ctx.seed)
+                                                              calibration, row_scales.get(name), ctx.seed)
                     bar.update(1)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
                     self._finetune(model, ctx, labels, teacher, self.stage_epochs, f"distill after {stage[-1]}")
@@ -154,7 +157,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         return stages
 
     def _quantize(self, model: nn.Module, plan: CompressionPlan, name: str, module: nn.Module, d: int, k: int,
-                  calibration: list[Any] | None, seed: int) -> torch.Tensor:
+                  calibration: list[Any] | None, row_scales: torch.Tensor | None, seed: int) -> torch.Tensor:
         """Give layer `name` its PQ codebook and labels (model updated); returns per-weight labels."""
         weight_name = f"{name}.weight"
         codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
@@ -163,7 +166,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         else:
             grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
             encoded = _output_aware_encoding(module.weight.detach(), d, k, grams, groups_of(module),
-                                             self.kmeans_iters, seed)
+                                             self.kmeans_iters, seed, row_scales)
             plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
         return scalar_labels(plan.entries[weight_name].encoded, d)
 
@@ -185,11 +188,17 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
 
 
 def _output_aware_encoding(weight: torch.Tensor, d: int, k: int, grams: torch.Tensor, groups: int, iters: int,
-                           seed: int):
-    """k-means of the sub-vectors in their blocks' metrics; labels re-assigned to the fp16 codewords."""
+                           seed: int, row_scales: torch.Tensor | None = None):
+    """k-means of the sub-vectors in their blocks' metrics (rows weighted by `row_scales`, e.g. the
+    following BatchNorm's scale^2); labels re-assigned to the fp16 codewords."""
     points = block_points(weight.float(), d, groups)
     metric = grams.float()
-    result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), metric, iters=iters, seed=seed)
+    weights = None
+    if row_scales is not None:  # row o = group g, row i of that group; points [g * blocks, rows_per_group]
+        per_group = row_scales.reshape(groups, 1, -1).expand(groups, points.shape[0] // groups, -1)
+        weights = per_group.reshape(points.shape[:2])
+    result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), metric, iters=iters, seed=seed,
+                           point_weights=weights)
     codebook = result.centroids.to(torch.float16)  # stored in fp16: assign to what the file holds
     labels, _ = assign_nearest_metric(points, codebook.float(), metric)
     return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(weight.shape))

@@ -1,0 +1,219 @@
+"""Output-aware PQ benchmark (Stock et al. 2020): the pq recipes, the output-aware vs weight-only
+ablation at the same size (before and after fine-tuning), and the speed of the loaded files.
+
+Each row is a real file: compress the baseline with the recipe (calibration and fine-tuning on the
+TRAIN split), save the .nsk, load it back (the zoo rebuilds the module) and score the LOADED model
+on the held-out split (CIFAR-10 JPEG test; Imagenette val, 1000-way). ratio = fp32 bytes of every
+parameter and buffer / file bytes on disk; weights_ratio is the papers' convention (labelled).
+"before fine-tuning" rows are the same recipe with epochs = stage_epochs = 0 (codebooks only).
+
+    NETSHRINK_DATA=/work/shared/data python benchmarks/pq.py \
+        --resnet20 /work/runs/resnet20-ft4.ckpt.nsk [--models resnet20,efficientnet_lite0] \
+        [--ablation all|after|none] [--quick] [--out benchmarks/results/pq.json]
+
+Baselines: ResNet-20 = the pretrained net fine-tuned on the JPEG train split for as many epochs as
+resnet20-pq retrains (`netshrink train resnet20 --dataset cifar10 --from-pretrained --epochs 4`), so
+the JPEG shift is never counted as compression gain; EfficientNet-Lite0 = the zoo's ImageNet weights.
+Speed: dense baseline vs the loaded .nsk (decoded once at load), same batch, median of --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import netshrink  # noqa: E402
+from netshrink import zoo  # noqa: E402
+from netshrink.data import load_dataset  # noqa: E402
+from netshrink.evaluate import evaluate  # noqa: E402
+from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
+
+log = logging.getLogger("pq")
+
+#: What Stock et al. 2020 report (abstract of the ICLR 2020 paper), for reference only: other
+#: models and data (ImageNet, COCO), never used in any computation.
+PAPER = [
+    {"model": "ResNet-50 (semi-supervised) / ImageNet", "reported": "5 MB, 20x compression, 76.1 % top-1"},
+    {"model": "Mask R-CNN / COCO", "reported": "26x compression"},
+]
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    dataset: str
+    recipe: str
+    ablation: str
+    target: str
+    batch: int  # inference-speed batch
+
+
+MODELS = {
+    "resnet20": Model("resnet20", "cifar10", "resnet20-pq", "resnet20-pq-weights",
+                      "ratio >= 20x at <= 2 pp drop vs the 4-epoch fine-tuned baseline", 256),
+    "efficientnet_lite0": Model("efficientnet_lite0", "imagenette", "efficientnet-lite0-pq",
+                                "efficientnet-lite0-pq-weights", "ratio >= 10x at >= 73.3 % (1000-way top-1)", 32),
+}
+
+
+def variant(name: str, finetune: bool, quick: bool) -> Recipe:
+    """The packaged recipe, without fine-tuning if asked, shrunk for --quick (a smoke test)."""
+    spec = load_recipe(name).to_dict()
+    for step in spec["steps"]:
+        (kind, settings), = step.items()
+        if kind != "pq":
+            continue
+        if not finetune:
+            settings.update(epochs=0.0, stage_epochs=0.0)
+        if quick:
+            settings.update(calibration=64, epochs=min(settings["epochs"], 0.02), stage_epochs=0.0, kmeans_iters=3)
+    suffix = ("" if finetune else " [no fine-tuning]") + (" [quick]" if quick else "")
+    return parse_recipe({**spec, "name": name + suffix})
+
+
+def baseline(model: Model, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    path = getattr(args, model.name, None)
+    if path:
+        identity = netshrink.api.read_identity(path)
+        return netshrink.load(path), identity, str(path)
+    module = zoo.get_model(model.name, pretrained=True)
+    return module, netshrink.api.model_identity(module, model.name, dataset=model.dataset), f"zoo {model.name}"
+
+
+def run_row(model: Model, recipe: Recipe, base: torch.nn.Module, identity: dict[str, Any], data: dict[str, Any],
+            limit: int | None, workdir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    compressed = netshrink.compress(base, recipe, data["train"], name=model.name, dataset=model.dataset,
+                                    identity={**identity, "name": model.name, "dataset": model.dataset})
+    path = workdir / f"{recipe.name.replace(' ', '_')}.nsk"
+    report = compressed.save(path)
+    seconds = time.perf_counter() - started
+    after = evaluate(netshrink.load(path), data["test"], limit=limit, progress=False).value
+    row = {"model": model.name, "recipe": recipe.name, "file": str(path), "file_bytes": report.file_bytes,
+           "original_bytes": report.original_bytes, "ratio": report.ratio, "weights_ratio": report.weights_ratio,
+           "top1_after": after, "seconds": seconds, "recipe_spec": recipe.to_dict()}
+    log.info("%s %s: %.1fx (weights %.1fx), top-1 %.2f %%, %.0f s", model.name, recipe.name, report.ratio,
+             report.weights_ratio, 100 * after, seconds)
+    return row
+
+
+def inference_speed(dense: torch.nn.Module, path: str, shape: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+    """Median ms per batch of the dense model and of the loaded .nsk (and the one-off load time)."""
+    started = time.perf_counter()
+    loaded = netshrink.load(path)
+    load_seconds = time.perf_counter() - started
+    x = torch.rand(batch, *shape)
+    if x.dim() == 4:  # both in the layout `evaluate` runs image models in (channels-last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        dense, loaded = dense.to(memory_format=torch.channels_last), loaded.to(memory_format=torch.channels_last)
+    timings = {}
+    for label, module in (("dense", dense.eval()), ("loaded", loaded)):
+        with torch.inference_mode():
+            module(x)  # warm-up
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                module(x)
+                runs.append(1000 * (time.perf_counter() - start))
+        timings[label] = statistics.median(runs)
+    return {"batch": batch, "dense_ms": timings["dense"], "loaded_ms": timings["loaded"],
+            "slowdown": timings["loaded"] / timings["dense"], "load_seconds": load_seconds, "repeats": repeats}
+
+
+def run_model(model: Model, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    base, identity, source = baseline(model, args)
+    limit = 500 if args.quick else None
+    data = {"train": load_dataset(model.dataset, "train"), "test": load_dataset(model.dataset, "test")}
+    before = evaluate(base, data["test"], limit=limit, progress=False).value
+    plans = [(model.recipe, True, None)]
+    if args.ablation in ("all", "after"):
+        plans.append((model.ablation, True, model.recipe))
+    if args.ablation == "all":
+        plans += [(model.recipe, False, model.recipe), (model.ablation, False, model.recipe)]
+    rows = []
+    for name, finetune, ablation_of in plans:
+        fresh = base if not rows else baseline(model, args)[0]
+        row = run_row(model, variant(name, finetune, args.quick), fresh, identity, data, limit, workdir)
+        rows.append({**row, "objective": "weights" if "weights" in name else "output", "fine_tuned": finetune,
+                     "ablation_of": ablation_of, "baseline": source, "top1_before": before,
+                     "drop_pp": 100 * (before - row["top1_after"]), "target": model.target if not ablation_of else ""})
+    speed = inference_speed(base, rows[0]["file"], zoo.model_info(model.name).input_shape, model.batch, args.repeats)
+    return {"rows": rows, "speed": {model.name: speed}}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = ["# Output-aware product quantization (Stock et al. 2020)", "",
+             f"Loaded .nsk files scored on the full held-out split (CIFAR-10 JPEG test; Imagenette val, 1000-way top-1). "
+             f"ratio = fp32 bytes of all parameters and buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. "
+             f"Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.", "",
+             "| model | recipe | objective | fine-tuned | ratio | weights_ratio | file bytes | top-1 before % | "
+             "top-1 after % | drop pp | minutes | target |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['objective']} | {'yes' if r['fine_tuned'] else 'no'} | "
+                     f"{r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | {100 * r['top1_before']:.2f} | "
+                     f"{100 * r['top1_after']:.2f} | {r['drop_pp']:.2f} | {r['seconds'] / 60:.1f} | {r['target']} |")
+    lines += ["", "## Inference speed of the loaded file (decoded once at load) vs the dense model", "",
+              "| model | batch | dense ms | loaded .nsk ms | loaded / dense | load s |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in result["speed"].items():
+        lines.append(f"| {name} | {s['batch']} | {s['dense_ms']:.1f} | {s['loaded_ms']:.1f} | {s['slowdown']:.2f} | "
+                     f"{s['load_seconds']:.2f} |")
+    lines += ["", "## The paper's reported numbers (Stock et al. 2020, ICLR; other models and data, for reference only)", "",
+              "| model / data | reported by the paper |", "|---|---|"]
+    lines += [f"| {p['model']} | {p['reported']} |" for p in PAPER]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resnet20", type=Path, help="ResNet-20 baseline checkpoint (.nsk), fine-tuned as long as the recipe")
+    parser.add_argument("--efficientnet_lite0", type=Path, help="EfficientNet-Lite0 checkpoint (default: the zoo weights)")
+    parser.add_argument("--models", default="resnet20,efficientnet_lite0")
+    parser.add_argument("--ablation", choices=("all", "after", "none"), default="all",
+                        help="weight-only PQ rows: after and before fine-tuning (all), after only, or none")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny calibration and fine-tuning, 500 eval samples")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/pq.json")
+    args = parser.parse_args(argv)
+    out, result = Path(args.out), {"rows": [], "speed": {}}
+    if out.exists():  # keep other models' rows: each model can be run on its own
+        previous = json.loads(out.read_text())
+        chosen = set(args.models.split(","))
+        result["rows"] = [r for r in previous.get("rows", []) if r["model"] not in chosen]
+        result["speed"] = {k: v for k, v in previous.get("speed", {}).items() if k not in chosen}
+    started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="pq-") as tmp:
+        for name in args.models.split(","):
+            part = run_model(MODELS[name], args, Path(tmp))
+            result["rows"] += part["rows"]
+            result["speed"].update(part["speed"])
+            result["meta"] = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                              f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg, "torch": torch.__version__,
+                              "wall_seconds": time.perf_counter() - started, "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+                              "paper": PAPER}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))
+            out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
