@@ -82,8 +82,9 @@ def _cache_overlap(rows: list[int], kernel: int, stride: int, capacity: int) -> 
     return extra
 
 
-def reference_energy(shape: LayerShape, module: nn.Module) -> float:
-    """Energy of one dense layer in the ICLR 2019 model (weights + inputs/outputs + computation)."""
+def reference_energy(shape: LayerShape, module: nn.Module, kernel_cache: int = KERNEL_CACHE) -> float:
+    """Energy of one dense layer in the ICLR 2019 model (weights + inputs/outputs + computation).
+    `kernel_cache` past which conv weights are re-fetched from DRAM per tile of outputs."""
     if isinstance(module, nn.Linear):
         c, d = module.in_features, module.out_features
         x = math.ceil(d / ARRAY_N) * E_CACHE * c + d * E_RF * c + \
@@ -100,7 +101,7 @@ def reference_energy(shape: LayerShape, module: nn.Module) -> float:
     weights = shape.weight_numel
     tiles = math.ceil(out_hw / ARRAY_M)
     wt = tiles * weights * E_CACHE + out_hw * weights * E_RF + \
-        (tiles * max(0, weights - KERNEL_CACHE) + min(KERNEL_CACHE, weights)) * E_MEM
+        (tiles * max(0, weights - kernel_cache) + min(kernel_cache, weights)) * E_MEM
     macs = d * (c // g) * _taps(h, r, xi, p) * _taps(w, r, xi, p)  # in-bounds taps only
     return x + wt + E_MAC * macs
 
@@ -133,13 +134,16 @@ def network_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     return [{"layer": s.name, "macs": s.macs, "weights": s.weight_numel,
              "ours": e.total_pj / unit, "ours_computation": e.computation_pj / unit,
              "ours_weights": e.weights_pj / unit, "ours_activations": e.activations_pj / unit,
-             "reference": reference_energy(s, modules[s.name])} for s, e in zip(shapes, ours.layers)]
+             "reference": reference_energy(s, modules[s.name]),
+             "reference_weights_once": reference_energy(s, modules[s.name], kernel_cache=10 ** 12)}
+            for s, e in zip(shapes, ours.layers)]
 
 
 def grouped(rows: list[dict]) -> list[dict]:
     sums: dict[str, dict] = defaultdict(lambda: defaultdict(float))
     for row in rows:
-        for key in ("macs", "weights", "ours", "ours_computation", "ours_weights", "ours_activations", "reference"):
+        for key in ("macs", "weights", "ours", "ours_computation", "ours_weights", "ours_activations", "reference",
+                    "reference_weights_once"):
             sums[group_of(row["layer"])][key] += row[key]
     return [{"layer": name, **values} for name, values in sums.items()]
 
@@ -148,7 +152,9 @@ def summarize(rows: list[dict]) -> dict:
     ours, ref = [r["ours"] for r in rows], [r["reference"] for r in rows]
     for row in rows:
         row["ours_share"], row["reference_share"] = row["ours"] / sum(ours), row["reference"] / sum(ref)
-    return {"r2": r_squared(ours, ref), "layers": len(rows), "rows": rows}
+    once = [r["reference_weights_once"] for r in rows]
+    return {"r2": r_squared(ours, ref), "r2_weights_fetched_once": r_squared(ours, once), "layers": len(rows),
+            "rows": rows}
 
 
 def eyeriss_traffic(model: nn.Module, batch: int = 4) -> dict:
@@ -217,6 +223,9 @@ def markdown(result: dict) -> str:
     for key, title in (("alexnet", "AlexNet"), ("googlenet_modules", "GoogLeNet (per Table 1 row)")):
         block = energy[key]
         lines += [f"### {title}: R^2 = {block['r2']:.4f} over {block['layers']} layers", "",
+                  f"With that model's conv weights fetched from DRAM once (its 8 kB kernel cache made unbounded, "
+                  f"as in our model): R^2 = {block['r2_weights_fetched_once']:.4f}.",
+                  "",
                   "| layer | MACs | ours (MAC units) | share | of it: comp / weights / act | reference | share |",
                   "|---|---:|---:|---:|---|---:|---:|"]
         lines += [f"| {r['layer']} | {r['macs'] / 1e6:.1f} M | {r['ours']:.3g} | {r['ours_share']:.1%} | "
@@ -224,8 +233,9 @@ def markdown(result: dict) -> str:
                   f"{r['ours_activations'] / r['ours']:.0%} | {r['reference']:.3g} | {r['reference_share']:.1%} |"
                   for r in block["rows"]]
         lines.append("")
-    lines.append(f"GoogLeNet per conv layer ({energy['googlenet_layers']['layers']} layers): "
-                 f"R^2 = {energy['googlenet_layers']['r2']:.4f}.")
+    layers = energy["googlenet_layers"]
+    lines.append(f"GoogLeNet per conv layer ({layers['layers']} layers): R^2 = {layers['r2']:.4f} "
+                 f"({layers['r2_weights_fetched_once']:.4f} with weights fetched once).")
     return "\n".join(lines) + "\n"
 
 
