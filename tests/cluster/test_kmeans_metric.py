@@ -28,26 +28,29 @@ def test_objective_never_increases_and_ends_lower():
     assert costs[-1] < 0.9 * costs[0]
 
 
-def test_update_is_the_exact_least_squares_minimiser():
-    """c_k = argmin_c sum_p ||X_j(p) (w_p - c)||^2, checked against a least-squares solve of the
-    stacked activations and against perturbations."""
+@pytest.mark.parametrize("weighted", [False, True])
+def test_update_is_the_exact_least_squares_minimiser(weighted):
+    """c_k = argmin_c sum_p a_p ||X_j(p) (w_p - c)||^2, checked against a least-squares solve of the
+    stacked (sqrt(a_p)-scaled) activations and against perturbations."""
     gen = torch.Generator().manual_seed(2)
     acts, grams = correlated_grams(5, 4, seed=3)
     points = torch.randn(5, 30, 4, generator=gen)
     labels = torch.randint(0, 3, (5, 30), generator=gen)
-    centroids = metric_centroids(points, labels, grams, 3)
+    weights = 0.1 + 3 * torch.rand(5, 30, generator=gen) if weighted else None
+    centroids = metric_centroids(points, labels, grams, 3, weights)
     for k in range(3):
         rows_a, rows_b = [], []
         for j in range(5):
             for i in (labels[j] == k).nonzero().flatten():
-                rows_a.append(acts[j].double())
-                rows_b.append(acts[j].double() @ points[j, i].double())
+                scale = float(weights[j, i]) ** 0.5 if weighted else 1.0
+                rows_a.append(scale * acts[j].double())
+                rows_b.append(scale * acts[j].double() @ points[j, i].double())
         solution = torch.linalg.lstsq(torch.cat(rows_a), torch.cat(rows_b)).solution
         torch.testing.assert_close(centroids[k].double(), solution, rtol=1e-4, atol=1e-5)
-    best = metric_cost(points, centroids, labels, grams)
+    best = metric_cost(points, centroids, labels, grams, weights)
     for _ in range(20):
         moved = centroids + 1e-3 * torch.randn(centroids.shape, generator=gen)
-        assert metric_cost(points, moved, labels, grams) > best
+        assert metric_cost(points, moved, labels, grams, weights) > best
 
 
 def test_one_identity_metric_is_plain_kmeans_means_and_nearest():

@@ -12,7 +12,7 @@ import netshrink
 from netshrink.codecs.pq import subvectors
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
-from netshrink.methods.layer_inputs import block_points, forward_order, input_grams, unblock_labels
+from netshrink.methods.layer_inputs import batchnorm_scales, block_points, forward_order, input_grams, unblock_labels
 from netshrink.recipe import parse_recipe
 from netshrink.zoo.efficientnet_lite import SameConv2d
 
@@ -76,6 +76,14 @@ def test_output_aware_beats_weight_pq_on_the_layer_output():
         with torch.no_grad():
             errors[objective] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
     assert errors["output"] < 0.7 * errors["weights"]
+
+
+def test_batchnorm_scales_pair_each_layer_with_the_norm_after_it(tiny_net):
+    scales = batchnorm_scales(tiny_net, {"conv": tiny_net.conv, "fc": tiny_net.fc}, torch.rand(2, 3, 8, 8))
+    bn = tiny_net.bn
+    expected = bn.weight.detach().double() ** 2 / (bn.running_var.double() + bn.eps)
+    assert set(scales) == {"conv"}  # fc is not followed by a norm
+    torch.testing.assert_close(scales["conv"], expected)
 
 
 def test_forward_order_follows_the_calls(tiny_net):
