@@ -359,11 +359,12 @@ def kmeans_metric(
         labels = torch.arange(m * n, dtype=torch.int64).reshape(m, n)
         return KMeansResult(points.reshape(-1, d).clone(), labels, 0.0, 0)
     centroids = _pooled_start(points, grams, k, seed) if init is None else _validated_points(init, "init").clone()
-    labels = _nearest_metric(points, centroids, factors)
+    mapped = torch.bmm(points, factors)  # x L_j, once: the assignment scores codewords against these
+    labels = _nearest_metric(mapped, centroids, factors)
     iteration = 0
     for iteration in range(1, iters + 1):
         centroids = _metric_update(points, grams.double(), weights, centroids, labels)
-        moved, labels = labels, _nearest_metric(points, centroids, factors)
+        moved, labels = labels, _nearest_metric(mapped, centroids, factors)
         if torch.equal(moved, labels):
             break
     return KMeansResult(centroids, labels, metric_cost(points, centroids, labels, grams, weights), iteration)
@@ -373,7 +374,7 @@ def assign_nearest_metric(x: torch.Tensor, centroids: torch.Tensor, grams: torch
     """Labels [m, n] of each point's nearest centroid in its group's metric, and the objective."""
     points, factors = _validated_metric_problem(x, grams)
     book = _validated_points(centroids, "centroids")
-    labels = _nearest_metric(points, book, factors)
+    labels = _nearest_metric(torch.bmm(points, factors), book, factors)
     return labels, metric_cost(points, book, labels, grams)
 
 
@@ -432,15 +433,16 @@ def _pooled_start(points: torch.Tensor, grams: torch.Tensor, k: int, seed: int) 
     return torch.linalg.solve_triangular(factor, start, upper=False, left=False).float()
 
 
-def _nearest_metric(points: torch.Tensor, centroids: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """argmin_c ||(x - c) L_j||^2 per point, groups in blocks so scores stay ~16 MiB."""
-    m, n, _ = points.shape
+def _nearest_metric(mapped: torch.Tensor, centroids: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """argmin_c ||(x - c) L_j||^2 per point, given the mapped points x L_j [m, n, d]; groups in
+    blocks so the scores stay ~16 MiB."""
+    m, n, _ = mapped.shape
     k = centroids.shape[0]
     labels = torch.empty(m, n, dtype=torch.int64)
     step = max(1, _METRIC_BLOCK // max(1, n * k))
     for first in range(0, m, step):
         block = slice(first, first + step)
-        mapped_points = torch.bmm(points[block], factors[block])                   # [g, n, d]
+        mapped_points = mapped[block]                                              # [g, n, d]
         mapped_book = torch.matmul(centroids, factors[block])                      # [g, k, d]
         half_norms = 0.5 * (mapped_book * mapped_book).sum(2).unsqueeze(1)         # [g, 1, k]
         scores = torch.baddbmm(half_norms, mapped_points, mapped_book.transpose(1, 2), alpha=-1)
