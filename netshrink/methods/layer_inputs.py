@@ -57,17 +57,23 @@ def unblock_labels(labels: torch.Tensor, groups: int) -> torch.Tensor:
     return labels.reshape(groups, blocks // groups, rows_per_group).permute(0, 2, 1).reshape(-1)
 
 
-def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> list[str]:
-    """Names of `layers` in the order a forward pass on `inputs` first calls them (unused ones last)."""
-    seen: list[str] = []
-    handles = [module.register_forward_pre_hook(lambda _m, _a, name=name: seen.append(name) if name not in seen else None)
-               for name, module in layers.items()]
+def _calls(model: nn.Module, modules: dict[str, nn.Module], inputs: Any) -> list[tuple[str, nn.Module]]:
+    """(name, module) of each call of one of `modules` during a forward pass on `inputs`, in order."""
+    calls: list[tuple[str, nn.Module]] = []
+    handles = [module.register_forward_pre_hook(lambda m, _a, name=name: calls.append((name, m)))
+               for name, module in modules.items()]
     try:
         with torch.no_grad():
             call_model(model.eval(), inputs)
     finally:
         for handle in handles:
             handle.remove()
+    return calls
+
+
+def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> list[str]:
+    """Names of `layers` in the order a forward pass on `inputs` first calls them (unused ones last)."""
+    seen = list(dict.fromkeys(name for name, _ in _calls(model, layers, inputs)))
     return seen + [name for name in layers if name not in seen]
 
 
@@ -75,16 +81,8 @@ def batchnorm_scales(model: nn.Module, layers: dict[str, nn.Module], inputs: Any
     """gamma^2 / (running_var + eps) per output channel of each layer directly followed by a
     BatchNorm over its outputs: at inference BN multiplies channel o by gamma_o / sigma_o, so an error
     in row o reaches the next layer scaled by that much (the weighting the pq step gives each row)."""
-    calls: list[tuple[str, nn.Module]] = []
-    watched = {**layers, **{n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}}
-    handles = [module.register_forward_pre_hook(lambda m, _a, name=name: calls.append((name, m)))
-               for name, module in watched.items()]
-    try:
-        with torch.no_grad():
-            call_model(model.eval(), inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    calls = _calls(model, {**layers, **norms}, inputs)
     scales = {}
     for (name, module), (_, after) in zip(calls, calls[1:]):
         if name in layers and isinstance(after, nn.modules.batchnorm._BatchNorm) \
