@@ -127,3 +127,37 @@ def test_bad_settings_are_one_line_errors(tiny_net, tiny_images):
 def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
     compressed = netshrink.compress(tiny_net, recipe({"pq": {"objective": "weights", "epochs": 0, "k": 4}}), progress=False)
     assert len(torch.unique(subvectors(compressed.model.state_dict()["conv.weight"], 9), dim=0)) <= 4
+
+
+class TinySentenceEncoder(nn.Module):
+    """Embedding + Linear, mean-pooled over the mask: the call shape of the sentence model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.proj = nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.proj(self.embed(ids))
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+
+
+def test_text_batches_calibrate_and_distill_with_mse(tmp_path):
+    from netshrink.data import SentencePairs
+
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 50, (64, 2, 6), generator=gen)
+    tokens[:, :, 4:] = 0  # padding
+    data = SentencePairs(tokens, torch.rand(64, generator=gen) * 5)
+    torch.manual_seed(0)
+    model = TinySentenceEncoder()
+    steps = recipe({"pq": {"k": 8, "pointwise_d": 4, "calibration": 32, "calibration_batch": 8, "epochs": 0.5,
+                           "batch_size": 16, "distill": "mse", "lr": 0.001}})
+    compressed = netshrink.compress(model, steps, data=data, progress=False)
+    state = compressed.model.state_dict()
+    for name, d in (("embed.weight", 4), ("proj.weight", 4)):
+        assert len(torch.unique(subvectors(state[name], d), dim=0)) <= 8
+    compressed.save(tmp_path / "text.nsk")
+    loaded = netshrink.load(tmp_path / "text.nsk", model=TinySentenceEncoder())
+    ids, mask = tokens[:4, 0], (tokens[:4, 0] != 0).long()
+    torch.testing.assert_close(loaded(ids, mask), compressed.model.eval()(ids, mask))
