@@ -1,6 +1,6 @@
 """Inference energy of a model, per conv/linear layer and in total, for the original and the
-compressed network (the energy-aware metrics of Deep k-Means, Wu et al. ICML 2018, sec. 4, on the
-Eyeriss methodology of Chen, Emer, Sze ISCA 2016 and Yang, Chen, Sze CVPR 2017).
+compressed network (the energy-aware metrics of Deep k-Means, Wu et al. ICML 2018, on the Eyeriss
+methodology of Chen, Emer, Sze ISCA 2016 and Yang, Chen, Sze CVPR 2017; see docs/energy.md).
 
 Energy of a layer = computation + weight movement + activation movement, in pJ:
 
