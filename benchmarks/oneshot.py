@@ -70,6 +70,7 @@ class Subject:
     data: ArrayDataset
     top1: float = float("nan")
     repeats: int = 1
+    train: ArrayDataset | None = None  # calibration samples for `palette weighting: activation`
 
 
 def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
@@ -124,9 +125,10 @@ def load_subject(name: str, args: argparse.Namespace) -> Subject | None:
 # --- ours -------------------------------------------------------------------------------------------
 
 
-def palette_recipe(bits: int, per_channel: bool) -> Recipe:
-    name = f"palette{bits}{'-per-channel' if per_channel else ''}"
-    return parse_recipe({"name": name, "steps": [{"palette": {"bits": bits, "per_channel": per_channel}}]})
+def palette_recipe(bits: int, per_channel: bool, weighting: str = "none") -> Recipe:
+    name = f"palette{bits}{'-per-channel' if per_channel else ''}{'' if weighting == 'none' else '-' + weighting}"
+    step = {"bits": bits, "per_channel": per_channel, "weighting": weighting}
+    return parse_recipe({"name": name, "steps": [{"palette": step}]})
 
 
 def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
@@ -134,7 +136,8 @@ def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
     path = workdir / f"{subject.name}-{recipe.name}.nsk"
 
     def compress_and_save() -> Any:
-        compressed = netshrink.compress(subject.model, recipe, name=subject.name, progress=False)
+        data = subject.train if recipe.needs_data else None
+        compressed = netshrink.compress(subject.model, recipe, data, name=subject.name, progress=False)
         return compressed.save(path)
 
     seconds, times, report = median_seconds(compress_and_save, subject.repeats)
@@ -191,19 +194,22 @@ def run_recipes(subjects: list[Subject], workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: Path) -> list[dict[str, Any]]:
+def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: Path,
+              weighting: str = "none") -> list[dict[str, Any]]:
+    """Ours (with `weighting`; also plain k-means when weighting is on, for the record) vs coremltools."""
     rows = []
     jobs = [(s, b, pc) for s in subjects if s.name in SWEEP_MODELS for pc in (False, True) for b in bits_for[s.name]]
     for subject, bits, per_channel in tqdm(jobs, desc="bit-width sweep", unit="config"):
-        recipe = palette_recipe(bits, per_channel)
+        recipe = palette_recipe(bits, per_channel, weighting)
         ours = run_ours(subject, recipe, workdir)
+        plain = run_ours(subject, palette_recipe(bits, per_channel), workdir) if weighting != "none" else ours
         theirs = run_peer(subject, layer_names(subject, recipe), bits, per_channel)
         ours.update(bits=bits, per_channel=per_channel)
         log.info("%s %d-bit %s: ours %.2fx %.2f %% (%.1f s) | coremltools %.2fx %.2f %% (%.1f s)", subject.name, bits,
                  granularity(per_channel), ours["ratio"], 100 * ours["top1_after"], ours["compress_seconds"],
                  theirs["ratio"], 100 * theirs["top1_after"], theirs["compress_seconds"])
         rows.append({"model": subject.name, "bits": bits, "per_channel": per_channel, "ours": ours, "coremltools": theirs,
-                     "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
+                     "ours_unweighted": plain, "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
     return rows
 
 
@@ -245,13 +251,15 @@ def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | bits | granularity | ours ratio | ours top-1 % | coremltools ratio | coremltools top-1 % | "
-             "ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours unweighted top-1 % | coremltools ratio | "
+             "coremltools top-1 % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["per_channel"], r["bits"])):
         ours, theirs = r["ours"], r["coremltools"]
+        plain = r.get("ours_unweighted", ours)
         lines.append(f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
-                     f"{pct(ours['top1_after'])} | {theirs['ratio']:.2f}x | {pct(theirs['top1_after'])} | "
+                     f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
+                     f"{pct(theirs['top1_after'])} | "
                      f"{ours['compress_seconds']:.1f} | {theirs['compress_seconds']:.1f} | {verdict(r)} |")
     return lines
 
@@ -284,7 +292,10 @@ def markdown(result: dict[str, Any]) -> str:
              f"{WEIGHTS_RATIO_LABEL}.", "", *recipes_table(result["recipes"]), ""]
     if result["sweep"]:
         lines += ["## Palette bit-width sweep: ours vs coremltools", "",
-                  f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file. "
+                  f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
+                  f"with `weighting: {meta.get('weighting', 'none')}` (see netshrink/importance.py; 'activation' measures "
+                  f"E[x^2] per input channel on 512 TRAINING images, never the test split); 'ours unweighted' is "
+                  f"the same step with plain k-means. "
                   f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
                   f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
                   f"Bits swept: {meta['bits_for']}.", "", *sweep_table(result["sweep"]), ""]
@@ -312,6 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sweep bit widths for efficientnet_lite0 (default: --bits); its per-channel k-means "
                              "takes minutes per setting on 2 cores")
     parser.add_argument("--no-sweep", action="store_true", help="run the shipped recipes only")
+    parser.add_argument("--weighting", choices=("none", "norm", "activation"), default="activation",
+                        help="palette weighting of our sweep rows (default activation; plain k-means is also run)")
     parser.add_argument("--repeats", type=int, help="timed runs per compression (default 3 small models, 1 efficientnet)")
     parser.add_argument("--out", default="benchmarks/results/oneshot.json")
     return parser.parse_args(argv)
@@ -328,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     bits_for = {n: (args.efficientnet_bits or args.bits) if n == "efficientnet_lite0" else args.bits for n in names}
     with tempfile.TemporaryDirectory(prefix="oneshot-") as tmp:
         recipe_rows = run_recipes(subjects, Path(tmp))
-        sweep_rows = [] if args.no_sweep else run_sweep(subjects, bits_for, Path(tmp))
+        if args.weighting == "activation":
+            for subject in subjects:
+                subject.train = load_dataset(subject.dataset, "train", args.data_dir)
+        sweep_rows = [] if args.no_sweep else run_sweep(subjects, bits_for, Path(tmp), args.weighting)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "limit": args.limit, "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
+        "limit": args.limit, "weighting": args.weighting, "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
         "repeats": {s.name: s.repeats for s in subjects},
         "repeats_note": ", ".join(f"{s.repeats} run(s) for {s.name}" for s in subjects),
         "torch": torch.__version__, "netshrink": getattr(netshrink, "__version__", "?"),

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from netshrink.codecs import Palette
 from netshrink.errors import DataError, RecipeError
-from netshrink.importance import following_norm_scales, input_second_moments, weight_importance
+from netshrink.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
+                                  weight_importance)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
@@ -30,8 +31,9 @@ class WeightSharing(LayerStep):
     """k-means weight sharing with a 16-bit codebook, per layer or per output channel.
 
     weighting: "none" (weight error), "norm" (x the squared scale of the BatchNorm after the layer;
-    data-free) or "activation" (also x the mean squared input each weight multiplies, measured on
-    `calibration` training samples).
+    data-free) or "activation" (also x the variance of the input each weight multiplies, measured
+    on `calibration` training samples, and the mean output shift corrected in the bias or the
+    following BatchNorm's running mean).
     """
 
     bits: int = 5
@@ -51,7 +53,9 @@ class WeightSharing(LayerStep):
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         state = model.state_dict()
-        importance = self.importances(model, ctx)
+        moments = self.calibrate(model, ctx)
+        importance = self.importances(model, moments)
+        originals = {name: state[f"{name}.weight"].clone() for name in moments}
         for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
             current = plan.codec_for(name)
             if name in importance and current.name == "sparse":
@@ -60,22 +64,28 @@ class WeightSharing(LayerStep):
             codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed,
                             importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
+        norms = following_norms(model) if moments else {}
+        for name, original in originals.items():
+            correct_mean_shift(model, name, original, moments[name].mean, norms)
 
-    def importances(self, model: nn.Module, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def calibrate(self, model: nn.Module, ctx: StepContext) -> dict[str, InputMoments]:
+        """Input statistics of the selected layers (weighting "activation" only), from training samples."""
+        if self.weighting != "activation":
+            return {}
+        if ctx.data is None:
+            raise DataError("palette weighting 'activation' measures inputs on training samples "
+                            "(CLI: --dataset; API: data=)")
+        batches = (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
+        return input_moments(model, [name for name, _ in self.layers(model)], batches)
+
+    def importances(self, model: nn.Module, moments: dict[str, InputMoments]) -> dict[str, torch.Tensor]:
         """weight name -> importance per weight (empty for weighting "none")."""
         if self.weighting == "none":
             return {}
-        layers = self.layers(model)
         scales = following_norm_scales(model)
-        moments = {}
-        if self.weighting == "activation":
-            if ctx.data is None:
-                raise DataError("palette weighting 'activation' measures inputs on training samples "
-                                "(CLI: --dataset; API: data=)")
-            batches = (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
-            moments = input_second_moments(model, [name for name, _ in layers], batches)
-        return {f"{name}.weight": weight_importance(module, scales.get(name), moments.get(name))
-                for name, module in layers}
+        return {f"{name}.weight": weight_importance(module, scales.get(name),
+                                                    moments[name].variance if name in moments else None)
+                for name, module in self.layers(model)}
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
         """per_channel "auto": one palette per output channel exactly when a channel has no more
