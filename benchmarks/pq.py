@@ -9,7 +9,7 @@ parameter and buffer / file bytes on disk; weights_ratio is the papers' conventi
 
     NETSHRINK_DATA=/work/shared/data python benchmarks/pq.py \
         --resnet20 /work/runs/resnet20-ft4.ckpt.nsk [--models resnet20,efficientnet_lite0] \
-        [--ablation all|after|none] [--quick] [--out benchmarks/results/pq.json]
+        [--variants output,weights,output-raw,weights-raw] [--quick] [--out benchmarks/results/pq.json]
 
 Baselines: ResNet-20 = the pretrained net fine-tuned on the JPEG train split for as many epochs as
 resnet20-pq retrains (`netshrink train resnet20 --dataset cifar10 --from-pretrained --epochs 4`), so
@@ -140,11 +140,9 @@ def run_model(model: Model, args: argparse.Namespace, workdir: Path) -> dict[str
     limit = 500 if args.quick else None
     data = {"train": load_dataset(model.dataset, "train"), "test": load_dataset(model.dataset, "test")}
     before = evaluate(base, data["test"], limit=limit, progress=False).value
-    plans = [(model.recipe, True, None)]
-    if args.ablation in ("all", "after"):
-        plans.append((model.ablation, True, model.recipe))
-    if args.ablation == "all":
-        plans += [(model.recipe, False, model.recipe), (model.ablation, False, model.recipe)]
+    every = {"output": (model.recipe, True, None), "weights": (model.ablation, True, model.recipe),
+             "output-raw": (model.recipe, False, model.recipe), "weights-raw": (model.ablation, False, model.recipe)}
+    plans = [every[v] for v in args.variants.split(",")]
     rows = []
     for name, finetune, ablation_of in plans:
         fresh = base if not rows else baseline(model, args)[0]
@@ -152,6 +150,8 @@ def run_model(model: Model, args: argparse.Namespace, workdir: Path) -> dict[str
         rows.append({**row, "objective": "weights" if "weights" in name else "output", "fine_tuned": finetune,
                      "ablation_of": ablation_of, "baseline": source, "top1_before": before,
                      "drop_pp": 100 * (before - row["top1_after"]), "target": model.target if not ablation_of else ""})
+    if rows[0]["ablation_of"]:
+        return {"rows": rows, "speed": {}}
     speed = inference_speed(base, rows[0]["file"], zoo.model_info(model.name).input_shape, model.batch, args.repeats)
     return {"rows": rows, "speed": {model.name: speed}}
 
@@ -186,23 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resnet20", type=Path, help="ResNet-20 baseline checkpoint (.nsk), fine-tuned as long as the recipe")
     parser.add_argument("--efficientnet_lite0", type=Path, help="EfficientNet-Lite0 checkpoint (default: the zoo weights)")
     parser.add_argument("--models", default="resnet20,efficientnet_lite0")
-    parser.add_argument("--ablation", choices=("all", "after", "none"), default="all",
-                        help="weight-only PQ rows: after and before fine-tuning (all), after only, or none")
+    parser.add_argument("--variants", default="output,weights,output-raw,weights-raw",
+                        help="rows to run: the recipe (output), its weight-only ablation (weights), and both "
+                             "without fine-tuning (-raw); the speed is measured on the first when it is 'output'")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny calibration and fine-tuning, 500 eval samples")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/pq.json")
     args = parser.parse_args(argv)
     out, result = Path(args.out), {"rows": [], "speed": {}}
-    if out.exists():  # keep other models' rows: each model can be run on its own
+    if out.exists():  # keep the rows this run does not redo: models and variants can be run separately
         previous = json.loads(out.read_text())
-        chosen = set(args.models.split(","))
-        result["rows"] = [r for r in previous.get("rows", []) if r["model"] not in chosen]
-        result["speed"] = {k: v for k, v in previous.get("speed", {}).items() if k not in chosen}
+        result = {"rows": previous.get("rows", []), "speed": previous.get("speed", {})}
     started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="pq-") as tmp:
         for name in args.models.split(","):
             part = run_model(MODELS[name], args, Path(tmp))
-            result["rows"] += part["rows"]
+            redone = {(r["model"], r["recipe"]) for r in part["rows"]}
+            result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"]) not in redone] + part["rows"]
             result["speed"].update(part["speed"])
             result["meta"] = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                               f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg, "torch": torch.__version__,
