@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "models": {}}
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     result["note"] = (__doc__.split("\n\n")[1].replace("\n", " ") + " pred. KL = summed single-layer KL the budget "
-                      "minimised (nats). Sizes: ratio = fp32 bytes of every parameter and buffer / file bytes on disk.")
+                      "minimised (nats; of the one-shot choice, also on its fine-tuned rows). Sizes: ratio = fp32 bytes of every parameter and buffer / file bytes on disk.")
     run_model(args, args.out, result)
     return 0
 
