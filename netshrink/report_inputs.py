@@ -97,11 +97,15 @@ def _run_from(obj: dict[str, Any], source: str) -> BenchmarkRun:
 
 
 def _run_label(obj: dict[str, Any]) -> str:
+    """The recipe; else the bit width (tools without recipes); else the run's short text fields
+    (e.g. budget rows: 'uniform 3-bit, auto, one-shot')."""
     if isinstance(obj.get("recipe"), str):
         return obj["recipe"]
-    bits = obj.get("bits")
-    per_channel = " per-channel" if obj.get("per_channel") else ""
-    return f"{bits}b{per_channel}" if bits is not None else "run"
+    if obj.get("bits") is not None:
+        return f"{obj['bits']}b{' per-channel' if obj.get('per_channel') else ''}"
+    words = [value for key, value in obj.items() if key not in ("model", "tool") and isinstance(value, str)
+             and 0 < len(value) <= 24 and "/" not in value]
+    return ", ".join(words) or "run"
 
 
 def _accuracy(obj: dict[str, Any]) -> float | None:

@@ -92,12 +92,14 @@ def test_runs_are_found_in_every_benchmark_shape(tmp_path):
              "sweep": [{"ours": {"model": "m", "recipe": "palette2", "ratio": 14.0, "top1_after": 0.2},
                         "coremltools": {"tool": "coremltools 9.0", "model": "m", "bits": 2, "per_channel": True,
                                         "ratio": 13.0, "top1_after": 0.25}}],
-             "rows": [{"model": "m", "recipe": "dc", "ratio": 40.0, "top1_after": 0.98, "tensors": [{"ratio": 1}]}]}
+             "rows": [{"model": "m", "recipe": "dc", "ratio": 40.0, "top1_after": 0.98, "tensors": [{"ratio": 1}]},
+                      {"model": "m", "allocation": "auto", "stage": "one-shot", "file": "/tmp/a.nsk", "ratio": 8.0,
+                       "top1": 0.8}]}
     (tmp_path / "b.json").write_text(json.dumps(bench))
     runs = read_runs(tmp_path / "b.json")
     assert [(r.label, r.series, r.ratio, r.accuracy) for r in runs] == [
         ("r1", "m", 4.0, 0.9), ("palette2", "m", 14.0, 0.2), ("2b per-channel", "m (coremltools 9.0)", 13.0, 0.25),
-        ("dc", "m", 40.0, 0.98)]
+        ("dc", "m", 40.0, 0.98), ("auto, one-shot", "m", 8.0, 0.8)]
 
 
 def test_committed_benchmark_results_parse():
