@@ -14,8 +14,8 @@ a weighted k-means objective with importance (g_o / sigma_o)^2 E[x_i^2] per weig
   - `activation`: also Var[x_i] of the input channel the weight multiplies, measured on
     calibration samples (training data, never the evaluation split); it changes per-channel
     palettes too. The mean part of the error, sum_i (W_oi - Q_oi) E[x_i], is the same for every
-    input and is removed instead of weighted (`mean_output_shifts` + `correct_mean_shift`: the
-    empirical bias correction of Nagel et al. 2019, "Data-Free Quantization"): after inputs through ReLU, whose mean is far from
+    input and is removed exactly instead of weighted (`correct_mean_shift`, the bias correction of
+    Nagel et al. 2019, "Data-Free Quantization"): after inputs through ReLU, whose mean is far from
     zero, the uncentred E[x_i^2] would let that shift dominate the weighting.
 """
 
@@ -126,51 +126,16 @@ def _per_weight_input(module: nn.Module, moment: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_output_shifts(model: nn.Module, deltas: dict[str, torch.Tensor], batches: Iterable[torch.Tensor]
-                       ) -> dict[str, torch.Tensor]:
-    """layer name -> the mean, per output channel, of layer(x; delta) - layer(x; 0) = the output shift
-    that changing its weight by `delta` causes, over the inputs the layer really sees in `batches`.
-
-    Measured, not derived from E[x]: border pixels of a padded convolution see fewer inputs, and
-    on the 8x8 maps of a CIFAR ResNet's last stage borders are almost half of the positions.
-    """
-    modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def record(name: str):
-        module, delta = modules[name], deltas[name]
-
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach()
-            if isinstance(module, nn.modules.conv._ConvNd):
-                out = module._conv_forward(x, delta.to(x.dtype), None).movedim(1, -1)
-            else:
-                out = nn.functional.linear(x, delta.to(x.dtype))
-            out = out.double().reshape(-1, out.shape[-1])
-            sums[name] = sums.get(name, 0) + out.sum(0)
-            counts[name] = counts.get(name, 0) + out.shape[0]
-        return hook
-
-    handles = [modules[name].register_forward_pre_hook(record(name)) for name in deltas]
-    was_training = model.training
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: sums[name] / counts[name] for name in sums}
-
-
-@torch.no_grad()
-def correct_mean_shift(model: nn.Module, name: str, shift: torch.Tensor, norms: dict[str, nn.Module]) -> bool:
-    """Cancel a mean output shift of layer `name` (from `mean_output_shifts`): subtract it from the
-    layer's bias if it has one, else add it to the running mean of the BatchNorm that follows it.
-    Returns whether there was somewhere to put it."""
+def correct_mean_shift(model: nn.Module, name: str, original: torch.Tensor, input_mean: torch.Tensor,
+                       norms: dict[str, nn.Module]) -> bool:
+    """Cancel the mean output shift sum_i (Q_oi - W_oi) E[x_i] that quantizing layer `name` from
+    `original` caused: into its bias if it has one, else into the running mean of the BatchNorm that
+    follows it. (Border pixels of a padded conv see fewer inputs; the interior dominates.) Returns
+    whether there was somewhere to put it."""
     module = dict(model.named_modules())[name]
+    delta = module.weight.detach().double() - original.double()
+    per_input = _per_weight_input(module, input_mean.double())
+    shift = (delta.reshape(*per_input.shape, -1).sum(-1) * per_input).sum(1)
     if module.bias is not None:
         module.bias -= shift.to(module.bias.dtype)
     elif name in norms:

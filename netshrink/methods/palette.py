@@ -18,7 +18,7 @@ from tqdm import tqdm
 from netshrink.codecs import Palette
 from netshrink.errors import DataError, RecipeError
 from netshrink.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
-                                  mean_output_shifts, weight_importance)
+                                  weight_importance)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
@@ -64,29 +64,19 @@ class WeightSharing(LayerStep):
             codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed,
                             importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
-        if originals:
-            self.correct_shifts(model, originals, ctx)
+        norms = following_norms(model) if moments else {}
+        for name, original in originals.items():
+            correct_mean_shift(model, name, original, moments[name].mean, norms)
 
     def calibrate(self, model: nn.Module, ctx: StepContext) -> dict[str, InputMoments]:
         """Input statistics of the selected layers (weighting "activation" only), from training samples."""
         if self.weighting != "activation":
             return {}
-        return input_moments(model, [name for name, _ in self.layers(model)], self.calibration_batches(ctx))
-
-    def calibration_batches(self, ctx: StepContext):
         if ctx.data is None:
             raise DataError("palette weighting 'activation' measures inputs on training samples "
                             "(CLI: --dataset; API: data=)")
-        return (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
-
-    def correct_shifts(self, model: nn.Module, originals: dict[str, torch.Tensor], ctx: StepContext) -> None:
-        """Measure each palettized layer's mean output shift on the calibration samples and cancel it."""
-        state = model.state_dict()
-        deltas = {name: state[f"{name}.weight"] - original for name, original in originals.items()}
-        shifts = mean_output_shifts(model, deltas, self.calibration_batches(ctx))
-        norms = following_norms(model)
-        for name, shift in shifts.items():
-            correct_mean_shift(model, name, shift, norms)
+        batches = (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
+        return input_moments(model, [name for name, _ in self.layers(model)], batches)
 
     def importances(self, model: nn.Module, moments: dict[str, InputMoments]) -> dict[str, torch.Tensor]:
         """weight name -> importance per weight (empty for weighting "none")."""
