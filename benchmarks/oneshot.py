@@ -293,8 +293,8 @@ def markdown(result: dict[str, Any]) -> str:
     if result["sweep"]:
         lines += ["## Palette bit-width sweep: ours vs coremltools", "",
                   f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
-                  f"with `weighting: {meta.get('weighting', 'none')}` (see netshrink/importance.py; 'activation' measures "
-                  f"E[x^2] per input channel on 512 TRAINING images, never the test split); 'ours unweighted' is "
+                  f"with `weighting: {meta.get('weighting', 'none')}` (see netshrink/importance.py: each weight counts by the squared scale of the BatchNorm "
+                  f"after its layer times the variance of the input it multiplies, and each layer's mean output shift is cancelled in its bias or BatchNorm (bias correction); statistics from 512 TRAINING images, never the test split); 'ours unweighted' is "
                   f"the same step with plain k-means. "
                   f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
                   f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
