@@ -23,7 +23,7 @@ import yaml
 
 from netshrink import report_plots as plots
 from netshrink.errors import NetshrinkError
-from netshrink.report import WEIGHTS_RATIO_LABEL, FileReport
+from netshrink.report import WEIGHTS_RATIO_LABEL, FileReport, TensorReport
 from netshrink.report_inputs import BenchmarkRun, Sensitivity, read_runs, read_sensitivity
 
 PLOT_IDS = ("plot-bits", "plot-sparsity", "plot-sizes", "plot-energy", "plot-sensitivity", "plot-tradeoff")
@@ -41,7 +41,7 @@ figcaption{color:#555;font-size:12.5px;margin-top:4px}
 pre{background:#f3f5f8;padding:8px 12px;overflow-x:auto;font-size:12px}
 table{border-collapse:collapse;font-size:12px;width:100%}table.runs{width:auto;margin-top:8px}th,td{padding:3px 6px;border-bottom:1px solid #e4e4e4}
 th{background:#eef1f5;position:sticky;top:0;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.w td:first-child{font-weight:600}
+details{margin-top:10px}summary{cursor:pointer;color:#335}
 """
 READY_SCRIPT = """<script>
 window.addEventListener("load", function () {
@@ -84,7 +84,7 @@ def render_html(report: FileReport, extras: ReportExtras) -> str:
     name = html.escape(Path(report.file).name)
     body = [f"<h1>netshrink report: {name}</h1>", f'<p class="sub">{html.escape(_model_line(report))}</p>',
             _summary(report, extras), _recipe(report), "<h2>Per layer</h2>", *_figures(report, extras),
-            "<h2>Every tensor</h2>", _tensor_table(report)]
+            "<h2>Tensors</h2>", _tensor_tables(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>netshrink report: {name}</title><style>{STYLE}</style></head>\n"
             f"<body data-images=\"pending\"><main>\n{chr(10).join(body)}\n</main>\n{READY_SCRIPT}</body></html>\n")
@@ -141,8 +141,8 @@ def _figures(report: FileReport, extras: ReportExtras) -> list[str]:
         _figure("plot-sizes", lambda: plots.plot_sizes(report),
                 "Bytes per layer by stream kind; the bars add up to the file size."),
         _figure("plot-energy", lambda: plots.plot_energy(energy),
-                "Estimated inference energy per layer (batch 1), split into computation and data movement; "
-                "black ticks: the same layer dense in fp32.",
+                "Estimated inference energy per layer (batch 1; netshrink.energy: 45 nm costs, Eyeriss memory "
+                "hierarchy), split into computation and data movement; black ticks: the same layer dense in fp32.",
                 None if energy.get("available") else f"Energy unavailable: {energy.get('reason', 'not estimated')}"),
         _figure("plot-sensitivity", lambda: plots.plot_sensitivity(extras.sensitivity),
                 "Accuracy and KL divergence when only that layer is compressed.",
@@ -177,17 +177,25 @@ def _runs_table(runs: Sequence[BenchmarkRun]) -> str:
 # --- table ------------------------------------------------------------------------------------------
 
 
-def _tensor_table(report: FileReport) -> str:
+def _tensor_tables(report: FileReport) -> str:
+    """Conv/linear weights in view; the many small tensors (biases, norms, buffers) folded away."""
+    weights = [t for t in report.tensors if t.is_layer_weight]
+    others = [t for t in report.tensors if not t.is_layer_weight]
+    folded = (f"<details><summary>{len(others)} other tensors (biases, norm parameters, buffers): "
+              f"{sum(t.total_bytes for t in others):,} B</summary>{_tensor_table(others, 'other-tensors')}</details>")
+    return _tensor_table(weights, "tensors") + (folded if others else "")
+
+
+def _tensor_table(tensors: Sequence[TensorReport], table_id: str) -> str:
     heads = ["tensor", "module", "codec", "shape", "bits/w", "zeros", "codebook", "indices", "positions",
              "values", "total B"]
     rows = []
-    for t in report.tensors:
+    for t in tensors:
         cells = [t.name, t.module, t.codec, "x".join(map(str, t.shape))]
         numbers = [f"{t.bits_per_weight:.2f}", f"{100 * t.sparsity:.1f}%", *(f"{t.bytes[k]:,}" for k in
                    ("codebook", "indices", "positions", "values")), f"{t.total_bytes:,}"]
-        row_class = ' class="w"' if t.is_layer_weight else ""
-        rows.append(f"<tr{row_class}>"
+        rows.append("<tr>"
                     + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
                     + "".join(f'<td class="n">{n}</td>' for n in numbers) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in heads)
-    return f'<table id="tensors"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
