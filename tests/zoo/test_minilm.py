@@ -77,3 +77,10 @@ def test_arch_options_rebuild_the_same_shapes() -> None:
 def test_float_input_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="integer token ids"):
         small_model()(torch.rand(2, 3, 8, 8))
+
+
+def test_flops_counts_the_linears_per_token() -> None:
+    from netshrink.flops import flops
+
+    # 2 layers x (q, k, v, out: 4 x 16 x 16, FFN: 2 x 16 x 32) MACs per token, 8 tokens of a zero input
+    assert flops(small_model(), (8,)) == 8 * 2 * (4 * 16 * 16 + 2 * 16 * 32)
