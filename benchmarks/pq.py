@@ -135,7 +135,8 @@ def inference_speed(dense: torch.nn.Module, path: str, shape: tuple[int, ...], b
             "slowdown": timings["loaded"] / timings["dense"], "load_seconds": load_seconds, "repeats": repeats}
 
 
-def run_model(model: Model, args: argparse.Namespace, workdir: Path, previous: list[dict[str, Any]]) -> dict[str, Any]:
+def run_model(model: Model, args: argparse.Namespace, workdir: Path, previous: list[dict[str, Any]],
+              publish: Any) -> dict[str, Any]:
     base, identity, source = baseline(model, args)
     limit = 500 if args.quick else None
     data = {"train": load_dataset(model.dataset, "train"), "test": load_dataset(model.dataset, "test")}
@@ -153,6 +154,7 @@ def run_model(model: Model, args: argparse.Namespace, workdir: Path, previous: l
         rows.append({**row, "objective": "weights" if "weights" in name else "output", "fine_tuned": finetune,
                      "ablation_of": ablation_of, "baseline": source, "top1_before": before,
                      "drop_pp": 100 * (before - row["top1_after"]), "target": model.target if not ablation_of else ""})
+        publish({"rows": rows, "speed": {}})  # a long run keeps every row it finished
     if rows[0]["ablation_of"]:
         return {"rows": rows, "speed": {}}
     speed = inference_speed(base, rows[0]["file"], zoo.model_info(model.name).input_shape, model.batch, args.repeats)
@@ -201,19 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(out.read_text())
         result = {"rows": previous.get("rows", []), "speed": previous.get("speed", {})}
     started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
+
+    def publish(part: dict[str, Any]) -> None:
+        redone = {(r["model"], r["recipe"]) for r in part["rows"]}
+        result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"]) not in redone] + part["rows"]
+        result["speed"].update(part["speed"])
+        result["meta"] = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg, "torch": torch.__version__,
+                          "wall_seconds": time.perf_counter() - started, "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+                          "paper": PAPER}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result))
+
     with tempfile.TemporaryDirectory(prefix="pq-") as tmp:
         for name in args.models.split(","):
-            part = run_model(MODELS[name], args, Path(tmp), result["rows"])
-            redone = {(r["model"], r["recipe"]) for r in part["rows"]}
-            result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"]) not in redone] + part["rows"]
-            result["speed"].update(part["speed"])
-            result["meta"] = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                              f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg, "torch": torch.__version__,
-                              "wall_seconds": time.perf_counter() - started, "weights_ratio_label": WEIGHTS_RATIO_LABEL,
-                              "paper": PAPER}
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1))
-            out.with_suffix(".md").write_text(markdown(result))
+            publish(run_model(MODELS[name], args, Path(tmp), result["rows"], publish))
     print(markdown(result))
     return 0
 
