@@ -78,11 +78,21 @@ class CompressionPlan:
         return records
 
 
+#: Layer kinds recorded by their torch base class, so a subclass (EfficientNet's SameConv2d) still
+#: counts as a conv weight in `weights_ratio` and every other per-kind report.
+_LAYER_KINDS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
+
+
+def module_kind(module: nn.Module) -> str:
+    """The torch layer class a module is (for subclasses of the layers above), else its class name."""
+    return next((kind.__name__ for kind in _LAYER_KINDS if isinstance(module, kind)), type(module).__name__)
+
+
 def _module_types(model: nn.Module) -> dict[str, str]:
-    """state-dict name -> class name of the module that owns it."""
+    """state-dict name -> kind of the module that owns it (`module_kind`)."""
     owners = {}
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         for local, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            owners[prefix + local] = type(module).__name__
+            owners[prefix + local] = module_kind(module)
     return owners

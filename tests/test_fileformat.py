@@ -164,3 +164,28 @@ def test_fuzz_flips_and_truncations_are_clean_errors_or_verified_loads(nsk_path,
         for key, value in reference.items():
             assert torch.equal(loaded.state_dict()[key], value)
     assert outcomes["error"] > 2900
+
+
+def test_weights_ratio_counts_subclassed_conv_layers(tmp_path):
+    """A Conv2d subclass (EfficientNet's SameConv2d) is a conv weight for weights_ratio: the ratio is
+    the same as for the plain Conv2d model it equals."""
+    import torch
+    from torch import nn
+
+    import netshrink
+    from netshrink.report import file_report
+
+    class MyConv(nn.Conv2d):
+        pass
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    sub = nn.Sequential(MyConv(3, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    sub.load_state_dict(plain.state_dict())
+    ratios = []
+    for model, name in ((plain, "plain"), (sub, "sub")):
+        netshrink.compress(model, "oneshot-palette5", progress=False).save(tmp_path / f"{name}.nsk")
+        report = file_report(tmp_path / f"{name}.nsk")
+        assert {t.module for t in report.tensors if t.name == "0.weight"} == {"Conv2d"}
+        ratios.append(report.weights_ratio)
+    assert ratios[0] == ratios[1]
