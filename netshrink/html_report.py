@@ -57,7 +57,7 @@ class ReportExtras:
 
     runs: list[BenchmarkRun] = field(default_factory=list)
     sensitivity: Sensitivity | None = None
-    evaluation: dict[str, Any] | None = None  # {"metric", "dataset", "before", "after", "n"} when measured
+    evaluation: dict[str, Any] | None = None  # {"metric", "dataset", "before", "after"} when measured
     energy: dict[str, Any] | None = None  # netshrink.energy JSON ({"available": False, "reason"} when not)
 
 
@@ -81,6 +81,7 @@ def write_html_report(report: FileReport, out: str | Path, extras: ReportExtras)
 
 
 def render_html(report: FileReport, extras: ReportExtras) -> str:
+    """The whole page as one string: what a reader sees first (sizes) comes first, the detail last."""
     name = html.escape(Path(report.file).name)
     body = [f"<h1>netshrink report: {name}</h1>", f'<p class="sub">{html.escape(_model_line(report))}</p>',
             _summary(report, extras), _recipe(report), "<h2>Per layer</h2>", *_figures(report, extras),
