@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from netshrink.errors import ModelError
+from netshrink.train import call_model
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -73,8 +75,9 @@ class InputMoments:
 
 
 @torch.no_grad()
-def input_moments(model: nn.Module, names: Iterable[str], batches: Iterable[torch.Tensor]) -> dict[str, InputMoments]:
-    """layer name -> mean and mean square of its inputs per channel, over `batches`."""
+def input_moments(model: nn.Module, names: Iterable[str], batches: Iterable[Any]) -> dict[str, InputMoments]:
+    """layer name -> mean and mean square of its inputs per channel, over `batches` (model inputs:
+    a tensor, or a tuple / dict of tensors as `train.call_model` takes them)."""
     modules = dict(model.named_modules())
     sums: dict[str, torch.Tensor] = {}
     squares: dict[str, torch.Tensor] = {}
@@ -95,8 +98,8 @@ def input_moments(model: nn.Module, names: Iterable[str], batches: Iterable[torc
     was_training = model.training
     model.eval()
     try:
-        for x in batches:
-            model(x)
+        for inputs in batches:
+            call_model(model, inputs)
     finally:
         model.train(was_training)
         for handle in handles:
