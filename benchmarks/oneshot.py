@@ -125,9 +125,10 @@ def load_subject(name: str, args: argparse.Namespace) -> Subject | None:
 # --- ours -------------------------------------------------------------------------------------------
 
 
-def palette_recipe(bits: int, per_channel: bool, weighting: str = "none") -> Recipe:
-    name = f"palette{bits}{'-per-channel' if per_channel else ''}{'' if weighting == 'none' else '-' + weighting}"
-    step = {"bits": bits, "per_channel": per_channel, "weighting": weighting}
+def palette_recipe(bits: int, per_channel: bool, weighting: str = "none", compensate: bool = False) -> Recipe:
+    name = (f"palette{bits}{'-per-channel' if per_channel else ''}{'' if weighting == 'none' else '-' + weighting}"
+            f"{'-compensate' if compensate else ''}")
+    step = {"bits": bits, "per_channel": per_channel, "weighting": weighting, "compensate": compensate}
     return parse_recipe({"name": name, "steps": [{"palette": step}]})
 
 
@@ -195,21 +196,23 @@ def run_recipes(subjects: list[Subject], workdir: Path) -> list[dict[str, Any]]:
 
 
 def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: Path,
-              weighting: str = "none") -> list[dict[str, Any]]:
-    """Ours (with `weighting`; also plain k-means when weighting is on, for the record) vs coremltools."""
+              weighting: str = "none", compensate: bool = False) -> list[dict[str, Any]]:
+    """Ours (with `weighting` and `compensate`; also plain k-means when either is on, for the record)
+    vs coremltools."""
     rows = []
     jobs = [(s, b, pc) for s in subjects if s.name in SWEEP_MODELS for pc in (False, True) for b in bits_for[s.name]]
     for subject, bits, per_channel in tqdm(jobs, desc="bit-width sweep", unit="config"):
-        recipe = palette_recipe(bits, per_channel, weighting)
+        recipe = palette_recipe(bits, per_channel, weighting, compensate)
         ours = run_ours(subject, recipe, workdir)
-        plain = run_ours(subject, palette_recipe(bits, per_channel), workdir) if weighting != "none" else ours
+        data_free = weighting == "none" and not compensate
+        plain = ours if data_free else run_ours(subject, palette_recipe(bits, per_channel), workdir)
         theirs = run_peer(subject, layer_names(subject, recipe), bits, per_channel)
         ours.update(bits=bits, per_channel=per_channel)
         log.info("%s %d-bit %s: ours %.2fx %.2f %% (%.1f s) | coremltools %.2fx %.2f %% (%.1f s)", subject.name, bits,
                  granularity(per_channel), ours["ratio"], 100 * ours["top1_after"], ours["compress_seconds"],
                  theirs["ratio"], 100 * theirs["top1_after"], theirs["compress_seconds"])
         rows.append({"model": subject.name, "bits": bits, "per_channel": per_channel, "ours": ours, "coremltools": theirs,
-                     "ours_unweighted": plain, "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
+                     "ours_plain": plain, "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
     return rows
 
 
@@ -251,12 +254,12 @@ def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours unweighted top-1 % | coremltools ratio | "
+    lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours plain k-means top-1 % | coremltools ratio | "
              "coremltools top-1 % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["per_channel"], r["bits"])):
         ours, theirs = r["ours"], r["coremltools"]
-        plain = r.get("ours_unweighted", ours)
+        plain = r.get("ours_plain", ours)
         lines.append(f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
                      f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
                      f"{pct(theirs['top1_after'])} | "
@@ -293,9 +296,13 @@ def markdown(result: dict[str, Any]) -> str:
     if result["sweep"]:
         lines += ["## Palette bit-width sweep: ours vs coremltools", "",
                   f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
-                  f"with `weighting: {meta.get('weighting', 'none')}` (see netshrink/importance.py: each weight counts by the squared scale of the BatchNorm "
-                  f"after its layer times the variance of the input it multiplies, and each layer's mean output shift is cancelled in its bias or BatchNorm (bias correction); statistics from 512 TRAINING images, never the test split); 'ours unweighted' is "
-                  f"the same step with plain k-means. "
+                  f"with `weighting: {meta.get('weighting', 'none')}` and `compensate: {str(meta.get('compensate', False)).lower()}` "
+                  "(weighting, netshrink/importance.py: the k-means counts each weight by the squared scale of the BatchNorm "
+                  "after its layer times the variance of the input it multiplies; compensate, netshrink/methods/error_feedback.py: "
+                  "layer by layer in forward order, the weights are assigned to those shared values with GPTQ-style error feedback under the "
+                  "second moment of the layer's input patches, the values refit for the layer's output, and the mean output shift cancelled in "
+                  "the bias or BatchNorm; statistics from 512 TRAINING images, never the test split); 'ours plain k-means' is "
+                  "the same step with plain k-means and no data (`weighting: none`, `compensate: false`). "
                   f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
                   f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
                   f"Bits swept: {meta['bits_for']}.", "", *sweep_table(result["sweep"]), ""]
@@ -325,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-sweep", action="store_true", help="run the shipped recipes only")
     parser.add_argument("--weighting", choices=("none", "norm", "activation"), default="activation",
                         help="palette weighting of our sweep rows (default activation; plain k-means is also run)")
+    parser.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
+                        help="palette compensate (error feedback) in our sweep rows (default on)")
     parser.add_argument("--repeats", type=int, help="timed runs per compression (default 3 small models, 1 efficientnet)")
     parser.add_argument("--out", default="benchmarks/results/oneshot.json")
     return parser.parse_args(argv)
@@ -341,13 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     bits_for = {n: (args.efficientnet_bits or args.bits) if n == "efficientnet_lite0" else args.bits for n in names}
     with tempfile.TemporaryDirectory(prefix="oneshot-") as tmp:
         recipe_rows = run_recipes(subjects, Path(tmp))
-        if args.weighting == "activation":
+        if args.weighting == "activation" or args.compensate:
             for subject in subjects:
                 subject.train = load_dataset(subject.dataset, "train", args.data_dir)
-        sweep_rows = [] if args.no_sweep else run_sweep(subjects, bits_for, Path(tmp), args.weighting)
+        sweep_rows = [] if args.no_sweep else run_sweep(subjects, bits_for, Path(tmp), args.weighting, args.compensate)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "limit": args.limit, "weighting": args.weighting, "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
+        "limit": args.limit, "weighting": args.weighting, "compensate": args.compensate, "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
         "repeats": {s.name: s.repeats for s in subjects},
         "repeats_note": ", ".join(f"{s.repeats} run(s) for {s.name}" for s in subjects),
         "torch": torch.__version__, "netshrink": getattr(netshrink, "__version__", "?"),

@@ -36,10 +36,10 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 def following_norm_scales(model: nn.Module) -> dict[str, torch.Tensor]:
     """layer name -> |g / sigma| per output channel of the BatchNorm that is its only consumer."""
-    return {name: _norm_scale(norm) for name, norm in following_norms(model).items()}
+    return {name: norm_scale(norm) for name, norm in following_norms(model).items()}
 
 
-def _norm_scale(norm: nn.Module) -> torch.Tensor:
+def norm_scale(norm: nn.Module) -> torch.Tensor:
     scale = torch.ones(norm.num_features) if norm.weight is None else norm.weight.detach().abs()
     return scale / torch.sqrt(norm.running_var + norm.eps)
 

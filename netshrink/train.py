@@ -112,6 +112,7 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
     optimizer = make_optimizer(list(params if params is not None else model.parameters()), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config))
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(call_model(m, x), y, label_smoothing=config.label_smoothing))
+    targets = _imagenet_targets(model, data)
     for hook in hooks:
         hook.prepare(model)
     model.train()
@@ -119,7 +120,7 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
     with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:
         while step < total:
             for x, y in loader:
-                loss = _train_step(model, loss_fn, x, y, hooks, optimizer)
+                loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], hooks, optimizer)
                 if not math.isfinite(loss):
                     raise NetshrinkError(f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)")
                 scheduler.step()
@@ -136,6 +137,20 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
         hook.finalize(model)
     model.eval()
     return result
+
+
+def _imagenet_targets(model: nn.Module, data: ArrayDataset) -> torch.Tensor | None:
+    """Label k -> its ImageNet-1k index when a 1000-way model trains on an ImageNet subset
+    (Imagenette's labels are 0..9; evaluation maps them the same way), else None."""
+    if getattr(data, "imagenet_classes", None) is None or len(data) == 0:
+        return None
+    was_training = model.training
+    with torch.no_grad():
+        outputs = call_model(model.eval(), next(iter(data.subset(torch.arange(1)).loader(1)))[0])
+    model.train(was_training)
+    if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] != data.num_classes:
+        return data.label_map(outputs.shape[1])
+    return None
 
 
 def _train_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,

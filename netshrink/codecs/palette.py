@@ -7,6 +7,7 @@ centroid, entropy coded (rANS): skewed index histograms cost fewer bits than `bi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -72,13 +73,31 @@ class Palette(Codec):
                                    for i, row in enumerate(rows))) if rows.numel() else ((), ()))
         codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
         indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        params = {"bits": self.bits, "rows": rows.shape[0], "book": k,
+        return self._encoded(codebook, indices, tuple(tensor.shape))
+
+    def encode_assigned(self, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]) -> Encoded:
+        """Store a given codebook [rows, k] (rounded to fp16) and per-weight labels without
+        clustering: for methods that choose the assignment themselves (error feedback, fine-tuning)."""
+        rows = shape[0] if self.per_channel else 1
+        if codebook.dim() != 2 or codebook.shape[0] != rows or not codebook.is_floating_point():
+            raise CodecError(f"palette codebook must be a float [{rows}, k] tensor, got {tuple(codebook.shape)}")
+        k = codebook.shape[1]
+        if not 1 <= k <= (1 << self.bits) or labels.numel() != math.prod(shape):
+            raise CodecError(f"palette{self.bits} cannot store {k} values per row for {labels.numel()} labels of "
+                             f"shape {tuple(shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise CodecError(f"palette labels must lie in 0..{k - 1}")
+        return self._encoded(codebook.detach().to(torch.float16), labels.reshape(-1).numpy().astype(np.int64), shape)
+
+    def _encoded(self, codebook: torch.Tensor, indices: np.ndarray, shape: tuple[int, ...]) -> Encoded:
+        rows, k = codebook.shape
+        params = {"bits": self.bits, "rows": rows, "book": k,
                   "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
         streams = {
             "codebook": Stream("codebook", tensor_to_bytes(codebook)),
             "indices": Stream("indices", encode_symbols(indices, k)),
         }
-        return Encoded(self.name, tuple(tensor.shape), params, streams)
+        return Encoded(self.name, shape, params, streams)
 
     def _importance_rows(self, tensor: torch.Tensor, n_rows: int) -> torch.Tensor | None:
         if self.importance is None:
@@ -103,7 +122,9 @@ class Palette(Codec):
         return padded, labels.astype(np.int64)
 
     @classmethod
-    def decode(cls, enc: Encoded) -> torch.Tensor:
+    def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp16 codebook [rows, k] and int64 labels [rows, weights per row], validated before
+        anything is allocated."""
         bits = require_int(enc.params, "bits", 1, MAX_BITS, cls.name)
         numel = enc.numel
         rows = require_int(enc.params, "rows", 0 if numel == 0 else 1, max(numel, 1), cls.name)
@@ -112,12 +133,15 @@ class Palette(Codec):
         k = require_int(enc.params, "book", 1, 1 << bits, cls.name)
         codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, rows * k)
         indices = decode_symbols(require_stream(enc, "indices", "indices"), numel, k)
-        if rows == 0:
+        labels = torch.from_numpy(indices).to(torch.int64)
+        return codebook.reshape(rows, k), labels.reshape(rows, numel // rows if rows else 0)
+
+    @classmethod
+    def decode(cls, enc: Encoded) -> torch.Tensor:
+        codebook, labels = cls.codebook_and_labels(enc)
+        if codebook.shape[0] == 0:
             return torch.zeros(enc.shape)
-        per_row = numel // rows
-        offsets = np.repeat(np.arange(rows, dtype=np.int64) * k, per_row)
-        values = codebook.float()[torch.from_numpy(indices + offsets)]
-        return values.reshape(enc.shape)
+        return codebook.float().gather(1, labels).reshape(enc.shape)
 
     def describe(self) -> str:
         return f"palette{self.bits}" + ("c" if self.per_channel else "")

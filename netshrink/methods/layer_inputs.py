@@ -77,18 +77,25 @@ def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -
     return seen + [name for name in layers if name not in seen]
 
 
+def following_batchnorms(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, nn.Module]:
+    """layer name -> the BatchNorm (with running statistics, over the layer's outputs) called right
+    after it in a forward pass on `inputs`. Call order works where graph tracing does not (models
+    with data-dependent Python, e.g. TF-style "SAME" padding)."""
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    calls = _calls(model, {**layers, **norms}, inputs)
+    return {name: after for (name, module), (_, after) in zip(calls, calls[1:])
+            if name in layers and isinstance(after, nn.modules.batchnorm._BatchNorm)
+            and after.num_features == module.weight.shape[0] and after.running_var is not None}
+
+
 def batchnorm_scales(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, torch.Tensor]:
     """gamma^2 / (running_var + eps) per output channel of each layer directly followed by a
     BatchNorm over its outputs: at inference BN multiplies channel o by gamma_o / sigma_o, so an error
     in row o reaches the next layer scaled by that much (the weighting the pq step gives each row)."""
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    calls = _calls(model, {**layers, **norms}, inputs)
     scales = {}
-    for (name, module), (_, after) in zip(calls, calls[1:]):
-        if name in layers and isinstance(after, nn.modules.batchnorm._BatchNorm) \
-                and after.num_features == module.weight.shape[0] and after.running_var is not None:
-            gamma = after.weight.detach() if after.affine else torch.ones(after.num_features)
-            scales[name] = (gamma.double() ** 2 / (after.running_var.double() + after.eps)).clamp_min(1e-12)
+    for name, norm in following_batchnorms(model, layers, inputs).items():
+        gamma = norm.weight.detach() if norm.affine else torch.ones(norm.num_features)
+        scales[name] = (gamma.double() ** 2 / (norm.running_var.double() + norm.eps)).clamp_min(1e-12)
     return scales
 
 
@@ -96,6 +103,13 @@ def input_grams(model: nn.Module, module: nn.Module, d: int, batches: Iterable[A
                 seed: int = 0) -> torch.Tensor:
     """E[x_b^T x_b] per input block b of `module` ([groups * blocks_per_row, d, d], float64) over the
     calibration `batches` (inputs of the whole model), running the model in eval mode."""
+    return input_statistics(model, module, d, batches, positions=positions, seed=seed)[0]
+
+
+def input_statistics(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E[x_b^T x_b] [blocks, d, d], E[x] [blocks * d]) of `module`'s input patches (see `input_grams`).
+    The mean is per im2col entry, so for a padded convolution it counts the zeros at the border."""
     accumulator = _GramAccumulator(module, d, positions, torch.Generator().manual_seed(seed))
     with accumulator.capturing(), torch.no_grad():
         model.eval()
@@ -104,13 +118,14 @@ def input_grams(model: nn.Module, module: nn.Module, d: int, batches: Iterable[A
                 call_model(model, inputs)
             except StopForward:
                 pass
-    return accumulator.result()
+    return accumulator.result(), accumulator.mean()
 
 
 class _GramAccumulator:
     def __init__(self, module: nn.Module, d: int, positions: int, generator: torch.Generator) -> None:
         self.module, self.d, self.positions, self.generator = module, d, positions, generator
         self.sums: torch.Tensor | None = None
+        self.totals: torch.Tensor | None = None
         self.count = 0
 
     @contextmanager
@@ -144,6 +159,8 @@ class _GramAccumulator:
         blocks = features.shape[1] // self.d
         if self.sums is None:
             self.sums = torch.zeros(blocks, self.d, self.d, dtype=torch.float64)
+            self.totals = torch.zeros(features.shape[1], dtype=torch.float64)
+        self.totals += features.sum(0).double()
         step = max(1, _FEATURE_BLOCK // max(1, features.shape[1]))
         for first in range(0, features.shape[0], step):
             part = features[first:first + step].reshape(-1, blocks, self.d)
@@ -154,6 +171,10 @@ class _GramAccumulator:
         if self.sums is None or self.count == 0:
             raise RuntimeError("the calibration passes never reached the layer")
         return self.sums / self.count
+
+    def mean(self) -> torch.Tensor:
+        self.result()  # the same check
+        return self.totals / self.count
 
 
 def _conv_patches(module: nn.Conv2d, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:

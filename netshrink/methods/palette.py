@@ -3,7 +3,9 @@
 Deep Compression (Han et al. 2016, sec. 3) with the optimal 1-D k-means of `netshrink.cluster`;
 pruned layers are clustered on their surviving weights only (the palette becomes the sparse
 codec's value codec), so zeros stay exactly zero. `weighting` clusters by each weight's cost at the
-layer's output instead of weight error alone (see netshrink/importance.py).
+layer's output instead of weight error alone (see netshrink/importance.py); `compensate` goes
+further and assigns the weights of each layer, in forward order, with error feedback under the
+full second moment of its inputs (see netshrink/methods/error_feedback.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.codecs import Palette
+from netshrink.codecs import Encoded, Palette
 from netshrink.errors import DataError, RecipeError
 from netshrink.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
-                                  weight_importance)
+                                  norm_scale, weight_importance)
+from netshrink.methods.error_feedback import feedback_assign, refit_values
+from netshrink.methods.layer_inputs import following_batchnorms, forward_order, groups_of, input_statistics
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
@@ -33,7 +37,9 @@ class WeightSharing(LayerStep):
     weighting: "none" (weight error), "norm" (x the squared scale of the BatchNorm after the layer;
     data-free) or "activation" (also x the variance of the input each weight multiplies, measured
     on `calibration` training samples, and the mean output shift corrected in the bias or the
-    following BatchNorm's running mean).
+    following BatchNorm's running mean). compensate: assign values with error feedback (GPTQ-style)
+    and refit them for the layer's output, layer by layer on the inputs of the already-quantized
+    network; needs calibration data, dense weights and Conv2d / Linear layers.
     """
 
     bits: int = 5
@@ -41,20 +47,27 @@ class WeightSharing(LayerStep):
     init: Literal["optimal", "linear", "density", "random"] = "optimal"
     weighting: Literal["none", "norm", "activation"] = "none"
     calibration: int = 512
+    compensate: bool = False
+    #: Patch positions sampled per image for `compensate`'s input statistics.
+    positions: int = 256
 
     def __post_init__(self) -> None:
         Palette(self.bits, self.per_channel is True, self.init)  # validates
         if self.calibration < 1:
             raise ValueError(f"calibration must be >= 1 sample, got {self.calibration}")
+        if self.positions < 1:
+            raise ValueError(f"positions must be >= 1, got {self.positions}")
 
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
-        return self.weighting == "activation"
+        return self.weighting == "activation" or self.compensate
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        if self.compensate:
+            return self.apply_with_feedback(model, plan, ctx)
         state = model.state_dict()
         moments = self.calibrate(model, ctx)
-        importance = self.importances(model, moments)
+        importance = self.importances(model, moments, following_norm_scales(model) if self.weighting != "none" else {})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
         for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
             current = plan.codec_for(name)
@@ -72,20 +85,52 @@ class WeightSharing(LayerStep):
         """Input statistics of the selected layers (weighting "activation" only), from training samples."""
         if self.weighting != "activation":
             return {}
-        if ctx.data is None:
-            raise DataError("palette weighting 'activation' measures inputs on training samples "
-                            "(CLI: --dataset; API: data=)")
-        batches = (x for x, _ in ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed).loader(64))
+        batches = (x for x, _ in self.calibration_sample(ctx).loader(64))
         return input_moments(model, [name for name, _ in self.layers(model)], batches)
 
-    def importances(self, model: nn.Module, moments: dict[str, InputMoments]) -> dict[str, torch.Tensor]:
-        """weight name -> importance per weight (empty for weighting "none")."""
+    def calibration_sample(self, ctx: StepContext):
+        if ctx.data is None:
+            what = "compensate" if self.compensate else "weighting 'activation'"
+            raise DataError(f"palette {what} measures inputs on training samples (CLI: --dataset; API: data=)")
+        return ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed)
+
+    def importances(self, model: nn.Module, moments: dict[str, InputMoments],
+                    scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """weight name -> importance per weight (empty for weighting "none"); `scales`: |g / sigma|
+        per output channel of the BatchNorm after each layer."""
         if self.weighting == "none":
             return {}
-        scales = following_norm_scales(model)
         return {f"{name}.weight": weight_importance(module, scales.get(name),
                                                     moments[name].variance if name in moments else None)
                 for name, module in self.layers(model)}
+
+    def apply_with_feedback(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        """`compensate`: each layer, in forward order, measured on the inputs the already-quantized
+        layers before it produce (as output-aware PQ does), so it also absorbs their errors."""
+        layers = dict(self.layers(model))
+        for name, module in layers.items():
+            codec = plan.codec_for(f"{name}.weight").name
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or codec != "dense":
+                raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
+                                  f"{'pruned ' if codec == 'sparse' else ''}{type(module).__name__}; "
+                                  "exclude it or use compensate: false")
+        sample = self.calibration_sample(ctx)
+        probe = next(iter(sample.loader(64)))[0]
+        norms = following_batchnorms(model, layers, probe)
+        scales = {name: norm_scale(norm) for name, norm in norms.items()}
+        moments = self.calibrate(model, ctx) if self.weighting == "activation" else {}
+        importance = self.importances(model, moments, scales)
+        for name in tqdm(forward_order(model, layers, probe), desc=f"palette {self.bits}b (feedback)",
+                         disable=not ctx.progress, leave=False):
+            module = layers[name]
+            codec = Palette(self.bits, self.channelwise(module.weight, False), self.init, ctx.seed,
+                            importance.get(f"{name}.weight"))
+            gram, mean = input_statistics(model, module, module.weight[0].numel(), (x for x, _ in sample.loader(64)),
+                                          positions=self.positions, seed=ctx.seed)
+            encoded = assign_layer_with_feedback(module, codec, gram, scales[name].pow(2) if name in scales else None)
+            original = module.weight.detach().clone()
+            plan.set_encoded(model, f"{name}.weight", codec, encoded, Palette.decode(encoded))
+            cancel_output_shift(module, original, mean, norms.get(name))
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
         """per_channel "auto": one palette per output channel exactly when a channel has no more
@@ -95,3 +140,39 @@ class WeightSharing(LayerStep):
         if self.per_channel != "auto":
             return bool(self.per_channel)
         return not sparse and weight.dim() >= 2 and weight[0].numel() <= (1 << self.bits)
+
+
+def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Tensor,
+                               row_scale: torch.Tensor | None) -> Encoded:
+    """The layer's palette: the codec's k-means values, labels by error feedback under each group's
+    input second moment `gram` [groups, cols, cols], values refit for the output error."""
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
+    values, _ = Palette.codebook_and_labels(codec.encode(module.weight))
+    values = values.double()
+    groups = groups_of(module)
+    per_group = weight.shape[0] // groups
+    parts = [slice(g * per_group, (g + 1) * per_group) for g in range(groups)]
+    row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values
+    labels = torch.cat([feedback_assign(weight[p], row_values[p], gram[g]) for g, p in enumerate(parts)])
+    if values.shape[0] > 1:  # one palette per row: each refit on its group's inputs
+        values = torch.cat([refit_values(weight[p], labels[p], values[p], gram[g],
+                                         None if row_scale is None else row_scale[p]) for g, p in enumerate(parts)])
+    elif groups == 1:
+        values = refit_values(weight, labels, values, gram[0], row_scale)
+    return codec.encode_assigned(values, labels, tuple(module.weight.shape))
+
+
+@torch.no_grad()
+def cancel_output_shift(module: nn.Module, original: torch.Tensor, patch_mean: torch.Tensor,
+                        norm: nn.Module | None) -> None:
+    """Remove the mean output change (Q - W) E[x] (x: the im2col patch, borders included) in the
+    layer's bias, or else in the running mean of the BatchNorm after it (Nagel et al. 2019)."""
+    rows = module.weight.shape[0]
+    groups = groups_of(module)
+    delta = (module.weight.detach() - original).reshape(rows, -1).double()
+    means = patch_mean.reshape(groups, -1).repeat_interleave(rows // groups, 0)
+    shift = (delta * means).sum(1)
+    if module.bias is not None:
+        module.bias -= shift.to(module.bias.dtype)
+    elif norm is not None:
+        norm.running_mean += shift.to(norm.running_mean.dtype)

@@ -1,0 +1,84 @@
+"""Palette assignment with error feedback: shared values chosen for the layer's output, not its weights.
+
+Rounding every weight to its nearest shared value minimises the weight error. What matters is the
+output error: for inputs x with second moment H = E[x x^T] (the layer's im2col patches or features,
+UNCENTRED so that a mean shift counts too), row w of the weight contributes (w - q)^T H (w - q).
+Because H couples the inputs, the error of one rounded weight can be cancelled by nudging the weights
+of the inputs correlated with it before they are rounded in turn. That is Optimal Brain Compression /
+GPTQ (Frantar & Alistarh 2022; Frantar et al. 2023), here with the palette's shared values as the
+grid instead of a uniform one:
+
+    for column j (in order of decreasing H_jj, "act-order"):
+        q_j = nearest shared value to w_j;   e = (w_j - q_j) / U_jj
+        w_{j+1:} -= e U_{j, j+1:}            (U: upper Cholesky factor of H^-1)
+
+The assignment then fixes which weights share a value; `refit_values` moves each shared value to the
+exact minimiser of the same output error over those assignments (a K x K linear system), which
+never increases it. The result is still an ordinary palette: the file format does not change.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Damping added to H's diagonal, as a fraction of its mean (Frantar et al. 2023 use 1 %): keeps the
+#: Cholesky factorisation defined when inputs are constant or linearly dependent (dead channels).
+DAMPING = 0.01
+
+
+def output_error(weight: torch.Tensor, quantized: torch.Tensor, gram: torch.Tensor,
+                 row_scale: torch.Tensor | None = None) -> float:
+    """sum_o s_o (w_o - q_o)^T H (w_o - q_o): the mean squared output error the change causes."""
+    delta = (weight - quantized).double()
+    per_row = ((delta @ gram.double()) * delta).sum(1)
+    return float(per_row.sum() if row_scale is None else (per_row * row_scale.double()).sum())
+
+
+def feedback_assign(weight: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,
+                    damping: float = DAMPING) -> torch.Tensor:
+    """Labels [rows, cols] into `values` ([rows, k]: row r may use values[r]) for `weight`
+    [rows, cols] under the input second moment `gram` [cols, cols], with error feedback."""
+    rows, cols = weight.shape
+    hessian = gram.double().clone()
+    dead = hessian.diagonal() <= 0
+    hessian[dead, dead] = 1.0  # an input that is always zero: its weights' errors cost nothing
+    hessian.diagonal().add_(damping * hessian.diagonal().mean())
+    order = torch.argsort(hessian.diagonal(), descending=True)
+    hessian = hessian[order][:, order]
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    work = weight.double()[:, order].clone()
+    book = values.double()
+    labels = torch.empty(rows, cols, dtype=torch.int64)
+    for j in range(cols):
+        column = work[:, j]
+        chosen = (column[:, None] - book).abs().argmin(1)
+        labels[:, j] = chosen
+        error = (column - book.gather(1, chosen[:, None])[:, 0]) / upper[j, j]
+        work[:, j + 1:] -= error[:, None] * upper[j, j + 1:][None, :]
+    restored = torch.empty_like(labels)
+    restored[:, order] = labels
+    return restored
+
+
+def refit_values(weight: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,
+                 row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The shared values that minimise `output_error` for fixed labels: one K x K least-squares system
+    per codebook (one for the whole tensor when `values` has one row, else one per row). A value no
+    weight uses keeps its old value."""
+    rows, cols = weight.shape
+    k = values.shape[1]
+    scale = torch.ones(rows, dtype=torch.float64) if row_scale is None else row_scale.double()
+    onehot = torch.zeros(rows, cols, k, dtype=torch.float64).scatter_(2, labels[:, :, None], 1.0)
+    h_onehot = torch.einsum("ij,rjk->rik", gram.double(), onehot)                     # H E_r
+    systems = torch.einsum("rik,ril->rkl", onehot, h_onehot) * scale[:, None, None]   # s_r E_r^T H E_r
+    targets = torch.einsum("rik,ri->rk", h_onehot, weight.double()) * scale[:, None]  # s_r E_r^T H w_r
+    if values.shape[0] == 1:
+        systems, targets = systems.sum(0, keepdim=True), targets.sum(0, keepdim=True)
+    old = values.double()
+    # Ridge towards the old values: unused entries keep them, near-singular systems stay well posed.
+    ridge = 1e-9 * systems.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] \
+        * torch.eye(k, dtype=torch.float64)
+    used = onehot.sum((0, 1)) > 0 if values.shape[0] == 1 else onehot.sum(1) > 0
+    ridge = ridge + torch.diag_embed((~used).double().reshape(-1, k))
+    solved = torch.linalg.solve(systems + ridge, (targets + (ridge @ old[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
+    return solved.to(values.dtype)
