@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netshrink  # noqa: E402
 from netshrink import zoo  # noqa: E402
 from netshrink.data import ArrayDataset, load_dataset  # noqa: E402
-from netshrink.evaluate import evaluate  # noqa: E402
+from netshrink.evaluate import correct_per_sample, evaluate  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
 from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
 from peers import coreml_palettize as peer  # noqa: E402
@@ -57,6 +58,8 @@ RECIPES = ("oneshot-palette5", "oneshot-prune50-palette5", "fp16")
 SMALL_MODELS = ("lenet5", "resnet20")
 SWEEP_MODELS = ("resnet20", "efficientnet_lite0")
 # The issue's acceptance targets for oneshot-palette5: (minimum ratio, maximum top-1 drop in points).
+#: McNemar's test level below which an accuracy difference on the same samples counts as real.
+SIGNIFICANCE = 0.05
 TARGETS = {"resnet20": (6.5, 0.5), "efficientnet_lite0": (5.0, 1.5)}
 
 
@@ -84,6 +87,22 @@ def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, list[fl
 
 def top1(model: nn.Module, subject: Subject) -> float:
     return evaluate(model, subject.data, progress=False).value
+
+
+def scored(model: nn.Module, subject: Subject) -> tuple[float, list[bool]]:
+    """(top-1, per-sample correctness) on the held-out split, for the paired test of the sweep."""
+    correct = correct_per_sample(model, subject.data)
+    return float(correct.float().mean()), correct.tolist()
+
+
+def mcnemar(ours: list[bool], theirs: list[bool]) -> dict[str, Any]:
+    """McNemar's exact test on the same samples: only the samples one model gets right and the
+    other wrong count; p = two-sided binomial probability of a split at least this uneven."""
+    only_ours = sum(a and not b for a, b in zip(ours, theirs))
+    only_theirs = sum(b and not a for a, b in zip(ours, theirs))
+    n, low = only_ours + only_theirs, min(only_ours, only_theirs)
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2 ** n if n else 1.0
+    return {"only_ours_right": only_ours, "only_theirs_right": only_theirs, "p_value": min(1.0, 2 * tail)}
 
 
 # --- models -----------------------------------------------------------------------------------------
@@ -143,14 +162,14 @@ def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
 
     seconds, times, report = median_seconds(compress_and_save, subject.repeats)
     loaded = netshrink.load(path)
-    after = top1(loaded, subject)
+    after, correct = scored(loaded, subject)
     path.unlink()
     return {
         "tool": "netshrink", "model": subject.name, "recipe": recipe.name, "recipe_spec": recipe.to_dict(),
         "file_bytes": report.file_bytes, "original_bytes": report.original_bytes, "ratio": report.ratio,
         "weights_ratio": report.weights_ratio, "top1_before": subject.top1, "top1_after": after,
         "drop_pp": 100 * (subject.top1 - after), "compress_seconds": seconds, "compress_seconds_all": times,
-        "repeats": subject.repeats, "n_eval": len(subject.data),
+        "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
     }
 
 
@@ -168,7 +187,7 @@ def run_peer(subject: Subject, layers: list[str], bits: int, per_channel: bool) 
     for _ in range(subject.repeats):
         result = peer.palettize_like_ours(subject.model, layers, bits, per_channel)
         times.append(result.seconds)
-    after = top1(result.model, subject)
+    after, correct = scored(result.model, subject)
     size = result.size
     return {
         "tool": f"coremltools {peer.peer_version()}", "model": subject.name, "bits": bits,
@@ -176,7 +195,7 @@ def run_peer(subject: Subject, layers: list[str], bits: int, per_channel: bool) 
         "original_bytes": size.original_bytes, "ratio": size.ratio, "weights_ratio": size.weights_ratio,
         "size": size.to_json(), "top1_before": subject.top1, "top1_after": after,
         "drop_pp": 100 * (subject.top1 - after), "compress_seconds": statistics.median(times),
-        "compress_seconds_all": times, "repeats": subject.repeats, "n_eval": len(subject.data),
+        "compress_seconds_all": times, "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
     }
 
 
@@ -188,6 +207,7 @@ def run_recipes(subjects: list[Subject], workdir: Path) -> list[dict[str, Any]]:
     jobs = [(s, r) for s in subjects for r in RECIPES]
     for subject, recipe_name in tqdm(jobs, desc="recipes", unit="run"):
         row = run_ours(subject, load_recipe(recipe_name), workdir)
+        row.pop("correct")
         log.info("%s %s: ratio %.2fx (weights %.2fx), top-1 %.2f -> %.2f %%, %.1f s", subject.name, recipe_name,
                  row["ratio"], row["weights_ratio"], 100 * row["top1_before"], 100 * row["top1_after"],
                  row["compress_seconds"])
@@ -211,7 +231,10 @@ def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: 
         log.info("%s %d-bit %s: ours %.2fx %.2f %% (%.1f s) | coremltools %.2fx %.2f %% (%.1f s)", subject.name, bits,
                  granularity(per_channel), ours["ratio"], 100 * ours["top1_after"], ours["compress_seconds"],
                  theirs["ratio"], 100 * theirs["top1_after"], theirs["compress_seconds"])
+        paired = mcnemar(ours.pop("correct"), theirs.pop("correct"))
+        plain.pop("correct", None)
         rows.append({"model": subject.name, "bits": bits, "per_channel": per_channel, "ours": ours, "coremltools": theirs,
+                     "paired_test": paired,
                      "ours_plain": plain, "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
     return rows
 
@@ -240,7 +263,16 @@ def verdict(row: dict[str, Any]) -> str:
         reasons.append("file not smaller")
     if ours["top1_after"] < theirs["top1_after"]:
         reasons.append(f"{100 * (ours['top1_after'] - theirs['top1_after']):+.2f} pp top-1")
+        if "paired_test" in row and row["paired_test"]["p_value"] >= SIGNIFICANCE:
+            reasons.append("not significant")
     return "no (" + ", ".join(reasons) + ")"
+
+
+def paired(row: dict[str, Any]) -> str:
+    test = row.get("paired_test")
+    if test is None:
+        return "-"
+    return f"{test['only_ours_right']} / {test['only_theirs_right']}, p={test['p_value']:.2f}"
 
 
 def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -255,14 +287,15 @@ def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours plain k-means top-1 % | coremltools ratio | "
-             "coremltools top-1 % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "coremltools top-1 % | paired: only ours right / only theirs right | ours s | coremltools s | "
+             "ours smaller at equal-or-better accuracy? |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["per_channel"], r["bits"])):
         ours, theirs = r["ours"], r["coremltools"]
         plain = r.get("ours_plain", ours)
         lines.append(f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
                      f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
-                     f"{pct(theirs['top1_after'])} | "
+                     f"{pct(theirs['top1_after'])} | {paired(r)} | "
                      f"{ours['compress_seconds']:.1f} | {theirs['compress_seconds']:.1f} | {verdict(r)} |")
     return lines
 
@@ -280,6 +313,11 @@ def target_lines(recipe_rows: list[dict[str, Any]], sweep_rows: list[dict[str, A
                   if not r["ours_smaller_at_equal_or_better_accuracy"]]
         lines.append("- ours smaller at equal-or-better accuracy than coremltools at every swept setting: "
                      + ("met" if not losses else "NOT met (" + "; ".join(losses) + ")"))
+        worse = [f"{r['model']} {r['bits']}-bit {granularity(r['per_channel'])}" for r in sweep_rows
+                 if "paired_test" in r and r["ours"]["top1_after"] < r["coremltools"]["top1_after"]
+                 and r["paired_test"]["p_value"] < SIGNIFICANCE]
+        lines.append(f"- settings where coremltools is significantly more accurate (McNemar p < {SIGNIFICANCE}): "
+                     + (", ".join(worse) if worse else "none"))
     return lines
 
 
