@@ -34,18 +34,28 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, gram: torch.Tens
     return float(per_row.sum() if row_scale is None else (per_row * row_scale.double()).sum())
 
 
+def _damped(gram: torch.Tensor, damping: float) -> torch.Tensor:
+    hessian = gram.double().clone()
+    dead = hessian.diagonal() <= 0
+    hessian[dead, dead] = 1.0  # an input that is always zero: its weights' errors cost nothing
+    hessian.diagonal().add_(damping * hessian.diagonal().mean())
+    return hessian
+
+
+def _inverse_factor(hessian: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries the OBS update of fixing
+    column j given that columns before it are fixed already."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+
+
 def feedback_assign(weight: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,
                     damping: float = DAMPING) -> torch.Tensor:
     """Labels [rows, cols] into `values` ([rows, k]: row r may use values[r]) for `weight`
     [rows, cols] under the input second moment `gram` [cols, cols], with error feedback."""
     rows, cols = weight.shape
-    hessian = gram.double().clone()
-    dead = hessian.diagonal() <= 0
-    hessian[dead, dead] = 1.0  # an input that is always zero: its weights' errors cost nothing
-    hessian.diagonal().add_(damping * hessian.diagonal().mean())
+    hessian = _damped(gram, damping)
     order = torch.argsort(hessian.diagonal(), descending=True)
-    hessian = hessian[order][:, order]
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    upper = _inverse_factor(hessian[order][:, order])
     work = weight.double()[:, order].clone()
     book = values.double()
     labels = torch.empty(rows, cols, dtype=torch.int64)
@@ -58,6 +68,29 @@ def feedback_assign(weight: torch.Tensor, values: torch.Tensor, gram: torch.Tens
     restored = torch.empty_like(labels)
     restored[:, order] = labels
     return restored
+
+
+def feedback_assign_vectors(weight: torch.Tensor, codebook: torch.Tensor, gram: torch.Tensor,
+                            damping: float = DAMPING) -> torch.Tensor:
+    """Labels [rows, cols // d] into `codebook` [k, d] for the consecutive d-column sub-vectors of
+    `weight` [rows, cols] (product quantization) with error feedback: the vector form of the update
+    (GPTVQ, van Baalen et al. 2024). Fixing block b to Q_b costs (W_b - Q_b) (U_bb^T U_bb)^-1
+    (W_b - Q_b)^T, so each sub-vector takes the nearest codeword after both are multiplied by U_bb^-1,
+    and the later columns absorb E U_b,rest with E = (W_b - Q_b) U_bb^-1."""
+    rows, cols = weight.shape
+    d = codebook.shape[1]
+    upper = _inverse_factor(_damped(gram, damping))
+    work = weight.double().clone()
+    book = codebook.double()
+    labels = torch.empty(rows, cols // d, dtype=torch.int64)
+    for block in range(cols // d):
+        span = slice(block * d, (block + 1) * d)
+        inverse = torch.linalg.solve_triangular(upper[span, span], torch.eye(d, dtype=torch.float64), upper=True)
+        chosen = torch.cdist(work[:, span] @ inverse, book @ inverse).argmin(1)
+        labels[:, block] = chosen
+        error = (work[:, span] - book[chosen]) @ inverse
+        work[:, (block + 1) * d:] -= error @ upper[span, (block + 1) * d:]
+    return labels
 
 
 def refit_values(weight: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,

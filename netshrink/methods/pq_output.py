@@ -37,6 +37,7 @@ from netshrink.cluster import assign_nearest_metric, kmeans_metric
 from netshrink.codecs.pq import PQ, row_length
 from netshrink.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import DataError, RecipeError
+from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, forward_order, groups_of, input_grams,
                                             unblock_labels)
 from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
@@ -71,6 +72,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     ridge: float = 1e-4
     weigh_by_norm: bool = False
     kmeans_iters: int = 20
+    feedback: bool = False
     distill: Literal["kl", "mse", "ce"] = "kl"
     temperature: float = 1.0
     stage_epochs: float = 0.0
@@ -164,9 +166,13 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         if calibration is None or isinstance(module, nn.Embedding):
             plan.assign(model, weight_name, codec)
         else:
-            grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+            full = input_grams(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
+                               positions=self.positions, seed=seed)
+            grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
             encoded = _output_aware_encoding(module.weight.detach(), d, k, grams, groups_of(module),
                                              self.kmeans_iters, seed, row_scales)
+            if self.feedback:
+                encoded = _with_feedback(module, encoded, full)
             plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
         return scalar_labels(plan.entries[weight_name].encoded, d)
 
@@ -202,6 +208,29 @@ def _output_aware_encoding(weight: torch.Tensor, d: int, k: int, grams: torch.Te
     codebook = result.centroids.to(torch.float16)  # stored in fp16: assign to what the file holds
     labels, _ = assign_nearest_metric(points, codebook.float(), metric)
     return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(weight.shape))
+
+
+def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
+    """[groups, cols, cols] second moments of whole rows -> [groups * cols // d, d, d] of their
+    d-column blocks, in `block_points` order."""
+    groups, cols, _ = grams.shape
+    blocks = cols // d
+    tiles = grams.reshape(groups, blocks, d, blocks, d)
+    index = torch.arange(blocks)
+    return tiles[:, index, :, index, :].permute(1, 0, 2, 3).reshape(groups * blocks, d, d)
+
+
+def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
+    """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
+    second moment of each group's inputs (methods/error_feedback.py), so that later sub-vectors of
+    a row absorb the output error of earlier ones."""
+    codebook, _ = PQ.codebook_and_labels(encoded)
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+    groups = grams.shape[0]
+    per_group = weight.shape[0] // groups
+    labels = torch.cat([feedback_assign_vectors(weight[g * per_group:(g + 1) * per_group], codebook.float(), grams[g])
+                        for g in range(groups)])
+    return PQ.encode_assigned(codebook, labels.reshape(-1), tuple(module.weight.shape))
 
 
 def _calibration_batches(data: Any, n: int, batch_size: int, seed: int) -> list[Any]:

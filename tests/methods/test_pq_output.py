@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import netshrink
-from netshrink.codecs.pq import subvectors
+from netshrink.codecs.pq import PQ, subvectors
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
 from netshrink.methods.layer_inputs import batchnorm_scales, block_points, forward_order, input_grams, unblock_labels
@@ -76,6 +76,21 @@ def test_output_aware_beats_weight_pq_on_the_layer_output():
         with torch.no_grad():
             errors[objective] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
     assert errors["output"] < 0.7 * errors["weights"]
+
+
+def test_feedback_lowers_the_output_error_with_the_same_codebook():
+    torch.manual_seed(0)
+    model, data = LinearOnImages().eval(), correlated_images()
+    held_out = correlated_images(256, seed=1).images.float() / 255
+    errors, books = {}, {}
+    for feedback in (False, True):
+        step = {"pq": {"k": 16, "pointwise_d": 4, "epochs": 0, "calibration": 512, "feedback": feedback}}
+        compressed = netshrink.compress(model, recipe(step), data=data, progress=False)
+        books[feedback] = PQ.codebook_and_labels(compressed.plan.entries["fc.weight"].encoded)[0]
+        with torch.no_grad():
+            errors[feedback] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
+    assert torch.equal(books[True], books[False])  # only the assignment changes
+    assert errors[True] < 0.8 * errors[False]
 
 
 def test_batchnorm_scales_pair_each_layer_with_the_norm_after_it(tiny_net):
