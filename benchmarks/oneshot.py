@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import netshrink  # noqa: E402
 from netshrink import zoo  # noqa: E402
 from netshrink.data import ArrayDataset, load_dataset  # noqa: E402
-from netshrink.evaluate import correct_per_sample, evaluate  # noqa: E402
+from netshrink.evaluate import evaluate, top1_predictions  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
 from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
 from peers import coreml_palettize as peer  # noqa: E402
@@ -74,6 +74,7 @@ class Subject:
     top1: float = float("nan")
     repeats: int = 1
     train: ArrayDataset | None = None  # calibration samples for `palette weighting: activation`
+    predictions: torch.Tensor | None = None  # the uncompressed model's top-1 on `data`
 
 
 def median_seconds(run: Callable[[], Any], repeats: int) -> tuple[float, list[float], Any]:
@@ -89,10 +90,14 @@ def top1(model: nn.Module, subject: Subject) -> float:
     return evaluate(model, subject.data, progress=False).value
 
 
-def scored(model: nn.Module, subject: Subject) -> tuple[float, list[bool]]:
-    """(top-1, per-sample correctness) on the held-out split, for the paired test of the sweep."""
-    correct = correct_per_sample(model, subject.data)
-    return float(correct.float().mean()), correct.tolist()
+def scored(model: nn.Module, subject: Subject) -> tuple[float, list[bool], float]:
+    """(top-1, per-sample correctness, agreement with the uncompressed model's top-1) on the
+    held-out split: the paired test and the fidelity column of the sweep."""
+    predicted, target = top1_predictions(model, subject.data)
+    if subject.predictions is None:
+        subject.predictions = top1_predictions(subject.model, subject.data)[0]
+    correct = predicted == target
+    return float(correct.float().mean()), correct.tolist(), float((predicted == subject.predictions).float().mean())
 
 
 def mcnemar(ours: list[bool], theirs: list[bool]) -> dict[str, Any]:
@@ -162,7 +167,7 @@ def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
 
     seconds, times, report = median_seconds(compress_and_save, subject.repeats)
     loaded = netshrink.load(path)
-    after, correct = scored(loaded, subject)
+    after, correct, agreement = scored(loaded, subject)
     path.unlink()
     return {
         "tool": "netshrink", "model": subject.name, "recipe": recipe.name, "recipe_spec": recipe.to_dict(),
@@ -170,6 +175,7 @@ def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
         "weights_ratio": report.weights_ratio, "top1_before": subject.top1, "top1_after": after,
         "drop_pp": 100 * (subject.top1 - after), "compress_seconds": seconds, "compress_seconds_all": times,
         "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
+        "agreement": agreement,
     }
 
 
@@ -187,7 +193,7 @@ def run_peer(subject: Subject, layers: list[str], bits: int, per_channel: bool) 
     for _ in range(subject.repeats):
         result = peer.palettize_like_ours(subject.model, layers, bits, per_channel)
         times.append(result.seconds)
-    after, correct = scored(result.model, subject)
+    after, correct, agreement = scored(result.model, subject)
     size = result.size
     return {
         "tool": f"coremltools {peer.peer_version()}", "model": subject.name, "bits": bits,
@@ -196,6 +202,7 @@ def run_peer(subject: Subject, layers: list[str], bits: int, per_channel: bool) 
         "size": size.to_json(), "top1_before": subject.top1, "top1_after": after,
         "drop_pp": 100 * (subject.top1 - after), "compress_seconds": statistics.median(times),
         "compress_seconds_all": times, "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
+        "agreement": agreement,
     }
 
 
@@ -268,6 +275,11 @@ def verdict(row: dict[str, Any]) -> str:
     return "no (" + ", ".join(reasons) + ")"
 
 
+def agreement(row: dict[str, Any]) -> str:
+    ours, theirs = row["ours"].get("agreement"), row["coremltools"].get("agreement")
+    return "-" if ours is None or theirs is None else f"{pct(ours)} / {pct(theirs)}"
+
+
 def paired(row: dict[str, Any]) -> str:
     test = row.get("paired_test")
     if test is None:
@@ -287,15 +299,15 @@ def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours plain k-means top-1 % | coremltools ratio | "
-             "coremltools top-1 % | paired: only ours right / only theirs right | ours s | coremltools s | "
-             "ours smaller at equal-or-better accuracy? |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+             "coremltools top-1 % | paired: only ours right / only theirs right | agreement with uncompressed: ours / "
+             "coremltools % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["per_channel"], r["bits"])):
         ours, theirs = r["ours"], r["coremltools"]
         plain = r.get("ours_plain", ours)
         lines.append(f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
                      f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
-                     f"{pct(theirs['top1_after'])} | {paired(r)} | "
+                     f"{pct(theirs['top1_after'])} | {paired(r)} | {agreement(r)} | "
                      f"{ours['compress_seconds']:.1f} | {theirs['compress_seconds']:.1f} | {verdict(r)} |")
     return lines
 
@@ -343,6 +355,9 @@ def markdown(result: dict[str, Any]) -> str:
                   "the same step with plain k-means and no data (`weighting: none`, `compensate: false`). "
                   f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
                   f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
+                  "Paired: McNemar's exact test on the same held-out images (how many only ours / only coremltools "
+                  f"classify right; p < {SIGNIFICANCE} would mean a real difference). Agreement: the share of held-out images on "
+                  "which the compressed model predicts what the uncompressed model predicts (fidelity to the original).",
                   f"Bits swept: {meta['bits_for']}.", "", *sweep_table(result["sweep"]), ""]
     lines += ["## Targets", "", *target_lines(result["recipes"], result["sweep"]), ""]
     return "\n".join(lines)

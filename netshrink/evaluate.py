@@ -65,22 +65,24 @@ def evaluate(
     if getattr(data, "metric", "top1") == "spearman":
         result = EvalResult("spearman", _pair_spearman(model, data, batch_size, progress, desc), len(data))
     else:
-        correct = int(correct_per_sample(model, data, batch_size, progress, desc=desc).sum())
+        predicted, target = top1_predictions(model, data, batch_size, progress, desc=desc)
+        correct = int((predicted == target).sum())
         result = EvalResult("top1", correct / max(len(data), 1), len(data))
     log.info("%s/%s: %s", name, split, result)
     return result
 
 
-def correct_per_sample(model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False,
-                       desc: str = "eval") -> torch.Tensor:
-    """Whether the model's top-1 prediction is right, per sample (bool [N], in `data`'s order): what
-    a paired comparison of two models on the same samples needs (McNemar's test)."""
+def top1_predictions(model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False,
+                     desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+    """(the model's top-1 output index, the output index of the sample's label) per sample, in
+    `data`'s order: what a paired comparison of two models on the same samples needs (McNemar's
+    test, agreement with the uncompressed model)."""
     model.eval()
     # Channels-last runs the convolutions of image models ~1.7x faster on CPU (measured on
     # EfficientNet-Lite0); it changes memory layout only, never values.
     model.to(memory_format=torch.channels_last)
     device = _device_of(model)
-    correct, label_map = [], None
+    predicted, targets, label_map = [], [], None
     with torch.inference_mode():
         batches = data.loader(batch_size)
         for x, y in tqdm(batches, desc=desc, unit="batch", disable=not progress):
@@ -88,8 +90,11 @@ def correct_per_sample(model: nn.Module, data: ArrayDataset, batch_size: int = 2
             logits = model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
             if label_map is None:  # the label space depends on the model's output width
                 label_map = data.label_map(logits.shape[1]).to(device)
-            correct.append((logits.argmax(1) == label_map[y.to(device)]).cpu())
-    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+            predicted.append(logits.argmax(1).cpu())
+            targets.append(label_map[y.to(device)].cpu())
+    if not predicted:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(predicted), torch.cat(targets)
 
 
 def _pair_spearman(model: nn.Module, data: SentencePairs, batch_size: int, progress: bool, desc: str) -> float:
