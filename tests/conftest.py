@@ -43,6 +43,15 @@ def tiny_net() -> TinyNet:
     return net.eval()
 
 
+def random_images(n: int, size: int, seed: int):
+    """n random 3 x size x size uint8 images with random labels of 10 named classes (TinyNet's width)."""
+    from netshrink.data import ArrayDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return ArrayDataset(x, torch.randint(0, 10, (n,), generator=g), tuple("abcdefghij"))
+
+
 @pytest.fixture
 def tiny_images():
     """256 random 3x8x8 images whose label is the brightest colour channel: learnable in a few steps,

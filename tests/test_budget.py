@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import random_images
 from netshrink import api
 from netshrink.budget import (BudgetError, LayerOption, allocate, budget_recipe, compress_to_energy, compress_to_ratio,
                               file_bytes, original_bytes_of, predicted_damage, uniform_choice)
@@ -35,9 +36,7 @@ class TwoBranch(nn.Module):
 
 @pytest.fixture
 def data() -> ArrayDataset:
-    g = torch.Generator().manual_seed(2)
-    x = torch.randint(0, 256, (128, 3, 16, 16), generator=g, dtype=torch.uint8)
-    return ArrayDataset(x, torch.randint(0, 10, (128,), generator=g), tuple("abcdefghij"))
+    return random_images(128, 16, seed=2)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import random_images
 from netshrink import api, sensitivity as sens_module
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError
@@ -19,9 +20,7 @@ CONFIG = SensitivityConfig(bits=(2, 4, 6), sparsity=(0.5, 0.9), samples=64)
 @pytest.fixture
 def calibration_data() -> ArrayDataset:
     """128 random 3x8x8 images with 10 named classes (TinyNet's output width)."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (128, 3, 8, 8), generator=g, dtype=torch.uint8)
-    return ArrayDataset(x, torch.randint(0, 10, (128,), generator=g), tuple("abcdefghij"))
+    return random_images(128, 8, seed=1)
 
 
 @pytest.fixture
