@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from netshrink.errors import DataError
 from netshrink.train import call_model
 
 #: Elements of patch features gathered at once (64 MiB of float32).
@@ -75,6 +76,16 @@ def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -
     """Names of `layers` in the order a forward pass on `inputs` first calls them (unused ones last)."""
     seen = list(dict.fromkeys(name for name, _ in _calls(model, layers, inputs)))
     return seen + [name for name in layers if name not in seen]
+
+
+def calibration_batches(data: Any, n: int, batch_size: int, seed: int, step: str) -> list[Any]:
+    """Inputs of `n` random training samples in batches (no augmentation), kept in memory for the
+    several passes a layer-by-layer method makes over them."""
+    sample = data.sample(n, seed=seed) if hasattr(data, "sample") else data
+    batches = [inputs for inputs, _ in sample.loader(batch_size)]
+    if not batches:
+        raise DataError(f"step {step}: the calibration data is empty")
+    return batches
 
 
 def following_batchnorms(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, nn.Module]:

@@ -22,7 +22,8 @@ from netshrink.errors import DataError, RecipeError
 from netshrink.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
                                   norm_scale, weight_importance)
 from netshrink.methods.error_feedback import feedback_assign, refit_values
-from netshrink.methods.layer_inputs import following_batchnorms, forward_order, groups_of, input_statistics
+from netshrink.methods.layer_inputs import (calibration_batches, following_batchnorms, forward_order, groups_of,
+                                            input_statistics)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
@@ -66,7 +67,7 @@ class WeightSharing(LayerStep):
         if self.compensate:
             return self.apply_with_feedback(model, plan, ctx)
         state = model.state_dict()
-        moments = self.calibrate(model, ctx)
+        moments = self.calibrate(model, self.calibration_batches(ctx)) if self.weighting == "activation" else {}
         importance = self.importances(model, moments, following_norm_scales(model) if self.weighting != "none" else {})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
         for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
@@ -81,18 +82,16 @@ class WeightSharing(LayerStep):
         for name, original in originals.items():
             correct_mean_shift(model, name, original, moments[name].mean, norms)
 
-    def calibrate(self, model: nn.Module, ctx: StepContext) -> dict[str, InputMoments]:
-        """Input statistics of the selected layers (weighting "activation" only), from training samples."""
-        if self.weighting != "activation":
-            return {}
-        batches = (x for x, _ in self.calibration_sample(ctx).loader(64))
+    def calibrate(self, model: nn.Module, batches: list) -> dict[str, InputMoments]:
+        """Per-channel input moments of the selected layers, for weighting "activation"."""
         return input_moments(model, [name for name, _ in self.layers(model)], batches)
 
-    def calibration_sample(self, ctx: StepContext):
+    def calibration_batches(self, ctx: StepContext) -> list:
+        """`calibration` training samples in batches, kept for every pass over them."""
         if ctx.data is None:
             what = "compensate" if self.compensate else "weighting 'activation'"
             raise DataError(f"palette {what} measures inputs on training samples (CLI: --dataset; API: data=)")
-        return ctx.data.sample(min(self.calibration, len(ctx.data)), seed=ctx.seed)
+        return calibration_batches(ctx.data, self.calibration, 64, ctx.seed, "palette")
 
     def importances(self, model: nn.Module, moments: dict[str, InputMoments],
                     scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -114,18 +113,18 @@ class WeightSharing(LayerStep):
                 raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
                                   f"{'pruned ' if codec == 'sparse' else ''}{type(module).__name__}; "
                                   "exclude it or use compensate: false")
-        sample = self.calibration_sample(ctx)
-        probe = next(iter(sample.loader(64)))[0]
+        batches = self.calibration_batches(ctx)
+        probe = batches[0]
         norms = following_batchnorms(model, layers, probe)
         scales = {name: norm_scale(norm) for name, norm in norms.items()}
-        moments = self.calibrate(model, ctx) if self.weighting == "activation" else {}
+        moments = self.calibrate(model, batches) if self.weighting == "activation" else {}
         importance = self.importances(model, moments, scales)
         for name in tqdm(forward_order(model, layers, probe), desc=f"palette {self.bits}b (feedback)",
                          disable=not ctx.progress, leave=False):
             module = layers[name]
             codec = Palette(self.bits, self.channelwise(module.weight, False), self.init, ctx.seed,
                             importance.get(f"{name}.weight"))
-            gram, mean = input_statistics(model, module, module.weight[0].numel(), (x for x, _ in sample.loader(64)),
+            gram, mean = input_statistics(model, module, module.weight[0].numel(), batches,
                                           positions=self.positions, seed=ctx.seed)
             encoded = assign_layer_with_feedback(module, codec, gram, scales[name].pow(2) if name in scales else None)
             original = module.weight.detach().clone()

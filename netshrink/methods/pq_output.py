@@ -38,8 +38,8 @@ from netshrink.codecs.pq import PQ, row_length
 from netshrink.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import DataError, RecipeError
 from netshrink.methods.error_feedback import feedback_assign_vectors
-from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, forward_order, groups_of, input_grams,
-                                            unblock_labels)
+from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
+                                            groups_of, input_grams, unblock_labels)
 from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
@@ -129,7 +129,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             raise DataError("step pq needs training data for calibration and fine-tuning "
                             "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
         teacher = frozen_teacher(model) if self.distill != "ce" and (self.epochs or self.stage_epochs) else None
-        calibration = _calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed) \
+        calibration = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
             if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
         row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
@@ -233,10 +233,3 @@ def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
     return PQ.encode_assigned(codebook, labels.reshape(-1), tuple(module.weight.shape))
 
 
-def _calibration_batches(data: Any, n: int, batch_size: int, seed: int) -> list[Any]:
-    """Inputs of `n` random training samples in batches (no augmentation), kept for all passes."""
-    sample = data.sample(n, seed=seed) if hasattr(data, "sample") else data
-    batches = [inputs for inputs, _ in sample.loader(batch_size)]
-    if not batches:
-        raise DataError("step pq: the calibration data is empty")
-    return batches
