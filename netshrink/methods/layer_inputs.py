@@ -43,6 +43,12 @@ def groups_of(module: nn.Module) -> int:
     return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
+def row_groups(rows: int, groups: int) -> list[slice]:
+    """The output rows of each group of a grouped convolution (one slice for an ordinary layer)."""
+    per_group = rows // groups
+    return [slice(g * per_group, (g + 1) * per_group) for g in range(groups)]
+
+
 def block_points(weight: torch.Tensor, d: int, groups: int = 1) -> torch.Tensor:
     """The weight's sub-vectors as [groups * blocks_per_row, rows_per_group, d]: entry [j, i] is the
     block j of row i of its group, so all points of one j share one input block, hence one metric."""

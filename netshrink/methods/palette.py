@@ -23,7 +23,7 @@ from netshrink.importance import (InputMoments, correct_mean_shift, following_no
                                   norm_scale, weight_importance)
 from netshrink.methods.error_feedback import feedback_assign, refit_values
 from netshrink.methods.layer_inputs import (calibration_batches, following_batchnorms, forward_order, groups_of,
-                                            input_statistics)
+                                            input_statistics, row_groups)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
@@ -149,8 +149,7 @@ def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Te
     values, _ = Palette.codebook_and_labels(codec.encode(module.weight))
     values = values.double()
     groups = groups_of(module)
-    per_group = weight.shape[0] // groups
-    parts = [slice(g * per_group, (g + 1) * per_group) for g in range(groups)]
+    parts = row_groups(weight.shape[0], groups)
     row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values
     labels = torch.cat([feedback_assign(weight[p], row_values[p], gram[g]) for g, p in enumerate(parts)])
     if values.shape[0] > 1:  # one palette per row: each refit on its group's inputs

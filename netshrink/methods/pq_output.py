@@ -39,7 +39,7 @@ from netshrink.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import DataError, RecipeError
 from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
-                                            groups_of, input_grams, unblock_labels)
+                                            groups_of, input_grams, row_groups, unblock_labels)
 from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
@@ -226,10 +226,8 @@ def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
     a row absorb the output error of earlier ones."""
     codebook, _ = PQ.codebook_and_labels(encoded)
     weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-    groups = grams.shape[0]
-    per_group = weight.shape[0] // groups
-    labels = torch.cat([feedback_assign_vectors(weight[g * per_group:(g + 1) * per_group], codebook.float(), grams[g])
-                        for g in range(groups)])
+    labels = torch.cat([feedback_assign_vectors(weight[rows], codebook.float(), grams[g])
+                        for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))])
     return PQ.encode_assigned(codebook, labels.reshape(-1), tuple(module.weight.shape))
 
 
