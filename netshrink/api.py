@@ -67,6 +67,8 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     original = original_size(model)
     torch.manual_seed(seed)
     plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress, dataset=dataset)
+    if recipe.distills:
+        ctx.teacher_for(model)  # frozen before any step changes the model
     for index, step in enumerate(recipe.steps, 1):
         log.info("recipe %s step %d/%d: %s", recipe.name, index, len(recipe.steps), step.step_name)
         step.apply(model, plan, ctx)

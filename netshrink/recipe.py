@@ -39,6 +39,18 @@ class StepContext:
     #: Architecture changes a step made (e.g. channels removed), merged into the file's model
     #: identity under "arch" so `netshrink.load` rebuilds the smaller module.
     arch: dict[str, Any] = field(default_factory=dict)
+    #: The uncompressed network, frozen: the teacher of every step that distils. `compress` sets it
+    #: before the first step when the recipe distils, so a later step (say, the retraining after
+    #: filter pruning) learns from the original network, not from what earlier steps left.
+    teacher: nn.Module | None = None
+
+    def teacher_for(self, model: nn.Module) -> nn.Module:
+        """The recipe's teacher; a step applied on its own (no teacher set) distils from its input."""
+        if self.teacher is None:
+            from netshrink.distill import frozen_teacher  # distill -> train -> data: keep recipe.py light
+
+            self.teacher = frozen_teacher(model)
+        return self.teacher
 
 
 class Step(Protocol):
@@ -91,6 +103,11 @@ class Recipe:
     @property
     def needs_data(self) -> bool:
         return any(step.needs_data for step in self.steps)
+
+    @property
+    def distills(self) -> bool:
+        """Whether any step trains against the uncompressed network (`distill` other than 'ce')."""
+        return any(getattr(step, "distill", "ce") != "ce" for step in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         steps = [{step.step_name: config_to_dict(step)} for step in self.steps]

@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from netshrink.cluster import assign_nearest_metric, kmeans_metric
 from netshrink.codecs.pq import PQ, row_length
-from netshrink.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import DataError, RecipeError
 from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
@@ -74,7 +73,6 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     kmeans_iters: int = 20
     feedback: bool = False
     distill: Literal["kl", "mse", "ce"] = "kl"
-    temperature: float = 1.0
     stage_epochs: float = 0.0
     stage_depth: int = 1
     epochs: float = 1.0
@@ -91,8 +89,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             raise ValueError("conv_d, pointwise_d and per_layer_d must be >= 1, depthwise_d >= 0 (0: whole kernel)")
         if min(self.calibration, self.calibration_batch, self.positions, self.stage_depth) < 1:
             raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
-        if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0 or self.temperature <= 0:
-            raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0, temperature > 0")
+        if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0:
+            raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0")
 
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
@@ -128,7 +126,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         if self.needs_data and ctx.data is None:
             raise DataError("step pq needs training data for calibration and fine-tuning "
                             "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
-        teacher = frozen_teacher(model) if self.distill != "ce" and (self.epochs or self.stage_epochs) else None
+        if self.epochs or self.stage_epochs:
+            self.freeze_teacher(model, ctx)  # before any layer is quantized
         calibration = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
             if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
@@ -142,8 +141,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                                                               calibration, row_scales.get(name), ctx.seed)
                     bar.update(1)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
-                    self._finetune(model, ctx, labels, teacher, self.stage_epochs, f"distill after {stage[-1]}")
-        self._finetune(model, ctx, labels, teacher, self.epochs, "distill (global)")
+                    self._finetune(model, ctx, labels, self.stage_epochs, f"distill after {stage[-1]}")
+        self._finetune(model, ctx, labels, self.epochs, "distill (global)")
         for name, (d, _) in settings.items():
             store_shared(model, plan, f"{name}.weight", labels[f"{name}.weight"], d)
 
@@ -186,11 +185,10 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
 
     def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
-                  teacher: nn.Module | None, epochs: float, desc: str) -> None:
+                  epochs: float, desc: str) -> None:
         if epochs <= 0:
             return
-        loss = DistillationLoss(teacher, self.distill, self.temperature)
-        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce)], desc, epochs=epochs, loss_fn=loss)
+        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce)], desc, epochs=epochs)
 
 
 def _output_aware_encoding(weight: torch.Tensor, d: int, k: int, grams: torch.Tensor, groups: int, iters: int,

@@ -9,7 +9,7 @@ own hooks; none owns an epoch loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torch import nn
 from netshrink.codecs.base import Encoded
 from netshrink.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
+from netshrink.distill import DISTILL_KINDS, DistillationLoss
 from netshrink.errors import DataError
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext
@@ -25,7 +26,13 @@ from netshrink.train import TrainConfig, TrainHook, TrainResult, fit
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    """Recipe fields of a retraining step (SGD + Nesterov momentum, cosine schedule)."""
+    """Recipe fields of a retraining step (SGD + Nesterov momentum, cosine schedule).
+
+    `distill` picks the loss of every retraining the step runs: `ce` (labels, the default), or `kl` /
+    `mse` against the recipe's uncompressed network (`StepContext.teacher`). A heavily pruned or
+    quantized student recovers more from the teacher's full output distribution than from labels
+    (Hinton et al. 2015; Stock et al. 2020 fine-tune this way).
+    """
 
     needs_data: ClassVar[bool] = True
 
@@ -34,10 +41,26 @@ class RetrainSettings:
     batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    distill: Literal["kl", "mse", "ce"] = "ce"
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
             raise ValueError("epochs must be >= 0, lr > 0, batch_size >= 1, weight_decay >= 0")
+        if self.distill not in DISTILL_KINDS or self.temperature <= 0:
+            raise ValueError(f"distill must be one of {', '.join(DISTILL_KINDS)} and temperature > 0, "
+                             f"got {self.distill!r} and {self.temperature}")
+
+    def freeze_teacher(self, model: nn.Module, ctx: StepContext) -> None:
+        """Fix the teacher now, before this step changes the model (a no-op when `compress` already has)."""
+        if self.distill != "ce":
+            ctx.teacher_for(model)
+
+    def loss_for(self, model: nn.Module, ctx: StepContext) -> Callable | None:
+        """The training loss `distill` asks for: None (fit's cross-entropy) or a distillation loss."""
+        if self.distill == "ce":
+            return None
+        return DistillationLoss(ctx.teacher_for(model), self.distill, self.temperature)
 
     def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
         return TrainConfig(epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
@@ -50,12 +73,13 @@ class RetrainSettings:
                 params: Sequence[nn.Parameter] | None = None,
                 loss_fn: Callable | None = None) -> TrainResult | None:
         """Train `model` on the step's data with `hooks`; zero epochs means no training. `loss_fn`
-        replaces cross-entropy (e.g. a distillation loss, see `netshrink.distill`)."""
+        replaces the loss `distill` picks (see `loss_for`)."""
         if ctx.data is None:
             raise DataError(f"{desc} retrains the model and needs training data (CLI: --dataset; API: data=)")
         if (self.epochs if epochs is None else epochs) == 0:
             return None
         config = self.train_config(ctx, epochs, lr)
+        loss_fn = loss_fn or self.loss_for(model, ctx)
         return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params, loss_fn=loss_fn)
 
 

@@ -271,6 +271,7 @@ class FilterPrune(RetrainSettings, LayerStep):
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         require_no_codecs(plan, self.step_name)
+        self.freeze_teacher(model, ctx)  # the unpruned network
         train_ctx, holdout = self.split_data(ctx)
         groups = self.prunable(model)
         cut_size = {g: max(1, round(self.prune_fraction * width(model, g))) for g in groups}

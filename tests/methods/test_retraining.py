@@ -74,3 +74,32 @@ def test_retraining_recipe_without_data_is_a_clear_error(tiny_net):
 def test_bad_iterative_prune_settings_name_the_field(settings, field):
     with pytest.raises(RecipeError, match=field):
         recipe({"iterative_prune": settings})
+
+
+def test_distilling_steps_learn_from_the_network_the_recipe_started_with(tiny_net, tiny_images, monkeypatch):
+    from netshrink.methods import retraining
+
+    losses = []
+    real_fit = retraining.fit
+
+    def spy(model, data, config, hooks, **kwargs):
+        losses.append(kwargs["loss_fn"])
+        return real_fit(model, data, config, hooks, **kwargs)
+
+    monkeypatch.setattr(retraining, "fit", spy)
+    settings = {"sparsity": 0.8, "rounds": 2, "epochs": 0.25, "batch_size": 32}
+    netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": settings}),
+                       data=tiny_images, progress=False)
+    assert losses == [None, None], "labels (cross-entropy) unless the recipe asks for distillation"
+    losses.clear()
+    netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": {**settings, "distill": "kl"}}),
+                       data=tiny_images, progress=False)
+    assert len(losses) == 2 and losses[0].teacher is losses[1].teacher
+    teacher = losses[0].teacher.state_dict()
+    for name, tensor in tiny_net.state_dict().items():  # the unpruned input, not what the prune step left
+        assert torch.equal(teacher[name], tensor), name
+
+
+def test_unknown_distill_kind_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="distill"):
+        recipe({"iterative_prune": {"sparsity": 0.5, "distill": "l2"}})
