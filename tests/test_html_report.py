@@ -108,7 +108,8 @@ def test_committed_benchmark_results_parse():
     sweep_runs = [run for entry in data["sweep"] for run in entry.values() if isinstance(run, dict) and "ratio" in run]
     assert len(runs) == len(data["recipes"]) + len(sweep_runs) > len(data["recipes"])
     assert sum("coremltools" in r.series for r in runs) == len(data["sweep"])
-    assert len(read_runs(REPO / "benchmarks" / "results" / "retrain-lenet.json")) == 8
+    lenet = REPO / "benchmarks" / "results" / "retrain-lenet.json"
+    assert len(read_runs(lenet)) == len(json.loads(lenet.read_text())["rows"]) > 0  # one point per row
 
 
 def test_sparsity_is_counted_on_decoded_weights(nsk):
