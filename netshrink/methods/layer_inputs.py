@@ -94,6 +94,32 @@ def calibration_batches(data: Any, n: int, batch_size: int, seed: int, step: str
     return batches
 
 
+@torch.no_grad()
+def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any]) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on `batches` (equal-weight average
+    over the batches, the rest of the model in eval mode: no dropout or drop-connect noise). After
+    a layer's weights are replaced, the statistics of everything after it are stale; fresh ones
+    remove most of the damage before any training (BN re-estimation). Returns how many norms."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = model.training
+    saved = [(m, m.momentum) for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+        norm.train()
+    try:
+        for inputs in batches:
+            call_model(model, inputs)
+    finally:
+        for norm, momentum in saved:
+            norm.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 def following_batchnorms(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, nn.Module]:
     """layer name -> the BatchNorm (with running statistics, over the layer's outputs) called right
     after it in a forward pass on `inputs`. Call order works where graph tracing does not (models

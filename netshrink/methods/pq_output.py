@@ -15,6 +15,8 @@ Fine-tuning (sec. 3.3): after each stage (`stage_epochs`, a stage = layers shari
 quantized) are trained to reproduce the uncompressed network's outputs (`distill: kl` on logits,
 `mse` on embeddings, `ce` = labels only) through the one training loop. BatchNorm running
 statistics are buffers of the model, so the file stores (and `netshrink.load` restores) them.
+With `recalibrate_bn` (default) they are re-estimated on the calibration inputs after each stage
+is quantized, before the stage's fine-tuning and before later layers see those inputs.
 
 Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
 in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
@@ -38,7 +40,8 @@ from netshrink.codecs.pq import PQ, row_length
 from netshrink.errors import DataError, RecipeError
 from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
-                                            groups_of, input_grams, row_groups, unblock_labels)
+                                            groups_of, input_grams, recalibrate_batchnorms, row_groups,
+                                            unblock_labels)
 from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
@@ -72,6 +75,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     weigh_by_norm: bool = False
     kmeans_iters: int = 20
     feedback: bool = False
+    recalibrate_bn: bool = True
     distill: Literal["kl", "mse", "ce"] = "kl"
     stage_epochs: float = 0.0
     stage_depth: int = 1
@@ -128,8 +132,9 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                             "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
         if self.epochs or self.stage_epochs:
             self.freeze_teacher(model, ctx)  # before any layer is quantized
-        calibration = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
-            if self.objective == "output" else None
+        samples = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
+            if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn) else None
+        calibration = samples if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
         row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
         labels: dict[str, torch.Tensor] = {}
@@ -140,6 +145,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                     labels[f"{name}.weight"] = self._quantize(model, plan, name, layers[name], *settings[name],
                                                               calibration, row_scales.get(name), ctx.seed)
                     bar.update(1)
+                if self.recalibrate_bn and samples:
+                    recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
                     self._finetune(model, ctx, labels, self.stage_epochs, f"distill after {stage[-1]}")
         self._finetune(model, ctx, labels, self.epochs, "distill (global)")

@@ -12,7 +12,8 @@ import netshrink
 from netshrink.codecs.pq import PQ, subvectors
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
-from netshrink.methods.layer_inputs import batchnorm_scales, block_points, forward_order, input_grams, unblock_labels
+from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, forward_order, input_grams,
+                                            recalibrate_batchnorms, unblock_labels)
 from netshrink.recipe import parse_recipe
 from netshrink.zoo.efficientnet_lite import SameConv2d
 
@@ -115,7 +116,7 @@ def test_tiny_cnn_compresses_end_to_end_and_file_keeps_bn_statistics(tiny_net, t
     assert len(torch.unique(subvectors(state["conv.weight"], 9), dim=0)) <= 8
     assert len(torch.unique(subvectors(state["fc.weight"], 4), dim=0)) <= 8
     assert not torch.equal(state["bn.running_mean"], before["bn.running_mean"])  # fine-tuning moved them
-    assert int(state["bn.num_batches_tracked"]) > int(before["bn.num_batches_tracked"])
+    assert int(state["bn.num_batches_tracked"]) != int(before["bn.num_batches_tracked"])
     report = compressed.save(tmp_path / "pq.nsk")
     assert report.ratio > 4
     loaded = netshrink.load(tmp_path / "pq.nsk", model=type(tiny_net)())
@@ -176,3 +177,22 @@ def test_text_batches_calibrate_and_distill_with_mse(tmp_path):
     loaded = netshrink.load(tmp_path / "text.nsk", model=TinySentenceEncoder())
     ids, mask = tokens[:4, 0], (tokens[:4, 0] != 0).long()
     torch.testing.assert_close(loaded(ids, mask), compressed.model.eval()(ids, mask))
+
+
+def test_batchnorm_recalibration_gives_the_exact_statistics_and_restores_the_modes(tiny_net):
+    batches = [torch.rand(16, 3, 8, 8) for _ in range(3)]
+    features = torch.cat([tiny_net.conv(x) for x in batches]).detach()   # what bn sees
+    momentum = tiny_net.bn.momentum
+    assert recalibrate_batchnorms(tiny_net, batches) == 1
+    torch.testing.assert_close(tiny_net.bn.running_mean, features.mean((0, 2, 3)))
+    per_batch_var = torch.stack([f.var((0, 2, 3)) for f in features.split(16)])  # unbiased, averaged
+    torch.testing.assert_close(tiny_net.bn.running_var, per_batch_var.mean(0))
+    assert tiny_net.bn.momentum == momentum and not tiny_net.training and not tiny_net.bn.training
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_pq_recalibrates_batchnorm_after_quantizing(tiny_net, tiny_images, recalibrate):
+    before = tiny_net.bn.running_mean.clone()
+    steps = recipe({"pq": {"k": 4, "pointwise_d": 4, "calibration": 64, "epochs": 0, "recalibrate_bn": recalibrate}})
+    state = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False).model.state_dict()
+    assert torch.equal(state["bn.running_mean"], before) is not recalibrate
