@@ -23,12 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netshrink import zoo  # noqa: E402
-from netshrink.data import DEFAULT_AUGMENTATION, load_dataset  # noqa: E402
-from netshrink.distill import DistillationLoss  # noqa: E402
+from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.methods.pq_output import OutputAwarePQ  # noqa: E402
-from netshrink.recipe import load_recipe  # noqa: E402
-from netshrink.train import TrainConfig, fit  # noqa: E402
+from netshrink.recipe import StepContext, load_recipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.recipe} fine-tunes between stages too; give its dense baseline as a checkpoint instead")
     original = zoo.get_model(args.model, pretrained=True).eval()
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
-    config = TrainConfig(epochs=step.epochs, batch_size=step.batch_size, lr=step.lr, optimizer=step.optimizer,
-                         weight_decay=step.weight_decay, augment=DEFAULT_AUGMENTATION.get(args.dataset), seed=0)
+    # The step's own retraining path (its TrainConfig, its distillation loss, the student's frozen
+    # start as teacher), with no codebook hook: exactly what the compressed net gets, minus PQ.
+    ctx = StepContext(data=train, dataset=args.dataset)
     started = time.perf_counter()
     student = copy.deepcopy(original)
-    fit(student, train, config, [], desc="dense, same fine-tuning",
-        loss_fn=DistillationLoss(original, step.distill, step.temperature))
-    row = {"model": args.model, "recipe": args.recipe, "fine_tuning": config.__dict__, "distill": step.distill,
+    step.retrain(student, ctx, [], "dense, same fine-tuning")
+    row = {"model": args.model, "recipe": args.recipe, "fine_tuning": step.train_config(ctx).__dict__,
+           "distill": step.distill,
            "top1_original": evaluate(original, test, progress=False).value,
            "top1_dense_same_finetune": evaluate(student, test, progress=False).value,
            "seconds": time.perf_counter() - started}
