@@ -12,7 +12,9 @@ Layout (all integers little-endian), after safetensors' "length, JSON header, ra
 
 Each tensor record holds its name, the type of module it belongs to, the codec tree (codec name,
 shape, parameters, stream kinds and lengths, children), the offset and length of its bytes in the
-payload, and their CRC-32. The header is compressed because per-tensor JSON is otherwise a visible
+payload, and their CRC-32. A stream may be borrowed: its entry then names an earlier tensor whose
+stream of the same role holds the bytes (a codebook shared by several layers is stored once), and
+the reader hands those bytes to both. The header is compressed because per-tensor JSON is otherwise a visible
 share of a small model's file. Every length is checked against the file before anything is
 allocated, and each failure has its own error class. Writes are atomic (temporary file, fsync,
 rename), and the bytes depend only on the content (sorted JSON keys, no timestamps).
@@ -72,11 +74,9 @@ class NskFile:
 
 
 def _stream_order(enc: Encoded) -> list[bytes]:
-    """Payload order of a tensor's streams: its own (in insertion order), then children's."""
-    blobs = [stream.data for stream in enc.streams.values()]
-    for child in enc.children.values():
-        blobs.extend(_stream_order(child))
-    return blobs
+    """Payload order of a tensor's streams: its own (in insertion order), then children's; borrowed
+    streams are stored with their lender."""
+    return [stream.data for _, stream in _all_streams(enc) if not stream.borrowed_from]
 
 
 def _enc_to_json(enc: Encoded) -> dict[str, Any]:
@@ -84,7 +84,8 @@ def _enc_to_json(enc: Encoded) -> dict[str, Any]:
         "codec": enc.codec,
         "shape": list(enc.shape),
         "params": enc.params,
-        "streams": [[role, s.kind, len(s.data)] for role, s in enc.streams.items()],
+        "streams": [[role, s.kind, len(s.data), *([s.borrowed_from] if s.borrowed_from else [])]
+                    for role, s in enc.streams.items()],
         "children": {role: _enc_to_json(child) for role, child in enc.children.items()},
     }
 
@@ -92,6 +93,7 @@ def _enc_to_json(enc: Encoded) -> dict[str, Any]:
 def serialize(nsk: NskFile) -> bytes:
     """The exact bytes of a .nsk file."""
     records, blobs, offset = [], [], 0
+    _check_borrowed(nsk.tensors)
     for rec in nsk.tensors:
         data = b"".join(_stream_order(rec.encoded))
         records.append({
@@ -111,6 +113,30 @@ def serialize(nsk: NskFile) -> bytes:
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed))
     nsk.header_bytes = len(prefix) + len(packed)
     return prefix + packed + b"".join(blobs)
+
+
+def _check_borrowed(tensors: list[TensorRecord]) -> None:
+    """A borrowed stream must equal the same-role stream of an EARLIER tensor, or the file would
+    decode to something other than the model in memory."""
+    seen: dict[str, Encoded] = {}
+    for rec in tensors:
+        for role, stream in _all_streams(rec.encoded):
+            if not stream.borrowed_from:
+                continue
+            source = seen.get(stream.borrowed_from)
+            lent = source.streams.get(role) if source is not None else None
+            if lent is None or lent.borrowed_from or lent.kind != stream.kind or lent.data != stream.data:
+                raise NetshrinkError(f"tensor {rec.name!r} borrows its {role!r} stream from {stream.borrowed_from!r}, "
+                                     "which is not an earlier tensor holding the same bytes")
+        seen[rec.name] = rec.encoded
+
+
+def _all_streams(enc: Encoded) -> list[tuple[str, Stream]]:
+    """(role, stream) of a tensor and of its children, in payload order."""
+    streams = list(enc.streams.items())
+    for child in enc.children.values():
+        streams.extend(_all_streams(child))
+    return streams
 
 
 def write_nsk(path: str | Path, nsk: NskFile) -> int:
@@ -239,12 +265,12 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
         raise TruncatedFile(f"truncated: payload needs {payload_bytes} bytes, file has {available}")
     if available > payload_bytes:
         raise MalformedHeader(f"{available - payload_bytes} unexpected bytes after the payload")
-    tensors, offset, names = [], 0, set()
+    tensors, offset, earlier = [], 0, {}
     for index, record in enumerate(records):
-        rec = _read_record(record, index, data, payload_start, offset)
-        if rec.name in names:
+        rec = _read_record(record, index, data, payload_start, offset, earlier)
+        if rec.name in earlier:
             raise MalformedHeader(f"malformed header: tensor {rec.name!r} appears twice")
-        names.add(rec.name)
+        earlier[rec.name] = rec.encoded
         tensors.append(rec)
         offset += record["length"]
     if offset != payload_bytes:
@@ -252,7 +278,8 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
     return tensors
 
 
-def _read_record(record: Any, index: int, data: bytes, payload_start: int, offset: int) -> TensorRecord:
+def _read_record(record: Any, index: int, data: bytes, payload_start: int, offset: int,
+                 earlier: dict[str, Encoded]) -> TensorRecord:
     if not isinstance(record, dict):
         raise MalformedHeader(f"malformed header: tensor record {index} is not an object")
     name, module, length, crc = record.get("name"), record.get("module", ""), record.get("length"), record.get("crc32")
@@ -266,14 +293,16 @@ def _read_record(record: Any, index: int, data: bytes, payload_start: int, offse
         raise TruncatedFile(f"truncated: tensor {name!r} runs past the end of the file")
     if zlib.crc32(blob) != crc:
         raise ChecksumMismatch(f"checksum mismatch in tensor {name!r}: the file is corrupt")
-    encoded, used = _enc_from_json(record.get("enc"), blob, 0, name, depth=0)
+    encoded, used = _enc_from_json(record.get("enc"), blob, 0, name, depth=0, earlier=earlier)
     if used != length:
         raise MalformedHeader(f"malformed header: tensor {name!r} streams cover {used} of {length} bytes")
     return TensorRecord(name, encoded, module)
 
 
-def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int) -> tuple[Encoded, int]:
-    """Rebuild an Encoded tree from its JSON, slicing stream bytes from `blob` starting at `pos`."""
+def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int,
+                   earlier: dict[str, Encoded]) -> tuple[Encoded, int]:
+    """Rebuild an Encoded tree from its JSON, slicing stream bytes from `blob` starting at `pos`
+    (borrowed streams from the `earlier` tensors instead)."""
     if depth > MAX_DEPTH or not isinstance(node, dict):
         raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid codec record")
     codec, params, streams, children = node.get("codec"), node.get("params"), node.get("streams"), node.get("children")
@@ -285,17 +314,30 @@ def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int) -> t
         raise MalformedHeader(f"malformed header: tensor {name!r}: {exc}") from None
     enc = Encoded(codec, shape, params)
     for entry in streams:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-                and entry[1] in STREAM_KINDS and _is_count(entry[2])):
+        if not (isinstance(entry, list) and len(entry) in (3, 4) and isinstance(entry[0], str)
+                and entry[1] in STREAM_KINDS and _is_count(entry[2]) and all(isinstance(e, str) for e in entry[3:])):
             raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid stream entry")
-        role, kind, length = entry
+        role, kind, length = entry[:3]
+        if len(entry) == 4:
+            enc.streams[role] = _borrowed(entry[3], role, kind, length, name, earlier)
+            continue
         if pos + length > len(blob):
             raise MalformedHeader(f"malformed header: tensor {name!r} stream {role!r} runs past its bytes")
         enc.streams[role] = Stream(kind, blob[pos: pos + length])
         pos += length
     for role, child in children.items():
-        enc.children[role], pos = _enc_from_json(child, blob, pos, name, depth + 1)
+        enc.children[role], pos = _enc_from_json(child, blob, pos, name, depth + 1, earlier)
     return enc, pos
+
+
+def _borrowed(source: str, role: str, kind: str, length: int, name: str, earlier: dict[str, Encoded]) -> Stream:
+    """The stream tensor `name` borrows from the earlier tensor `source` (same role, kind, length)."""
+    lender = earlier.get(source)
+    stream = lender.streams.get(role) if lender is not None else None
+    if stream is None or stream.borrowed_from or stream.kind != kind or len(stream.data) != length:
+        raise MalformedHeader(f"malformed header: tensor {name!r} borrows a {role!r} stream of {length} bytes "
+                              f"from {source!r}, which is not an earlier tensor holding one")
+    return Stream(kind, stream.data, borrowed_from=source)
 
 
 def _is_count(value: Any) -> bool:

@@ -189,3 +189,50 @@ def test_weights_ratio_counts_subclassed_conv_layers(tmp_path):
         assert {t.module for t in report.tensors if t.name == "0.weight"} == {"Conv2d"}
         ratios.append(report.weights_ratio)
     assert ratios[0] == ratios[1]
+
+
+def _shared_codebook_file() -> "NskFile":
+    from netshrink.codecs.pq import PQ
+    from netshrink.fileformat import NskFile, TensorRecord
+
+    book = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    first = PQ.encode_assigned(book, torch.tensor([0, 1, 1]), (3, 2))
+    second = PQ.encode_assigned(book, torch.tensor([1, 1, 0, 0]), (2, 4), codebook_of="a")
+    return NskFile([TensorRecord("a", first), TensorRecord("b", second)])
+
+
+def test_a_borrowed_codebook_is_stored_once_and_decodes_in_both_tensors(tmp_path):
+    from netshrink.codecs import decode
+    from netshrink.fileformat import write_nsk
+
+    nsk = _shared_codebook_file()
+    size = write_nsk(tmp_path / "s.nsk", nsk)
+    payload = sum(rec.encoded.nbits() for rec in nsk.tensors) // 8
+    assert size == nsk.header_bytes + payload and nsk.tensors[1].encoded.bytes_by_kind()["codebook"] == 0
+    back = read_nsk(tmp_path / "s.nsk")
+    assert torch.equal(decode(back.tensors[1].encoded), torch.tensor([[2.0, 0.25, 2.0, 0.25], [0.5, -1.0, 0.5, -1.0]]))
+    assert torch.equal(decode(back.tensors[0].encoded), decode(nsk.tensors[0].encoded))
+
+
+def test_a_stream_borrowed_from_a_missing_later_or_different_tensor_is_refused(tmp_path):
+    from netshrink.codecs.base import Stream
+    from netshrink.fileformat import serialize, write_nsk
+
+    nsk = _shared_codebook_file()
+    nsk.tensors.reverse()  # the borrower before its lender
+    with pytest.raises(NetshrinkError, match="earlier tensor"):
+        serialize(nsk)
+    nsk = _shared_codebook_file()
+    stream = nsk.tensors[1].encoded.streams["codebook"]
+    nsk.tensors[1].encoded.streams["codebook"] = Stream("codebook", bytes(len(stream.data)), borrowed_from="a")
+    with pytest.raises(NetshrinkError, match="same bytes"):
+        serialize(nsk)
+    write_nsk(tmp_path / "s.nsk", _shared_codebook_file())
+    data = (tmp_path / "s.nsk").read_bytes()
+    start = PREFIX.size + PREFIX.unpack_from(data)[3]
+    header, payload = zlib.decompress(data[PREFIX.size: start]), data[start:]
+    assert header.count(b',"a"]') == 1
+    for bad in (b',"b"]', b',"c"]', b',"b","a"]'):  # borrowed from itself / a missing tensor / a bad entry
+        with pytest.raises(MalformedHeader, match="borrows|invalid stream entry"):
+            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload)))
+    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload)))  # the rewrite itself is sound

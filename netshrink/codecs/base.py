@@ -32,10 +32,17 @@ MAX_NUMEL = 1 << 31
 
 @dataclass(frozen=True)
 class Stream:
-    """One byte stream of an encoded tensor, labelled with what it holds."""
+    """One byte stream of an encoded tensor, labelled with what it holds.
+
+    `borrowed_from` names an earlier tensor of the same file whose stream of the same role holds
+    these bytes (a PQ codebook shared by the layers of a stage): the file stores them once, under
+    that tensor, and counts them there; in memory both tensors hold the data, so decoders need no
+    context.
+    """
 
     kind: str
     data: bytes
+    borrowed_from: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_KINDS:
@@ -64,7 +71,8 @@ class Encoded:
         """Payload bytes per stream kind, children included."""
         totals = {kind: 0 for kind in STREAM_KINDS}
         for stream in self.streams.values():
-            totals[stream.kind] += len(stream.data)
+            if not stream.borrowed_from:
+                totals[stream.kind] += len(stream.data)
         for child in self.children.values():
             for kind, nbytes in child.bytes_by_kind().items():
                 totals[kind] += nbytes

@@ -6,7 +6,8 @@ length d. For a conv weight (O, I, KH, KW), d = KW gives one vector per kernel r
 row-wise sharing), d = KH*KW one per kernel, d = 2*KH*KW two neighbouring in-channel kernels
 (Stock et al.); for a Linear (O, I) the vectors run along the input. All sub-vectors share one
 codebook of k codewords found by `netshrink.cluster.kmeans`. The file holds the codebook in fp16
-and, per sub-vector, its codeword index, entropy coded (rANS).
+and, per sub-vector, its codeword index, entropy coded (rANS). Several tensors may share one
+codebook (`encode_assigned(..., codebook_of=...)`): the file stores it once.
 """
 
 from __future__ import annotations
@@ -107,18 +108,21 @@ class PQ(Codec):
 
     @classmethod
     def encode_assigned(
-        cls, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...] | torch.Size
+        cls, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...] | torch.Size,
+        codebook_of: str = "",
     ) -> Encoded:
         """Store a given codebook [k, d] (rounded to fp16) and labels [n] without clustering: for
-        methods that fine-tune the codewords by gradient (Stock et al. 2020, sec. 3.3)."""
+        methods that fine-tune the codewords by gradient (Stock et al. 2020, sec. 3.3).
+        `codebook_of` names an earlier tensor of the file holding the same codebook: the file then
+        stores it once, there (one codebook shared by several layers)."""
         if codebook.dim() != 2 or not codebook.is_floating_point():
             raise CodecError(f"pq codebook must be a float [k, d] tensor, got {codebook.dtype} {tuple(codebook.shape)}")
         k, d = codebook.shape
         _check_d(tuple(shape), d)
         labels = _checked_labels(labels, math.prod(shape) // d, k)
-        params = {"d": d, "k": k, "label": f"pq d={d} k={k}"}
+        params = {"d": d, "k": k, "label": f"pq d={d} k={k}" + (" shared" if codebook_of else "")}
         streams = {
-            "codebook": Stream("codebook", tensor_to_bytes(_to_fp16(codebook.detach()))),
+            "codebook": Stream("codebook", tensor_to_bytes(_to_fp16(codebook.detach())), borrowed_from=codebook_of),
             "indices": Stream("indices", encode_symbols(labels.numpy(), max(k, 1))),
         }
         return Encoded(cls.name, tuple(shape), params, streams)

@@ -140,4 +140,4 @@ class DeepKMeans(RetrainSettings, LayerStep):
         self.retrain(model, ctx, [SharedValueHook(labels)], desc="fine-tune shared centres",
                      epochs=self.finetune_epochs, lr=self.finetune_lr)
         for name, term in terms.items():
-            store_shared(model, plan, name, labels[name], term.d)
+            store_shared(model, plan, [name], labels, term.d)

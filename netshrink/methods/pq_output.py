@@ -18,6 +18,14 @@ statistics are buffers of the model, so the file stores (and `netshrink.load` re
 With `recalibrate_bn` (default) they are re-estimated on the calibration inputs after each stage
 is quantized, before the stage's fine-tuning and before later layers see those inputs.
 
+`share_codebook`: the layers of a stage with the same d share ONE codebook (of the stage's first
+layer's k), stored once in the file. On a small network the per-layer codebooks are a third of the
+file (ResNet-20 at 20x); one codebook per stage lets every layer use 256 codewords for fewer bytes.
+The shared codebook is learnt from all the stage's sub-vectors, each in its own layer's metric;
+then the layers are assigned to it one at a time in forward order, each on inputs measured after
+the earlier ones were quantized, and fine-tuning moves a shared codeword by the gradients of all
+its users.
+
 Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
 in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
 whole kernel) for depthwise convolutions, `per_layer_d` / `per_layer_k` override by fnmatch pattern.
@@ -35,8 +43,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.cluster import assign_nearest_metric, kmeans_metric
-from netshrink.codecs.pq import PQ, row_length
+from netshrink.cluster import assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.codecs.pq import PQ, row_length, subvectors
 from netshrink.errors import DataError, RecipeError
 from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
@@ -76,6 +84,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     kmeans_iters: int = 20
     feedback: bool = False
     recalibrate_bn: bool = True
+    share_codebook: bool = False
     distill: Literal["kl", "mse", "ce"] = "kl"
     stage_epochs: float = 0.0
     stage_depth: int = 1
@@ -95,6 +104,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
         if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0:
             raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0")
+        if self.share_codebook and self.feedback:
+            raise ValueError("share_codebook and feedback cannot be combined (feedback re-assigns each layer alone)")
 
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
@@ -139,19 +150,22 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
+        books = [book for stage in stages for book in self._codebook_groups(stage, settings)]
+        shared = [[f"{name}.weight" for name in book] for book in books if len(book) > 1]
         with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
             for index, stage in enumerate(stages):
-                for name in stage:
-                    labels[f"{name}.weight"] = self._quantize(model, plan, name, layers[name], *settings[name],
-                                                              calibration, row_scales.get(name), ctx.seed)
-                    bar.update(1)
+                for book in self._codebook_groups(stage, settings):
+                    quantize = self._quantize if len(book) == 1 else self._quantize_shared
+                    labels.update(quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales,
+                                           ctx.seed))
+                    bar.update(len(book))
                 if self.recalibrate_bn and samples:
                     recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
-                    self._finetune(model, ctx, labels, self.stage_epochs, f"distill after {stage[-1]}")
-        self._finetune(model, ctx, labels, self.epochs, "distill (global)")
-        for name, (d, _) in settings.items():
-            store_shared(model, plan, f"{name}.weight", labels[f"{name}.weight"], d)
+                    self._finetune(model, ctx, labels, shared, self.stage_epochs, f"distill after {stage[-1]}")
+        self._finetune(model, ctx, labels, shared, self.epochs, "distill (global)")
+        for book in books:
+            store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
 
     def _stages(self, order: list[str]) -> list[list[str]]:
         """Consecutive layers (in forward order) whose names share the first `stage_depth` parts."""
@@ -164,9 +178,25 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                 stages.append([name])
         return stages
 
-    def _quantize(self, model: nn.Module, plan: CompressionPlan, name: str, module: nn.Module, d: int, k: int,
-                  calibration: list[Any] | None, row_scales: torch.Tensor | None, seed: int) -> torch.Tensor:
-        """Give layer `name` its PQ codebook and labels (model updated); returns per-weight labels."""
+    def _codebook_groups(self, stage: list[str], settings: dict[str, tuple[int, int]]) -> list[list[str]]:
+        """The layers of a stage that share one codebook: with `share_codebook`, those with the same d
+        (in forward order); otherwise each layer alone."""
+        if not self.share_codebook:
+            return [[name] for name in stage]
+        books: dict[int, list[str]] = {}
+        for name in stage:
+            books.setdefault(settings[name][0], []).append(name)
+        for book in books.values():
+            if len({settings[name][1] for name in book}) > 1:
+                raise RecipeError(f"step pq: layers {book} share a codebook (share_codebook) but per_layer_k gives "
+                                  "them different k; give the layers of a stage one k")
+        return list(books.values())
+
+    def _quantize(self, model: nn.Module, plan: CompressionPlan, names: list[str], layers: dict[str, nn.Module],
+                  d: int, k: int, calibration: list[Any] | None, row_scales: dict[str, torch.Tensor],
+                  seed: int) -> dict[str, torch.Tensor]:
+        """Give the layer `names[0]` its own PQ codebook and labels (model updated); returns its per-weight labels."""
+        name, module = names[0], layers[names[0]]
         weight_name = f"{name}.weight"
         codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
         if calibration is None or isinstance(module, nn.Embedding):
@@ -175,12 +205,51 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             full = input_grams(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
                                positions=self.positions, seed=seed)
             grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
-            encoded = _output_aware_encoding(module.weight.detach(), d, k, grams, groups_of(module),
-                                             self.kmeans_iters, seed, row_scales)
+            points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
+            result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams.float(),
+                                   iters=self.kmeans_iters, seed=seed, point_weights=weights)
+            encoded = _metric_encoding(module, d, result.centroids, grams)
             if self.feedback:
                 encoded = _with_feedback(module, encoded, full)
             plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
-        return scalar_labels(plan.entries[weight_name].encoded, d)
+        return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
+
+    def _quantize_shared(self, model: nn.Module, plan: CompressionPlan, names: list[str],
+                         layers: dict[str, nn.Module], d: int, k: int, calibration: list[Any] | None,
+                         row_scales: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """One codebook for the layers `names`: learnt from all their sub-vectors (each in its own
+        layer's metric), then each layer assigned to it in forward order (model updated)."""
+        codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
+        by_output = calibration is not None and not any(isinstance(layers[n], nn.Embedding) for n in names)
+        if by_output:
+            problems = [self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed)
+                        for name in names]
+            points, grams, weights = _joined(problems)
+            codebook = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams, iters=self.kmeans_iters,
+                                     seed=seed, point_weights=weights).centroids
+        else:
+            vectors = torch.cat([subvectors(layers[name].weight.detach().float(), d) for name in names])
+            codebook = kmeans(vectors, min(k, vectors.shape[0]), iters=self.kmeans_iters, seed=seed).centroids
+        labels = {}
+        for index, name in enumerate(names):
+            module, lender = layers[name], names[0] if index else ""
+            if by_output:  # the inputs of this layer as the quantized earlier layers make them
+                grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+                encoded = _metric_encoding(module, d, codebook, grams, codebook_of=lender)
+            else:
+                fp16 = codebook.to(torch.float16)
+                assigned, _ = assign_nearest(subvectors(module.weight.detach().float(), d), fp16.float())
+                encoded = PQ.encode_assigned(fp16, assigned, tuple(module.weight.shape), codebook_of=lender)
+            plan.set_encoded(model, f"{name}.weight", codec, encoded, PQ.decode(encoded))
+            labels[f"{name}.weight"] = scalar_labels(encoded, d)
+        return labels
+
+    def _metric_problem(self, model: nn.Module, module: nn.Module, d: int, calibration: list[Any],
+                        row_scales: torch.Tensor | None, seed: int):
+        """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n]."""
+        grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+        points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales)
+        return points, grams.float(), weights
 
     def _metric(self, grams: torch.Tensor) -> torch.Tensor:
         """Pooled or per-block matrices, plus a ridge of `ridge` x their mean eigenvalue: blocks whose
@@ -192,27 +261,46 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
 
     def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
-                  epochs: float, desc: str) -> None:
+                  shared: list[list[str]], epochs: float, desc: str) -> None:
         if epochs <= 0:
             return
-        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce)], desc, epochs=epochs)
+        in_labels = [book for book in shared if all(name in labels for name in book)]
+        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce, in_labels)], desc, epochs=epochs)
 
 
-def _output_aware_encoding(weight: torch.Tensor, d: int, k: int, grams: torch.Tensor, groups: int, iters: int,
-                           seed: int, row_scales: torch.Tensor | None = None):
-    """k-means of the sub-vectors in their blocks' metrics (rows weighted by `row_scales`, e.g. the
-    following BatchNorm's scale^2); labels re-assigned to the fp16 codewords."""
+def metric_points(weight: torch.Tensor, d: int, groups: int,
+                  row_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sub-vectors in `block_points` layout and their weights (rows weighted by `row_scales`,
+    e.g. the following BatchNorm's scale^2; None: all 1)."""
     points = block_points(weight.float(), d, groups)
-    metric = grams.float()
-    weights = None
-    if row_scales is not None:  # row o = group g, row i of that group; points [g * blocks, rows_per_group]
-        per_group = row_scales.reshape(groups, 1, -1).expand(groups, points.shape[0] // groups, -1)
-        weights = per_group.reshape(points.shape[:2])
-    result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), metric, iters=iters, seed=seed,
-                           point_weights=weights)
-    codebook = result.centroids.to(torch.float16)  # stored in fp16: assign to what the file holds
-    labels, _ = assign_nearest_metric(points, codebook.float(), metric)
-    return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(weight.shape))
+    if row_scales is None:
+        return points, None
+    # row o = group g, row i of that group; points [g * blocks, rows_per_group]
+    per_group = row_scales.reshape(groups, 1, -1).expand(groups, points.shape[0] // groups, -1)
+    return points, per_group.reshape(points.shape[:2])
+
+
+def _metric_encoding(module: nn.Module, d: int, centroids: torch.Tensor, grams: torch.Tensor, codebook_of: str = ""):
+    """The layer's sub-vectors assigned to the fp16 codewords (what the file holds) in their blocks' metrics."""
+    codebook = centroids.to(torch.float16)
+    groups = groups_of(module)
+    points = block_points(module.weight.detach().float(), d, groups)
+    labels, _ = assign_nearest_metric(points, codebook.float(), grams.float())
+    return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(module.weight.shape), codebook_of)
+
+
+def _joined(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
+    """Several layers' metric k-means problems as one: concatenated blocks when every layer has the
+    same rows per block, else one block per point (each carrying its block's metric)."""
+    if len({points.shape[1] for points, _, _ in problems}) > 1:
+        problems = [(points.reshape(-1, 1, points.shape[2]), grams.repeat_interleave(points.shape[1], 0),
+                     None if weights is None else weights.reshape(-1, 1)) for points, grams, weights in problems]
+    points = torch.cat([p for p, _, _ in problems])
+    grams = torch.cat([g for _, g, _ in problems])
+    if all(w is None for _, _, w in problems):
+        return points, grams, None
+    weights = torch.cat([torch.ones(p.shape[:2]) if w is None else w.float() for p, _, w in problems])
+    return points, grams, weights
 
 
 def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:

@@ -124,21 +124,39 @@ class SharedValueHook(TrainHook):
     cluster's gradients moves the whole cluster as one centroid. Every optimiser we use acts
     elementwise (SGD, momentum, weight decay, Adam), so equal weights with equal gradients stay
     equal: the number of distinct values never grows.
+
+    `groups` lists tensors whose labels index ONE set of values (a PQ codebook shared by several
+    layers): their gradients are pooled across the group, so a shared codeword moves as one.
     """
 
-    def __init__(self, labels: dict[str, torch.Tensor], reduce: str = "sum") -> None:
+    def __init__(self, labels: dict[str, torch.Tensor], reduce: str = "sum",
+                 groups: Sequence[Sequence[str]] = ()) -> None:
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        grouped = [name for group in groups for name in group]
+        if len(set(grouped)) != len(grouped) or not set(grouped) <= set(labels):
+            raise ValueError("groups must be disjoint lists of labelled tensors")
         self.labels, self.reduce = labels, reduce
+        self.groups = [list(group) for group in groups] + [[name] for name in labels if name not in grouped]
         self.params: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module) -> None:
         self.params = parameters_named(model, self.labels)
 
     def after_backward(self, model: nn.Module) -> None:
-        for name, param in self.params.items():
-            if param.grad is not None:
-                param.grad.copy_(shared_gradient(param.grad, self.labels[name], self.reduce))
+        for group in self.groups:
+            params = [self.params[name] for name in group]
+            if all(param.grad is None for param in params):
+                continue
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            labels = torch.cat([self.labels[name].reshape(-1) for name in group])
+            pooled = shared_gradient(flat, labels, self.reduce).split([grad.numel() for grad in grads])
+            for param, grad in zip(params, pooled):
+                if param.grad is None:
+                    param.grad = grad.reshape(param.shape).clone()
+                else:
+                    param.grad.copy_(grad.reshape(param.shape))
 
 
 def shared_gradient(grad: torch.Tensor, labels: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
@@ -177,12 +195,17 @@ def scalar_labels(encoded: Encoded, d: int) -> torch.Tensor:
     return from_subvectors(flat, encoded.shape)
 
 
-def store_shared(model: nn.Module, plan: CompressionPlan, name: str, labels: torch.Tensor, d: int) -> None:
-    """Record the fine-tuned codewords (fp16 in the file, so the model is reloaded with them)."""
-    weight = model.state_dict()[name]
-    columns, vector_labels = subvectors(weight, d), subvectors(labels, d)[:, 0] // d
-    k = int(vector_labels.max()) + 1
+def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], labels: dict[str, torch.Tensor],
+                 d: int) -> None:
+    """Record the fine-tuned codewords of tensors `names` sharing one codebook (fp16 in the file, so
+    the model is reloaded with them); the file stores the codebook once, with the first of them."""
+    state = model.state_dict()
+    vector_labels = {name: subvectors(labels[name], d)[:, 0] // d for name in names}
+    k = max(int(v.max()) + 1 for v in vector_labels.values())
     codebook = torch.zeros(k, d)
-    codebook[vector_labels] = columns  # members of a cluster are identical: any one is its centre
-    encoded = PQ.encode_assigned(codebook, vector_labels, tuple(weight.shape))
-    plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))
+    for name in names:  # members of a cluster are identical: any one is its centre
+        codebook[vector_labels[name]] = subvectors(state[name], d).float()
+    for index, name in enumerate(names):
+        encoded = PQ.encode_assigned(codebook, vector_labels[name], tuple(state[name].shape),
+                                     codebook_of=names[0] if index else "")
+        plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))

@@ -197,3 +197,50 @@ def test_pq_recalibrates_batchnorm_after_quantizing(tiny_net, tiny_images, recal
     steps = recipe({"pq": {"k": 4, "pointwise_d": 4, "calibration": 64, "epochs": 0, "recalibrate_bn": recalibrate}})
     state = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False).model.state_dict()
     assert torch.equal(state["bn.running_mean"], before) is not recalibrate
+
+
+class TwoConvStage(nn.Module):
+    """A stem, then a stage of two 8-channel convs (`stage.a`, `stage.b`), then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stage = nn.ModuleDict({"a": nn.Conv2d(8, 8, 3, padding=1), "b": nn.Conv2d(8, 8, 3, padding=1),
+                                    "bn": nn.BatchNorm2d(8)})
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.stage["bn"](self.stage["b"](torch.relu(self.stage["a"](x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("objective", ["output", "weights"])
+def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tiny_images, tmp_path, objective):
+    torch.manual_seed(0)
+    model = TwoConvStage().eval()
+    pq = {"objective": objective, "k": 8, "per_layer_k": {"fc": 4}, "pointwise_d": 4, "calibration": 64,
+          "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True}
+    compressed = netshrink.compress(model, recipe({"pq": pq}), data=tiny_images, progress=False)
+    state = compressed.model.state_dict()
+    both = torch.cat([subvectors(state["stage.a.weight"], 9), subvectors(state["stage.b.weight"], 9)])
+    assert len(torch.unique(both, dim=0)) <= 8  # one codebook for the stage, still one after fine-tuning
+    assert len(torch.unique(subvectors(state["stage.a.weight"], 9), dim=0)) > 1
+    compressed.save(tmp_path / "shared.nsk")
+    records = {rec.name: rec.encoded for rec in netshrink.fileformat.read_nsk(tmp_path / "shared.nsk").tensors}
+    codebook_bytes = {name: records[name].bytes_by_kind()["codebook"] for name in ("stage.a.weight", "stage.b.weight")}
+    assert codebook_bytes == {"stage.a.weight": 8 * 9 * 2, "stage.b.weight": 0}  # stored once, fp16
+    loaded = netshrink.load(tmp_path / "shared.nsk", model=TwoConvStage())
+    for name, tensor in state.items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    separate = netshrink.compress(model, recipe({"pq": {**pq, "share_codebook": False}}), data=tiny_images,
+                                  progress=False).save(tmp_path / "separate.nsk")
+    assert (tmp_path / "shared.nsk").stat().st_size < separate.file_bytes
+
+
+def test_shared_codebook_needs_one_k_per_stage(tiny_images):
+    pq = {"k": 8, "per_layer_k": {"stage.b": 4}, "calibration": 64, "epochs": 0, "share_codebook": True}
+    with pytest.raises(RecipeError, match="share a codebook"):
+        netshrink.compress(TwoConvStage(), recipe({"pq": pq}), data=tiny_images, progress=False)
+    with pytest.raises(RecipeError, match="feedback"):
+        recipe({"pq": {"share_codebook": True, "feedback": True}})

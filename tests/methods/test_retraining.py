@@ -103,3 +103,19 @@ def test_distilling_steps_learn_from_the_network_the_recipe_started_with(tiny_ne
 def test_unknown_distill_kind_is_a_recipe_error():
     with pytest.raises(RecipeError, match="distill"):
         recipe({"iterative_prune": {"sparsity": 0.5, "distill": "l2"}})
+
+
+def test_grouped_tensors_move_a_shared_value_by_the_gradients_of_all_its_users():
+    a, b = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    model = torch.nn.ModuleDict({"a": a, "b": b})
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([[0.5, -1.0]]))
+        b.weight.copy_(torch.tensor([[0.5, 2.0]]))
+    labels = {"a.weight": torch.tensor([[0, 1]]), "b.weight": torch.tensor([[0, 2]])}  # 0.5 shared by a and b
+    hook = SharedValueHook(labels, groups=[["a.weight", "b.weight"]])
+    hook.prepare(model)
+    (a(torch.tensor([[1.0, 1.0]])) + b(torch.tensor([[3.0, 1.0]]))).sum().backward()
+    hook.after_backward(model)
+    assert torch.equal(a.weight.grad, torch.tensor([[4.0, 1.0]])) and torch.equal(b.weight.grad, torch.tensor([[4.0, 1.0]]))
+    with pytest.raises(ValueError, match="disjoint"):
+        SharedValueHook(labels, groups=[["a.weight"], ["a.weight", "b.weight"]])
