@@ -50,7 +50,8 @@ from netshrink.methods.error_feedback import feedback_assign_vectors
 from netshrink.methods.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
                                             groups_of, input_grams, recalibrate_batchnorms, row_groups,
                                             unblock_labels)
-from netshrink.methods.retraining import RetrainSettings, SharedValueHook, scalar_labels, store_shared
+from netshrink.methods.retraining import (ReassignHook, RetrainSettings, SharedValueHook, scalar_labels,
+                                          store_shared)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
@@ -85,6 +86,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     feedback: bool = False
     recalibrate_bn: bool = True
     share_codebook: bool = False
+    reassign_every: int = 0
     distill: Literal["kl", "mse", "ce"] = "kl"
     stage_epochs: float = 0.0
     stage_depth: int = 1
@@ -104,6 +106,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
         if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0:
             raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0")
+        if self.reassign_every < 0:
+            raise ValueError("reassign_every must be >= 0 steps (0: codewords only, as Stock et al.)")
         if self.share_codebook and self.feedback:
             raise ValueError("share_codebook and feedback cannot be combined (feedback re-assigns each layer alone)")
 
@@ -152,6 +156,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         stages = self._stages(order)
         books = [book for stage in stages for book in self._codebook_groups(stage, settings)]
         shared = [[f"{name}.weight" for name in book] for book in books if len(book) > 1]
+        d_of = {f"{name}.weight": d for name, (d, _) in settings.items()}
         with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
             for index, stage in enumerate(stages):
                 for book in self._codebook_groups(stage, settings):
@@ -162,8 +167,8 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                 if self.recalibrate_bn and samples:
                     recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
-                    self._finetune(model, ctx, labels, shared, self.stage_epochs, f"distill after {stage[-1]}")
-        self._finetune(model, ctx, labels, shared, self.epochs, "distill (global)")
+                    self._finetune(model, ctx, labels, shared, d_of, self.stage_epochs, f"distill after {stage[-1]}")
+        self._finetune(model, ctx, labels, shared, d_of, self.epochs, "distill (global)")
         for book in books:
             store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
 
@@ -261,11 +266,18 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
 
     def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
-                  shared: list[list[str]], epochs: float, desc: str) -> None:
+                  shared: list[list[str]], d_of: dict[str, int], epochs: float, desc: str) -> None:
+        """Distillation of the codewords (and of every parameter not coded); with `reassign_every`,
+        of latent weights re-assigned to codewords as they move (`ReassignHook`; `labels` updated)."""
         if epochs <= 0:
             return
         in_labels = [book for book in shared if all(name in labels for name in book)]
-        self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce, in_labels)], desc, epochs=epochs)
+        if not self.reassign_every:
+            self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce, in_labels)], desc, epochs=epochs)
+            return
+        hook = ReassignHook(dict(labels), d_of, self.reassign_every, in_labels)
+        self.retrain(model, ctx, [hook], desc, epochs=epochs)
+        labels.update(hook.labels())
 
 
 def metric_points(weight: torch.Tensor, d: int, groups: int,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from netshrink.codecs.base import Encoded
+from netshrink.cluster import assign_nearest
 from netshrink.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
 from netshrink.distill import DISTILL_KINDS, DistillationLoss
@@ -209,3 +210,66 @@ def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], 
         encoded = PQ.encode_assigned(codebook, vector_labels[name], tuple(state[name].shape),
                                      codebook_of=names[0] if index else "")
         plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))
+
+
+class ReassignHook(TrainHook):
+    """PQ training with straight-through weights (an extension of Stock et al.'s codeword-only fine-tuning).
+
+    Behind each coded tensor sits a float "latent" copy, started at its quantized values. Every
+    step the optimiser's update of each weight (computed on the quantized network: the
+    straight-through estimate) moves its latent copy; every codeword is then the mean of the latent
+    sub-vectors assigned to it, and every `every` steps each latent sub-vector is re-assigned to its
+    nearest codeword. The network always holds the codewords, so the number of distinct sub-vectors
+    never exceeds k, but, unlike codeword-only fine-tuning, a sub-vector can change codeword when the
+    loss pulls its weights towards another one. `groups` lists tensors sharing one codebook.
+    """
+
+    def __init__(self, labels: dict[str, torch.Tensor], d: dict[str, int], every: int,
+                 groups: Sequence[Sequence[str]] = ()) -> None:
+        if every < 1:
+            raise ValueError(f"re-assignment interval must be >= 1 step, got {every}")
+        grouped = {name for group in groups for name in group}
+        self.groups = [list(group) for group in groups] + [[name] for name in labels if name not in grouped]
+        self.d, self.every = d, every
+        self.vector_labels = {name: subvectors(labels[name], d[name])[:, 0] // d[name] for name in labels}
+        self.latent: dict[str, torch.Tensor] = {}
+        self.books: list[torch.Tensor] = []
+        self.params: dict[str, nn.Parameter] = {}
+
+    def prepare(self, model: nn.Module) -> None:
+        self.params = parameters_named(model, self.vector_labels)
+        self.latent = {name: param.detach().clone() for name, param in self.params.items()}
+        self.books = [self._codebook(group, torch.zeros(self._k(group), self.d[group[0]])) for group in self.groups]
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        with torch.no_grad():
+            for index, group in enumerate(self.groups):
+                for name in group:  # the optimiser's move of each weight goes to its latent copy
+                    self.latent[name] += self.params[name] - self._written(name, self.books[index])
+                if (step + 1) % self.every == 0:
+                    for name in group:
+                        self.vector_labels[name] = assign_nearest(subvectors(self.latent[name], self.d[name]),
+                                                                  self.books[index])[0]
+                self.books[index] = self._codebook(group, self.books[index])
+                for name in group:
+                    self.params[name].copy_(self._written(name, self.books[index]))
+
+    def labels(self) -> dict[str, torch.Tensor]:
+        """Per-weight labels in `scalar_labels` form, as they stand now."""
+        return {name: from_subvectors(labels[:, None] * self.d[name] + torch.arange(self.d[name]),
+                                      self.params[name].shape) for name, labels in self.vector_labels.items()}
+
+    def _k(self, group: list[str]) -> int:
+        return max(int(self.vector_labels[name].max()) + 1 for name in group)
+
+    def _written(self, name: str, book: torch.Tensor) -> torch.Tensor:
+        return from_subvectors(book[self.vector_labels[name]], self.params[name].shape)
+
+    def _codebook(self, group: list[str], previous: torch.Tensor) -> torch.Tensor:
+        """Each codeword the mean of its latent sub-vectors (a codeword nobody uses keeps its value)."""
+        d = self.d[group[0]]
+        points = torch.cat([subvectors(self.latent[name], d) for name in group])
+        labels = torch.cat([self.vector_labels[name] for name in group])
+        sums = torch.zeros_like(previous).index_add_(0, labels, points)
+        counts = torch.bincount(labels, minlength=previous.shape[0]).unsqueeze(1)
+        return torch.where(counts > 0, sums / counts.clamp_min(1), previous)

@@ -215,12 +215,14 @@ class TwoConvStage(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-@pytest.mark.parametrize("objective", ["output", "weights"])
-def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tiny_images, tmp_path, objective):
+@pytest.mark.parametrize("objective, reassign", [("output", 0), ("weights", 0), ("output", 2)])
+def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tiny_images, tmp_path, objective,
+                                                                            reassign):
     torch.manual_seed(0)
     model = TwoConvStage().eval()
     pq = {"objective": objective, "k": 8, "per_layer_k": {"fc": 4}, "pointwise_d": 4, "calibration": 64,
-          "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True}
+          "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True,
+          "reassign_every": reassign}
     compressed = netshrink.compress(model, recipe({"pq": pq}), data=tiny_images, progress=False)
     state = compressed.model.state_dict()
     both = torch.cat([subvectors(state["stage.a.weight"], 9), subvectors(state["stage.b.weight"], 9)])

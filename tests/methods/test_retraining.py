@@ -119,3 +119,22 @@ def test_grouped_tensors_move_a_shared_value_by_the_gradients_of_all_its_users()
     assert torch.equal(a.weight.grad, torch.tensor([[4.0, 1.0]])) and torch.equal(b.weight.grad, torch.tensor([[4.0, 1.0]]))
     with pytest.raises(ValueError, match="disjoint"):
         SharedValueHook(labels, groups=[["a.weight"], ["a.weight", "b.weight"]])
+
+
+def test_reassign_hook_moves_latent_weights_and_switches_codewords():
+    from netshrink.methods.retraining import ReassignHook
+
+    layer = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0.0, 1.0, 1.0]]))  # sub-vectors (d = 2) on codewords 0 and 1
+    hook = ReassignHook({"weight": torch.tensor([[0, 1, 2, 3]])}, {"weight": 2}, every=2)
+    hook.prepare(layer)
+    with torch.no_grad():
+        layer.weight += torch.tensor([[0.45, 0.45, 0.0, -0.2]])  # what an optimiser step would do
+    hook.after_step(layer, 0)  # not a re-assignment step: codewords = means of their latent sub-vectors
+    assert torch.allclose(layer.weight, torch.tensor([[0.45, 0.45, 1.0, 0.8]]))
+    with torch.no_grad():
+        layer.weight += torch.tensor([[0.45, 0.45, 0.0, 0.0]])
+    hook.after_step(layer, 1)  # latent (0.9, 0.9) is now nearer codeword 1 (1.0, 0.8): re-assigned, one codeword left
+    assert torch.allclose(layer.weight, torch.tensor([[0.95, 0.85, 0.95, 0.85]]))
+    assert torch.equal(hook.labels()["weight"], torch.tensor([[2, 3, 2, 3]]))
