@@ -20,6 +20,7 @@ Speed: dense baseline vs the loaded .nsk (decoded once at load), same batch, med
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -215,12 +216,41 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(markdown(result))
+        out.with_suffix(".png").write_bytes(plot(result))
 
     with tempfile.TemporaryDirectory(prefix="pq-") as tmp:
         for name in args.models.split(","):
             publish(run_model(MODELS[name], args, Path(tmp), result["rows"], publish))
     print(markdown(result))
     return 0
+
+
+def plot(result: dict[str, Any]) -> bytes:
+    """PNG: per model, top-1 of output-aware vs weight-only PQ before and after fine-tuning, with the
+    uncompressed baseline as a line (the ablation at a glance)."""
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(row["model"] for row in result["rows"]))
+    fig = Figure(figsize=(3.2 * max(1, len(models)), 3.0), layout="constrained")
+    for index, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), index + 1)
+        rows = [row for row in result["rows"] if row["model"] == model]
+        for offset, objective, colour in ((-0.2, "output", "#4c72b0"), (0.2, "weights", "#dd8452")):
+            for x, tuned in ((0, False), (1, True)):
+                row = next((r for r in rows if r["objective"] == objective and r["fine_tuned"] == tuned), None)
+                if row:
+                    ax.bar(x + offset, 100 * row["top1_after"], 0.38, color=colour,
+                           label=f"{objective}-aware" if objective == "output" and x == 0 else
+                           ("weight-only" if objective == "weights" and x == 0 else None))
+        if rows:
+            ax.axhline(100 * rows[0]["top1_before"], color="black", linestyle="--", linewidth=1, label="uncompressed")
+            ax.set_title(f"{model}, {min(r['ratio'] for r in rows):.1f}x", fontsize=9)
+        ax.set_xticks([0, 1], ["before fine-tuning", "after"], fontsize=8)
+        ax.set_ylabel("top-1 %", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":
