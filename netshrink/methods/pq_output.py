@@ -154,12 +154,13 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
-        books = [book for stage in stages for book in self._codebook_groups(stage, settings)]
+        books_of = [self._codebook_groups(stage, settings) for stage in stages]
+        books = [book for stage_books in books_of for book in stage_books]
         shared = [[f"{name}.weight" for name in book] for book in books if len(book) > 1]
         d_of = {f"{name}.weight": d for name, (d, _) in settings.items()}
         with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
-            for index, stage in enumerate(stages):
-                for book in self._codebook_groups(stage, settings):
+            for index, (stage, stage_books) in enumerate(zip(stages, books_of)):
+                for book in stage_books:
                     quantize = self._quantize if len(book) == 1 else self._quantize_shared
                     labels.update(quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales,
                                            ctx.seed))
@@ -238,8 +239,9 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
         labels = {}
         for index, name in enumerate(names):
             module, lender = layers[name], names[0] if index else ""
-            if by_output:  # the inputs of this layer as the quantized earlier layers make them
-                grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+            if by_output:  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
+                grams = problems[0][1] if index == 0 else \
+                    self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
                 encoded = _metric_encoding(module, d, codebook, grams, codebook_of=lender)
             else:
                 fp16 = codebook.to(torch.float16)

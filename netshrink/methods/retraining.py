@@ -134,11 +134,8 @@ class SharedValueHook(TrainHook):
                  groups: Sequence[Sequence[str]] = ()) -> None:
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-        grouped = [name for group in groups for name in group]
-        if len(set(grouped)) != len(grouped) or not set(grouped) <= set(labels):
-            raise ValueError("groups must be disjoint lists of labelled tensors")
         self.labels, self.reduce = labels, reduce
-        self.groups = [list(group) for group in groups] + [[name] for name in labels if name not in grouped]
+        self.groups = with_singletons(labels, groups)
         self.params: dict[str, nn.Parameter] = {}
 
     def prepare(self, model: nn.Module) -> None:
@@ -158,6 +155,15 @@ class SharedValueHook(TrainHook):
                     param.grad = grad.reshape(param.shape).clone()
                 else:
                     param.grad.copy_(grad.reshape(param.shape))
+
+
+def with_singletons(labels: dict[str, torch.Tensor], groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """`groups` (disjoint lists of labelled tensors sharing one set of values) plus every other
+    labelled tensor as a group of its own."""
+    grouped = [name for group in groups for name in group]
+    if len(set(grouped)) != len(grouped) or not set(grouped) <= set(labels):
+        raise ValueError("groups must be disjoint lists of labelled tensors")
+    return [list(group) for group in groups] + [[name] for name in labels if name not in grouped]
 
 
 def shared_gradient(grad: torch.Tensor, labels: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
@@ -191,9 +197,17 @@ def scalar_labels(encoded: Encoded, d: int) -> torch.Tensor:
     Weights with equal labels hold the same codeword entry, so `SharedValueHook` trains codewords
     with the assignments fixed (Deep k-Means; Stock et al. 2020, sec. 3.3).
     """
-    vector_labels = PQ.labels_of(encoded)
-    flat = vector_labels[:, None] * d + torch.arange(d)
-    return from_subvectors(flat, encoded.shape)
+    return per_weight_labels(PQ.labels_of(encoded), d, encoded.shape)
+
+
+def per_weight_labels(vector_labels: torch.Tensor, d: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Sub-vector labels [n] -> per-weight labels of a tensor of `shape` (codeword c, position j -> c * d + j)."""
+    return from_subvectors(vector_labels[:, None] * d + torch.arange(d), shape)
+
+
+def per_vector_labels(labels: torch.Tensor, d: int) -> torch.Tensor:
+    """Inverse of `per_weight_labels`: the codeword index of each sub-vector."""
+    return subvectors(labels, d)[:, 0] // d
 
 
 def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], labels: dict[str, torch.Tensor],
@@ -201,7 +215,7 @@ def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], 
     """Record the fine-tuned codewords of tensors `names` sharing one codebook (fp16 in the file, so
     the model is reloaded with them); the file stores the codebook once, with the first of them."""
     state = model.state_dict()
-    vector_labels = {name: subvectors(labels[name], d)[:, 0] // d for name in names}
+    vector_labels = {name: per_vector_labels(labels[name], d) for name in names}
     k = max(int(v.max()) + 1 for v in vector_labels.values())
     codebook = torch.zeros(k, d)
     for name in names:  # members of a cluster are identical: any one is its centre
@@ -228,10 +242,9 @@ class ReassignHook(TrainHook):
                  groups: Sequence[Sequence[str]] = ()) -> None:
         if every < 1:
             raise ValueError(f"re-assignment interval must be >= 1 step, got {every}")
-        grouped = {name for group in groups for name in group}
-        self.groups = [list(group) for group in groups] + [[name] for name in labels if name not in grouped]
+        self.groups = with_singletons(labels, groups)
         self.d, self.every = d, every
-        self.vector_labels = {name: subvectors(labels[name], d[name])[:, 0] // d[name] for name in labels}
+        self.vector_labels = {name: per_vector_labels(labels[name], d[name]) for name in labels}
         self.latent: dict[str, torch.Tensor] = {}
         self.books: list[torch.Tensor] = []
         self.params: dict[str, nn.Parameter] = {}
@@ -256,8 +269,8 @@ class ReassignHook(TrainHook):
 
     def labels(self) -> dict[str, torch.Tensor]:
         """Per-weight labels in `scalar_labels` form, as they stand now."""
-        return {name: from_subvectors(labels[:, None] * self.d[name] + torch.arange(self.d[name]),
-                                      self.params[name].shape) for name, labels in self.vector_labels.items()}
+        return {name: per_weight_labels(labels, self.d[name], self.params[name].shape)
+                for name, labels in self.vector_labels.items()}
 
     def _k(self, group: list[str]) -> int:
         return max(int(self.vector_labels[name].max()) + 1 for name in group)
