@@ -11,8 +11,10 @@ Layout (all integers little-endian), after safetensors' "length, JSON header, ra
     then       payload    every tensor's streams, back to back, in header order
 
 Each tensor record holds its name, the type of module it belongs to, the codec tree (codec name,
-shape, parameters, stream kinds and lengths, children), the offset and length of its bytes in the
-payload, and their CRC-32. A stream may be borrowed: its entry then names an earlier tensor whose
+shape, parameters, stream kinds and lengths, children) and the length of its bytes; tensors follow
+each other in the payload in header order, and one CRC-32 (`payload_crc32`) covers the whole payload.
+(Version 1 stored an offset and a CRC-32 per tensor: a fifth of a small model's header, for nothing a
+single checksum does not catch. Version 1 files are still read.) A stream may be borrowed: its entry then names an earlier tensor whose
 stream of the same role holds the bytes (a codebook shared by several layers is stored once), and
 the reader hands those bytes to both. The header is compressed because per-tensor JSON is otherwise a visible
 share of a small model's file. Every length is checked against the file before anything is
@@ -42,7 +44,8 @@ from netshrink.errors import (
 )
 
 MAGIC = b"\x89NSK\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PREFIX = struct.Struct("<8sHHII")
 MAX_HEADER_BYTES = 64 << 20
 MAX_JSON_BYTES = 256 << 20
@@ -92,27 +95,20 @@ def _enc_to_json(enc: Encoded) -> dict[str, Any]:
 
 def serialize(nsk: NskFile) -> bytes:
     """The exact bytes of a .nsk file."""
-    records, blobs, offset = [], [], 0
+    records, blobs = [], []
     _check_borrowed(nsk.tensors)
     for rec in nsk.tensors:
         data = b"".join(_stream_order(rec.encoded))
-        records.append({
-            "name": rec.name,
-            "module": rec.module_type,
-            "offset": offset,
-            "length": len(data),
-            "crc32": zlib.crc32(data),
-            "enc": _enc_to_json(rec.encoded),
-        })
+        records.append({"name": rec.name, "module": rec.module_type, "length": len(data), "enc": _enc_to_json(rec.encoded)})
         blobs.append(data)
-        offset += len(data)
+    payload = b"".join(blobs)
     header = {"netshrink": FORMAT_VERSION, "model": nsk.model, "recipe": nsk.recipe, "meta": nsk.meta,
-              "payload_bytes": offset, "tensors": records}
+              "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload), "tensors": records}
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     packed = zlib.compress(text, 9)
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed))
     nsk.header_bytes = len(prefix) + len(packed)
-    return prefix + packed + b"".join(blobs)
+    return prefix + packed + payload
 
 
 def _check_borrowed(tensors: list[TensorRecord]) -> None:
@@ -213,8 +209,9 @@ def _read_header(data: bytes) -> dict[str, Any]:
     magic, version, _flags, header_len, header_crc = PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise NotNetshrinkFile("not a netshrink file (wrong magic bytes)")
-    if version != FORMAT_VERSION:
-        raise UnsupportedVersion(f"format version {version} is not supported (this netshrink reads version {FORMAT_VERSION}); upgrade netshrink")
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedVersion(f"format version {version} is not supported (this netshrink reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade netshrink")
     if header_len > MAX_HEADER_BYTES:
         raise MalformedHeader(f"header length {header_len} exceeds the {MAX_HEADER_BYTES} byte limit")
     packed = data[PREFIX.size: PREFIX.size + header_len]
@@ -222,10 +219,10 @@ def _read_header(data: bytes) -> dict[str, Any]:
         raise TruncatedFile(f"truncated: header needs {header_len} bytes, file has {len(packed)}")
     if zlib.crc32(packed) != header_crc:
         raise ChecksumMismatch("header checksum mismatch: the file is corrupt")
-    return _decode_json(packed)
+    return _decode_json(packed, version)
 
 
-def _decode_json(packed: bytes) -> dict[str, Any]:
+def _decode_json(packed: bytes, version: int) -> dict[str, Any]:
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(packed, MAX_JSON_BYTES)
@@ -234,7 +231,7 @@ def _decode_json(packed: bytes) -> dict[str, Any]:
         header = json.loads(text)
     except (zlib.error, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedHeader(f"malformed header ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict) or header.get("netshrink") != FORMAT_VERSION:
+    if not isinstance(header, dict) or header.get("netshrink") != version:
         raise MalformedHeader("malformed header: not a netshrink header object")
     return header
 
@@ -265,9 +262,16 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
         raise TruncatedFile(f"truncated: payload needs {payload_bytes} bytes, file has {available}")
     if available > payload_bytes:
         raise MalformedHeader(f"{available - payload_bytes} unexpected bytes after the payload")
+    per_tensor_crc = header["netshrink"] == 1
+    if not per_tensor_crc:
+        crc = header.get("payload_crc32")
+        if not _is_count(crc):
+            raise MalformedHeader("malformed header: 'payload_crc32' must be a non-negative integer")
+        if zlib.crc32(data[payload_start:]) != crc:
+            raise ChecksumMismatch("payload checksum mismatch: the tensors' bytes are corrupt")
     tensors, offset, earlier = [], 0, {}
     for index, record in enumerate(records):
-        rec = _read_record(record, index, data, payload_start, offset, earlier)
+        rec = _read_record(record, index, data, payload_start, offset, earlier, per_tensor_crc)
         if rec.name in earlier:
             raise MalformedHeader(f"malformed header: tensor {rec.name!r} appears twice")
         earlier[rec.name] = rec.encoded
@@ -279,19 +283,20 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
 
 
 def _read_record(record: Any, index: int, data: bytes, payload_start: int, offset: int,
-                 earlier: dict[str, Encoded]) -> TensorRecord:
+                 earlier: dict[str, Encoded], per_tensor_crc: bool) -> TensorRecord:
+    """One tensor record; `per_tensor_crc` for version 1, whose records carry their offset and CRC-32."""
     if not isinstance(record, dict):
         raise MalformedHeader(f"malformed header: tensor record {index} is not an object")
-    name, module, length, crc = record.get("name"), record.get("module", ""), record.get("length"), record.get("crc32")
+    name, module, length = record.get("name"), record.get("module", ""), record.get("length")
     if not isinstance(name, str) or not isinstance(module, str):
         raise MalformedHeader(f"malformed header: tensor record {index} lacks a name")
-    if record.get("offset") != offset or not _is_count(length) or not _is_count(crc):
+    if not _is_count(length) or per_tensor_crc and (record.get("offset") != offset or not _is_count(record.get("crc32"))):
         raise MalformedHeader(f"malformed header: tensor {name!r} has a bad offset, length or checksum field")
     start = payload_start + offset
     blob = data[start: start + length]
     if len(blob) != length:
         raise TruncatedFile(f"truncated: tensor {name!r} runs past the end of the file")
-    if zlib.crc32(blob) != crc:
+    if per_tensor_crc and zlib.crc32(blob) != record["crc32"]:
         raise ChecksumMismatch(f"checksum mismatch in tensor {name!r}: the file is corrupt")
     encoded, used = _enc_from_json(record.get("enc"), blob, 0, name, depth=0, earlier=earlier)
     if used != length:

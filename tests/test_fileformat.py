@@ -1,5 +1,6 @@
 """The .nsk container: round trips, determinism, atomic writes and every error path."""
 
+import json
 import os
 import struct
 import zlib
@@ -86,7 +87,7 @@ def test_truncated(nsk_path, keep):
 def test_checksum_mismatch_in_payload_and_header(nsk_path):
     data = bytearray(nsk_path.read_bytes())
     data[-3] ^= 0x10
-    with pytest.raises(ChecksumMismatch, match="tensor"):
+    with pytest.raises(ChecksumMismatch, match="payload"):
         read_nsk(_rewrite(nsk_path, bytes(data)))
     data[-3] ^= 0x10
     data[PREFIX.size + 2] ^= 0x01
@@ -94,9 +95,43 @@ def test_checksum_mismatch_in_payload_and_header(nsk_path):
         read_nsk(_rewrite(nsk_path, bytes(data)))
 
 
-def _with_header(text: bytes, payload: bytes = b"") -> bytes:
+def _with_header(text: bytes, payload: bytes = b"", version: int = 1) -> bytes:
     packed = zlib.compress(text)
-    return PREFIX.pack(MAGIC, 1, 0, len(packed), zlib.crc32(packed)) + packed + payload
+    return PREFIX.pack(MAGIC, version, 0, len(packed), zlib.crc32(packed)) + packed + payload
+
+
+def _dense_record(name: str, values: np.ndarray, **fields) -> dict:
+    return {"name": name, "module": "Linear", "length": values.nbytes, **fields,
+            "enc": {"codec": "dense", "shape": list(values.shape), "params": {"dtype": "fp32"},
+                    "streams": [["values", "values", values.nbytes]], "children": {}}}
+
+
+def test_version_1_files_with_per_tensor_checksums_still_load(tmp_path):
+    """Version 1 kept an offset and a CRC-32 per tensor; files written then must keep loading."""
+    a, b = np.arange(6, dtype="<f4"), -np.arange(3, dtype="<f4")
+    records = [_dense_record("a", a, offset=0, crc32=zlib.crc32(a.tobytes())),
+               _dense_record("b", b, offset=a.nbytes, crc32=zlib.crc32(b.tobytes()))]
+    header = {"netshrink": 1, "model": {}, "recipe": None, "meta": {}, "payload_bytes": a.nbytes + b.nbytes, "tensors": records}
+    path = _rewrite(tmp_path / "v1.nsk", _with_header(json.dumps(header).encode(), a.tobytes() + b.tobytes()))
+    nsk = read_nsk(path)
+    assert [t.name for t in nsk.tensors] == ["a", "b"]
+    assert nsk.tensors[1].encoded.streams["values"].data == b.tobytes()
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x40
+    with pytest.raises(ChecksumMismatch, match="tensor 'b'"):
+        read_nsk(_rewrite(path, bytes(data)))
+
+
+def test_version_2_header_is_smaller_and_needs_its_payload_checksum(tmp_path):
+    a = np.arange(6, dtype="<f4")
+    good = {"netshrink": 2, "model": {}, "recipe": None, "meta": {}, "payload_bytes": a.nbytes,
+            "payload_crc32": zlib.crc32(a.tobytes()), "tensors": [_dense_record("a", a)]}
+    assert read_nsk(_rewrite(tmp_path / "v2.nsk", _with_header(json.dumps(good).encode(), a.tobytes(), 2))).tensors
+    missing = {k: v for k, v in good.items() if k != "payload_crc32"}
+    with pytest.raises(MalformedHeader, match="payload_crc32"):
+        read_nsk(_rewrite(tmp_path / "m.nsk", _with_header(json.dumps(missing).encode(), a.tobytes(), 2)))
+    with pytest.raises(MalformedHeader, match="not a netshrink header"):  # prefix says 2, header says 1
+        read_nsk(_rewrite(tmp_path / "x.nsk", _with_header(json.dumps({**good, "netshrink": 1}).encode(), a.tobytes(), 2)))
 
 
 @pytest.mark.parametrize("text", [
@@ -234,5 +269,5 @@ def test_a_stream_borrowed_from_a_missing_later_or_different_tensor_is_refused(t
     assert header.count(b',"a"]') == 1
     for bad in (b',"b"]', b',"c"]', b',"b","a"]'):  # borrowed from itself / a missing tensor / a bad entry
         with pytest.raises(MalformedHeader, match="borrows|invalid stream entry"):
-            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload)))
-    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload)))  # the rewrite itself is sound
+            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload, 2)))
+    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload, 2)))  # the rewrite itself is sound
