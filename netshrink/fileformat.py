@@ -12,12 +12,13 @@ Layout (all integers little-endian), after safetensors' "length, JSON header, ra
 
 Each tensor record holds its name, the type of module it belongs to, the codec tree (codec name,
 shape, parameters, stream kinds and lengths, children) and the length of its bytes; tensors follow
-each other in the payload in header order, and one CRC-32 (`payload_crc32`) covers the whole payload.
-(Version 1 stored an offset and a CRC-32 per tensor: a fifth of a small model's header, for nothing a
-single checksum does not catch. Version 1 files are still read.) A stream may be borrowed: its entry then names an earlier tensor whose
-stream of the same role holds the bytes (a codebook shared by several layers is stored once), and
-the reader hands those bytes to both. The header is compressed because per-tensor JSON is otherwise a visible
-share of a small model's file. Every length is checked against the file before anything is
+each other in the payload in header order, and one CRC-32 (`payload_crc32`) covers the whole
+payload. (Version 1 stored an offset and a CRC-32 per tensor: a fifth of a small model's header, for
+nothing a single checksum does not catch. Version 1 files are still read.) A stream may be
+borrowed: its entry then names an earlier tensor whose stream of the same role holds the bytes (a
+codebook shared by several layers is stored once), and the reader hands those bytes to both. The
+header is compressed because per-tensor JSON is otherwise a visible share of a small model's file.
+Every length is checked against the file before anything is
 allocated, and each failure has its own error class. Writes are atomic (temporary file, fsync,
 rename), and the bytes depend only on the content (sorted JSON keys, no timestamps).
 """
@@ -99,7 +100,8 @@ def serialize(nsk: NskFile) -> bytes:
     _check_borrowed(nsk.tensors)
     for rec in nsk.tensors:
         data = b"".join(_stream_order(rec.encoded))
-        records.append({"name": rec.name, "module": rec.module_type, "length": len(data), "enc": _enc_to_json(rec.encoded)})
+        records.append({"name": rec.name, "module": rec.module_type, "length": len(data),
+                        "enc": _enc_to_json(rec.encoded)})
         blobs.append(data)
     payload = b"".join(blobs)
     header = {"netshrink": FORMAT_VERSION, "model": nsk.model, "recipe": nsk.recipe, "meta": nsk.meta,

@@ -122,7 +122,7 @@ def test_version_1_files_with_per_tensor_checksums_still_load(tmp_path):
         read_nsk(_rewrite(path, bytes(data)))
 
 
-def test_version_2_header_is_smaller_and_needs_its_payload_checksum(tmp_path):
+def test_version_2_records_have_no_offsets_and_need_the_payload_checksum(tmp_path):
     a = np.arange(6, dtype="<f4")
     good = {"netshrink": 2, "model": {}, "recipe": None, "meta": {}, "payload_bytes": a.nbytes,
             "payload_crc32": zlib.crc32(a.tobytes()), "tensors": [_dense_record("a", a)]}
