@@ -8,11 +8,11 @@ parameter and buffer / file bytes on disk; weights_ratio is the papers' conventi
 "before fine-tuning" rows are the same recipe with epochs = stage_epochs = 0 (codebooks only).
 
     NETSHRINK_DATA=/work/shared/data python benchmarks/pq.py \
-        --resnet20 /work/runs/resnet20-ft4.ckpt.nsk [--models resnet20,efficientnet_lite0] \
+        --resnet20 /work/runs/resnet20-ft20.ckpt.nsk [--models resnet20,efficientnet_lite0] \
         [--variants output,weights,output-raw,weights-raw] [--quick] [--out benchmarks/results/pq.json]
 
 Baselines: ResNet-20 = the pretrained net fine-tuned on the JPEG train split for as many epochs as
-resnet20-pq retrains (`netshrink train resnet20 --dataset cifar10 --from-pretrained --epochs 4`), so
+resnet20-pq retrains (`netshrink train resnet20 --dataset cifar10 --from-pretrained --epochs 20`), so
 the JPEG shift is never counted as compression gain; EfficientNet-Lite0 = the zoo's ImageNet weights.
 Speed: dense baseline vs the loaded .nsk (decoded once at load), same batch, median of --repeats.
 """
@@ -66,7 +66,7 @@ class Model:
 
 MODELS = {
     "resnet20": Model("resnet20", "cifar10", "resnet20-pq", "resnet20-pq-weights",
-                      "ratio >= 20x at <= 2 pp drop vs the 4-epoch fine-tuned baseline", 256),
+                      "ratio >= 20x at <= 2 pp drop vs the 20-epoch fine-tuned baseline", 256),
     "efficientnet_lite0": Model("efficientnet_lite0", "imagenette", "efficientnet-lite0-pq",
                                 "efficientnet-lite0-pq-weights", "ratio >= 10x at >= 73.3 % (1000-way top-1)", 32),
 }
