@@ -18,9 +18,9 @@ nothing a single checksum does not catch. Version 1 files are still read.) A str
 borrowed: its entry then names an earlier tensor whose stream of the same role holds the bytes (a
 codebook shared by several layers is stored once), and the reader hands those bytes to both. The
 header is compressed because per-tensor JSON is otherwise a visible share of a small model's file.
-Every length is checked against the file before anything is
-allocated, and each failure has its own error class. Writes are atomic (temporary file, fsync,
-rename), and the bytes depend only on the content (sorted JSON keys, no timestamps).
+Every length is checked against the file before anything is allocated, and each failure has its
+own error class. Writes are atomic (temporary file, fsync, rename), and the bytes depend only on
+the content (sorted JSON keys, no timestamps).
 """
 
 from __future__ import annotations
