@@ -22,7 +22,7 @@ from torch import nn
 import netshrink.methods  # noqa: F401  (registers the recipe steps)
 from netshrink.codecs import decode
 from netshrink.errors import FormatError, ModelError, NetshrinkError
-from netshrink.fileformat import NskFile, read_nsk, write_nsk
+from netshrink.fileformat import NskFile, TensorRecord, read_nsk, write_nsk
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import Recipe, StepContext, load_recipe
 from netshrink.report import FileReport, file_report, original_size
@@ -86,13 +86,18 @@ def save(model: nn.Module | CompressedModel, path: str | Path, *, name: str | No
     return model.save(path)
 
 
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a runnable module from a .nsk file (decoded once; eval mode)."""
-    nsk = read_nsk(path)
+def load(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
+    """Rebuild a runnable module from a .nsk file (decoded once; eval mode).
+
+    A file is untrusted input: its declared decoded size is checked against `max_bytes` (default:
+    `fileformat.decode_limit`) and its tensor names and shapes against the model before anything is
+    decoded, and a zoo model the header describes is first built on the meta device (no memory) to
+    be checked the same way. So a crafted file fails in milliseconds instead of allocating.
+    """
+    nsk = read_nsk(path, max_bytes)
     module = model if model is not None else _build_from_identity(nsk, path)
-    state = _decode_state(nsk, path)
-    _check_matches(module, state, path)
-    module.load_state_dict(state, strict=True)
+    _check_matches(module, nsk.tensors, path)
+    module.load_state_dict(_decode_state(nsk, path), strict=True)
     return module.eval()
 
 
@@ -112,12 +117,20 @@ def _build_from_identity(nsk: NskFile, path: str | Path) -> nn.Module:
     arch = nsk.model.get("arch") or {}
     if not isinstance(arch, dict):
         raise FormatError(f"{path}: malformed header: model 'arch' must be an object")
+    try:
+        _check_matches(zoo.build_skeleton(name, **arch), nsk.tensors, path)
+    except ModelError as exc:
+        raise ModelError(f"{path}: the model its header describes is not valid: {exc}") from None
     return zoo.build_model(name, **arch)
 
 
 def _decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, decoded; a tied tensor is the very tensor it is tied to."""
     state = {}
     for rec in nsk.tensors:
+        if rec.tied_to:
+            state[rec.name] = state[rec.tied_to]
+            continue
         try:
             state[rec.name] = decode(rec.encoded)
         except NetshrinkError as exc:
@@ -128,14 +141,15 @@ def _decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_matches(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+def _check_matches(module: nn.Module, records: list[TensorRecord], path: str | Path) -> None:
+    """The file's tensor names and declared shapes against the model's, before any decoding."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    shapes = {rec.name: tuple(rec.encoded.shape) for rec in records}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:
         raise ModelError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
                          f"{' ...' if len(missing) + len(unexpected) > 6 else ''}")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ModelError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the model expects "
-                             f"{tuple(expected[key].shape)}")
+    for key, shape in shapes.items():
+        if shape != tuple(expected[key].shape):
+            raise ModelError(f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(expected[key].shape)}")

@@ -7,7 +7,15 @@ The CLI prints such an error as one line and exits with status 2; anything else 
 
 
 class NetshrinkError(Exception):
-    """Base class of every user-facing error."""
+    """Base class of every user-facing error.
+
+    The message is kept to one line: text quoted from elsewhere (a torch error with its C++ stack,
+    an OS message) keeps its first line only, so the CLI's one-line promise holds by construction.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        lines = str(message).strip().splitlines()
+        super().__init__(lines[0] + (" [...]" if len(lines) > 1 else "") if lines else type(self).__name__)
 
 
 class FormatError(NetshrinkError):
@@ -48,3 +56,7 @@ class DataError(NetshrinkError):
 
 class ModelError(NetshrinkError):
     """A model name, checkpoint or layer is unknown or unsupported."""
+
+
+class TooLarge(FormatError):
+    """A file declares more decoded data than the reader's memory limit allows."""

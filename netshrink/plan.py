@@ -5,6 +5,9 @@ decoded value back into the model, and caches the encoding. So the model in memo
 the model the file will load, and accuracy measured on it is the accuracy of the file. When a later
 step (retraining) changes a tensor, its cached encoding no longer matches the tensor's fingerprint
 and `encode_all` encodes it afresh with the same codec.
+
+Tensors that share storage (an embedding tied to the output layer: two state-dict names, one
+tensor) are stored once, under the first name; the others become tied records.
 """
 
 from __future__ import annotations
@@ -63,19 +66,51 @@ class CompressionPlan:
         self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
 
     def encode_all(self, model: nn.Module) -> list[TensorRecord]:
-        """Every state-dict tensor as a TensorRecord, re-encoding those changed since assignment."""
+        """Every state-dict tensor as a TensorRecord, re-encoding those changed since assignment;
+        a tensor tied to an earlier one is recorded as tied to it, with no bytes of its own."""
         owners = _module_types(model)
-        records = []
-        for name, tensor in model.state_dict().items():
-            entry = self.entries.get(name)
-            if entry is None:
-                encoded = EXACT.encode(tensor)
-            elif entry.encoded is not None and entry.digest == fingerprint(tensor):
-                encoded = entry.encoded
-            else:
-                encoded = entry.codec.encode(tensor)
-            records.append(TensorRecord(name, encoded, owners.get(name, "")))
+        state = model.state_dict()
+        first_of = tied_names(state)
+        records, stored = [], {}
+        for name, tensor in state.items():
+            source = first_of.get(name, name)
+            if source != name:
+                records.append(TensorRecord(name, stored[source], owners.get(name, ""), tied_to=source))
+                continue
+            group = [other for other, first in first_of.items() if first == name] or [name]
+            stored[name] = self._encode(tensor, group)
+            records.append(TensorRecord(name, stored[name], owners.get(name, "")))
         return records
+
+    def _encode(self, tensor: torch.Tensor, names: list[str]) -> Encoded:
+        """The encoding of a tensor known under `names`: a cached one still valid, else the codec a
+        step assigned to any of its names (the last name's, if several), else exact storage."""
+        entries = [self.entries[n] for n in names if n in self.entries]
+        if not entries:
+            return EXACT.encode(tensor)
+        digest = fingerprint(tensor)
+        valid = [e for e in entries if e.encoded is not None and e.digest == digest]
+        return valid[-1].encoded if valid else entries[-1].codec.encode(tensor)
+
+
+def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """name -> first state-dict name of the same tensor, for tensors known under several names.
+
+    Two names are one tensor when they view the same storage at the same offset, shape and stride
+    (what `lm_head.weight = embed.weight` produces). Empty tensors are never tied.
+    """
+    first: dict[tuple, str] = {}
+    groups: dict[str, str] = {}
+    for name, tensor in state.items():
+        if tensor.numel() == 0 or tensor.device.type == "meta":
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+               tensor.dtype)
+        groups[name] = first.setdefault(key, name)
+    counts: dict[str, int] = {}
+    for source in groups.values():
+        counts[source] = counts.get(source, 0) + 1
+    return {name: source for name, source in groups.items() if counts[source] > 1}
 
 
 #: Layer kinds recorded by their torch base class, so a subclass (EfficientNet's SameConv2d) still

@@ -1,7 +1,8 @@
 """Size reports read from the file on disk: per tensor and in total, with the one ratio definition.
 
 - `ratio` = original_bytes / file_bytes, where original_bytes = 4 bytes x every parameter and buffer
-  element of the uncompressed model (every state-dict tensor, as the file stores them all) and
+  element of the uncompressed model (every state-dict tensor, as the file stores them all; a tensor
+  known under two names, such as a tied embedding, counted once, as the file stores it once) and
   file_bytes = os.stat size of the .nsk file.
 - `weights_ratio` is the papers' convention (Han et al. 2016; Wu et al. 2018): fp32 bits of the
   conv/linear/embedding weights over the bits those weights occupy in the file. It ignores biases,
@@ -35,10 +36,11 @@ class TensorReport:
     bytes: dict[str, int]
     total_bytes: int
     zeros: int = 0  # exact zeros in the decoded tensor: pruned weights, whatever codec stores them
+    tied_to: str = ""  # the stored tensor this one shares (no bytes of its own, counted there)
 
     @property
     def is_layer_weight(self) -> bool:
-        return self.module in WEIGHT_MODULES and self.name.endswith("weight")
+        return self.module in WEIGHT_MODULES and self.name.endswith("weight") and not self.tied_to
 
     @property
     def sparsity(self) -> float:
@@ -110,12 +112,13 @@ def tensor_reports(nsk: NskFile, path: str | Path) -> list[TensorReport]:
     out = []
     for rec in nsk.tensors:
         enc = rec.encoded
-        kinds = enc.bytes_by_kind()
+        kinds = enc.bytes_by_kind() if not rec.tied_to else dict.fromkeys(enc.bytes_by_kind(), 0)
         total = sum(kinds.values())
         bpw = 8 * total / enc.numel if enc.numel else 0.0
+        codec = f"tied to {rec.tied_to}" if rec.tied_to else enc.describe()
         zeros = int((state[rec.name] == 0).sum())
-        out.append(TensorReport(rec.name, rec.module_type, enc.describe(), list(enc.shape), enc.numel, bpw, kinds,
-                                total, zeros))
+        out.append(TensorReport(rec.name, rec.module_type, codec, list(enc.shape), enc.numel, bpw, kinds,
+                                total, zeros, rec.tied_to))
     return out
 
 
@@ -124,7 +127,7 @@ def file_report(path: str | Path) -> FileReport:
     nsk = read_nsk(path)
     tensors = tensor_reports(nsk, path)
     original, weight_numel = recorded_original(nsk.model, path)
-    original = original or 4 * sum(t.numel for t in tensors)
+    original = original or 4 * sum(t.numel for t in tensors if not t.tied_to)
     return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe,
                       weight_numel)
 
@@ -132,11 +135,14 @@ def file_report(path: str | Path) -> FileReport:
 def original_size(model: Any) -> dict[str, int]:
     """What the uncompressed model weighs: recorded in the header before any step changes its shape,
     so a recipe that removes channels is credited against the model it started from."""
+    from netshrink.plan import tied_names
     from netshrink.select import WEIGHT_LAYERS
 
-    fp32_bytes = 4 * sum(t.numel() for t in model.state_dict().values())
-    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_LAYERS))
-    return {"fp32_bytes": fp32_bytes, "weight_numel": weights}
+    state = model.state_dict()
+    tied = tied_names(state)
+    fp32_bytes = 4 * sum(t.numel() for name, t in state.items() if tied.get(name, name) == name)
+    weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_LAYERS)}
+    return {"fp32_bytes": fp32_bytes, "weight_numel": sum(weights.values())}
 
 
 def recorded_original(identity: dict[str, Any], path: str | Path) -> tuple[int | None, int | None]:

@@ -19,7 +19,7 @@ from netshrink.errors import (
     TruncatedFile,
     UnsupportedVersion,
 )
-from netshrink.fileformat import MAGIC, PREFIX, read_nsk
+from netshrink.fileformat import FORMAT_VERSION, MAGIC, PREFIX, read_nsk
 
 
 @pytest.fixture
@@ -157,8 +157,9 @@ def test_valid_checksum_but_undecodable_codec_is_a_format_error(tmp_path):
     text = (b'{"netshrink": 1, "model": {}, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, '
             b'"enc": {"codec": "palette", "shape": [4], "params": {"bits": "five", "rows": 1}, "streams": [], '
             b'"children": {}}}], "payload_bytes": 0}')
+    model = torch.nn.ParameterDict({"w": torch.nn.Parameter(torch.zeros(4))})
     with pytest.raises(FormatError, match="bits"):
-        netshrink.load(_rewrite(tmp_path / "p.nsk", _with_header(text)), model=torch.nn.Linear(2, 2))
+        netshrink.load(_rewrite(tmp_path / "p.nsk", _with_header(text)), model=model)
 
 
 def test_atomic_write_keeps_old_file_when_writer_dies(tmp_path, tiny_net, monkeypatch):
@@ -269,5 +270,144 @@ def test_a_stream_borrowed_from_a_missing_later_or_different_tensor_is_refused(t
     assert header.count(b',"a"]') == 1
     for bad in (b',"b"]', b',"c"]', b',"b","a"]'):  # borrowed from itself / a missing tensor / a bad entry
         with pytest.raises(MalformedHeader, match="borrows|invalid stream entry"):
-            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload, 2)))
-    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload, 2)))  # the rewrite itself is sound
+            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload, FORMAT_VERSION)))
+    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload, FORMAT_VERSION)))  # the rewrite itself is sound
+
+
+# --- untrusted files: bounded memory, checks before decoding ------------------------------------------
+
+
+def _header_and_payload(path):
+    data = path.read_bytes()
+    start = PREFIX.size + PREFIX.unpack_from(data)[3]
+    return json.loads(zlib.decompress(data[PREFIX.size: start])), data[start:]
+
+
+def _resealed(path, header: dict, payload: bytes, flags: int = 0, tail: bytes = b"") -> bytes:
+    """The file with an edited header whose checksums are made valid again (a crafted file)."""
+    header = {**header, "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload)}
+    packed = zlib.compress(json.dumps(header).encode()) + tail
+    data = PREFIX.pack(MAGIC, header["netshrink"], flags, len(packed), zlib.crc32(packed)) + packed + payload
+    return _rewrite(path, data)
+
+
+def test_reserved_flags_and_bytes_after_the_compressed_header_are_refused(nsk_path, tmp_path):
+    header, payload = _header_and_payload(nsk_path)
+    with pytest.raises(MalformedHeader, match="reserved flags"):
+        read_nsk(_resealed(tmp_path / "f.nsk", header, payload, flags=1))
+    with pytest.raises(MalformedHeader, match="after the compressed header"):
+        read_nsk(_resealed(tmp_path / "t.nsk", header, payload, tail=b"\0\0"))
+    read_nsk(_resealed(tmp_path / "ok.nsk", header, payload))  # the resealing itself is sound
+
+
+def test_non_finite_numbers_in_the_header_are_refused(nsk_path, tmp_path):
+    header, payload = _header_and_payload(nsk_path)
+    header["model"] = {"name": "x", "arch": {"widths": [float("inf"), 5, 5]}}
+    with pytest.raises(MalformedHeader, match="non-finite"):
+        read_nsk(_resealed(tmp_path / "inf.nsk", header, payload))
+
+
+def test_declared_decoded_size_is_bounded_before_decoding(nsk_path, tmp_path):
+    """A palette tensor declared as 2^27 weights: 512 MiB from a file of a few hundred bytes."""
+    from netshrink.errors import TooLarge
+
+    header, payload = _header_and_payload(nsk_path)
+    record = next(r for r in header["tensors"] if r["enc"]["codec"] == "sparse")
+    record["enc"]["shape"] = [1 << 27]
+    with pytest.raises(TooLarge, match="over the .*-byte limit"):
+        read_nsk(_resealed(tmp_path / "big.nsk", header, payload))
+    assert read_nsk(nsk_path, max_bytes=10**9).tensors  # a caller who trusts a file can raise the limit
+    with pytest.raises(TooLarge):
+        read_nsk(nsk_path, max_bytes=1000)
+
+
+def test_names_and_shapes_are_checked_before_anything_is_decoded(nsk_path, tiny_net, monkeypatch):
+    import netshrink.api
+    from netshrink.errors import ModelError
+
+    def no_decoding(*args):
+        raise AssertionError("decoded before the model check")
+
+    monkeypatch.setattr(netshrink.api, "_decode_state", no_decoding)
+    with pytest.raises(ModelError, match="does not fit"):
+        netshrink.load(nsk_path, model=torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("arch,message", [
+    ({"num_classes": -1}, "outside"), ({"widths": [20, 5000000000, 500]}, "outside"),
+    ({"widths": [1e300, 50, 500]}, "not an integer"), ({"num_classes": "x"}, "cannot build"),
+    ({"widths": [5000, 5000, 5000]}, "has shape"), ({"head": {"a": 1}}, "not an integer"),
+])
+def test_a_crafted_model_description_is_refused_without_building_it(tmp_path, arch, message):
+    from netshrink import zoo
+    from netshrink.errors import ModelError
+
+    torch.manual_seed(0)
+    path = tmp_path / "l5.nsk"
+    netshrink.save(zoo.build_model("lenet5"), path, name="lenet5")
+    header, payload = _header_and_payload(path)
+    header["model"]["arch"] = {**header["model"].get("arch", {}), **arch}
+    with pytest.raises(ModelError, match=message) as caught:
+        netshrink.load(_resealed(tmp_path / "crafted.nsk", header, payload))
+    assert "\n" not in str(caught.value)
+
+
+def test_files_follow_the_umask_and_unwritable_paths_are_one_line_errors(tmp_path, tiny_net):
+    old = os.umask(0o027)
+    try:
+        netshrink.save(tiny_net, tmp_path / "m.nsk")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.nsk").st_mode & 0o777 == 0o640
+    for target, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "m.nsk", "does not exist"),
+                            ("/proc/m.nsk", "kernel file system")):
+        with pytest.raises(NetshrinkError, match=message):
+            netshrink.save(tiny_net, target)
+
+
+# --- tied weights: stored once, restored tied, counted once --------------------------------------------
+
+
+class TiedLM(torch.nn.Module):
+    """An embedding shared with the output layer, as in every language model."""
+
+    def __init__(self, vocab: int = 300, width: int = 16) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.mix = torch.nn.Linear(width, width)
+        self.head = torch.nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.embed(ids))))
+
+
+def test_tied_weights_are_stored_once_restored_tied_and_counted_once(tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM()
+    path = tmp_path / "tied.nsk"
+    report = netshrink.save(model, path)
+    unique_floats = 300 * 16 + 16 * 16 + 16  # embed (= head), mix weight and bias: each once
+    assert report.original_bytes == 4 * unique_floats
+    assert report.file_bytes == os.stat(path).st_size == report.header_bytes + 4 * unique_floats
+    assert [t.total_bytes for t in report.tensors if t.name == "head.weight"] == [0]
+    loaded = netshrink.load(path, model=TiedLM())
+    assert loaded.head.weight is loaded.embed.weight and torch.equal(loaded.embed.weight, model.embed.weight)
+    compressed = netshrink.compress(model, "oneshot-palette5", progress=False)
+    report = compressed.save(tmp_path / "tied5.nsk")
+    assert report.original_bytes == 4 * unique_floats
+    assert report.ratio == pytest.approx(4 * unique_floats / os.stat(tmp_path / "tied5.nsk").st_size)
+    ids = torch.arange(20)[None]
+    assert torch.equal(netshrink.load(tmp_path / "tied5.nsk", model=TiedLM())(ids), compressed.model(ids))
+
+
+def test_a_tied_record_must_name_an_earlier_stored_tensor(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tied.nsk"
+    netshrink.save(TiedLM(), path)
+    header, payload = _header_and_payload(path)
+    tied = next(r for r in header["tensors"] if "tied" in r)
+    for source in ("head.weight", "nowhere", 5):
+        tied["tied"] = source
+        with pytest.raises(MalformedHeader, match="tied"):
+            read_nsk(_resealed(tmp_path / "bad.nsk", header, payload))

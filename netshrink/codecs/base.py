@@ -63,6 +63,13 @@ class Encoded:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def decoded_nbytes(self) -> int:
+        """Bytes this tensor and its parts take once decoded, as the header declares them: what a
+        reader checks against its memory limit before decoding anything. Decoded values are 4-byte
+        floats, or the stored dtype for exact storage (8 bytes for int64/fp64 buffers)."""
+        itemsize = 8 if self.params.get("dtype") in ("int64", "fp64") else 4
+        return itemsize * self.numel + sum(child.decoded_nbytes() for child in self.children.values())
+
     def nbits(self) -> int:
         """Exact payload bits of this tensor in the file (streams of it and its children)."""
         return 8 * sum(self.bytes_by_kind().values())

@@ -7,7 +7,8 @@ Every image model takes float images in [0, 1], shaped (N, C, H, W), and normali
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from netshrink.zoo.pretrained import (
 )
 from netshrink.zoo.resnet_cifar import resnet20
 
-__all__ = ["MODEL_NAMES", "ModelInfo", "Normalize", "build_model", "get_model", "model_info"]
+__all__ = ["MODEL_NAMES", "ModelInfo", "Normalize", "build_model", "build_skeleton", "get_model", "model_info"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,63 @@ def build_model(name: str, **arch: Any) -> nn.Module:
     """The architecture with random initialisation (seed with `torch.manual_seed` first).
 
     `arch` overrides constructor arguments (e.g. `num_classes=10` after head surgery), so a
-    compressed file can record how its model differs from the zoo default.
+    compressed file can record how its model differs from the zoo default. It may come from a
+    file's header, so it is checked like untrusted input: integers in a sane range, short lists and
+    strings, and a constructor that fails (a negative width) is a ModelError. `build_skeleton`
+    checks a description's shapes without allocating its memory.
     """
     entry = _entry(name)
+    for key, value in arch.items():
+        _check_arch_value(name, key, value)
     try:
         return entry.build(**arch)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ModelError(f"cannot build {name!r} with arguments {arch}: {exc}") from None
+
+
+def build_skeleton(name: str, **arch: Any) -> nn.Module:
+    """The architecture on the meta device: its names and shapes, no memory, no initialisation.
+
+    Initialisers are skipped (as transformers' `no_init_weights` does): on meta tensors they do
+    nothing but cost seconds of one-time imports.
+    """
+    with torch.device("meta"), _no_init():
+        return build_model(name, **arch)
+
+
+@contextmanager
+def _no_init() -> Iterator[None]:
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+#: Bounds on the architecture arguments a header may give (widths, class counts, layer lists).
+MAX_ARCH_INT = 1 << 24
+MAX_ARCH_ITEMS = 256
+
+
+def _check_arch_value(name: str, key: str, value: Any, depth: int = 0) -> None:
+    """An architecture argument: an int in [0, 2^24], a short string, or a short list of those."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_ARCH_INT:
+            raise ModelError(f"{name}: argument {key!r} = {value} is outside 0..{MAX_ARCH_INT}")
+        return
+    if isinstance(value, str) and len(value) <= 64:
+        return
+    if isinstance(value, (list, tuple)) and len(value) <= MAX_ARCH_ITEMS and depth < 2:
+        for item in value:
+            _check_arch_value(name, key, item, depth + 1)
+        return
+    raise ModelError(f"{name}: argument {key!r} = {str(value)[:60]!r} is not an integer, short string or short list")
 
 
 def get_model(

@@ -119,6 +119,10 @@ class Encoder(nn.Module):
         return x
 
 
+#: Layer count a description (a file's header) may ask for: far above any real MiniLM.
+MAX_LAYERS = 256
+
+
 class MiniLM(nn.Module):
     """Token ids (N, L) and attention mask (N, L) -> unit-norm sentence embeddings (N, hidden).
 
@@ -129,6 +133,8 @@ class MiniLM(nn.Module):
     def __init__(self, vocab_size: int = 30522, hidden: int = 384, layers: int = 6, heads: int = 12,
                  intermediate: int = 1536, max_positions: int = 512, type_vocab_size: int = 2) -> None:
         super().__init__()
+        if not 1 <= heads <= hidden or not 1 <= layers <= MAX_LAYERS:
+            raise ModelError(f"minilm needs 1..hidden attention heads and 1..{MAX_LAYERS} layers, got {heads}, {layers}")
         if hidden % heads:
             raise ModelError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
         self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,

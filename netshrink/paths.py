@@ -1,0 +1,42 @@
+"""Output paths checked before any work starts: a user who typed a wrong path learns it at once,
+not after an hour of retraining."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from netshrink.errors import NetshrinkError
+
+
+def check_output_path(path: str | Path, what: str = "output file") -> Path:
+    """`path` as a Path, if a file can be written there; else a one-line NetshrinkError.
+
+    Checked: the path is not a folder, its folder exists and is a folder, that folder is writable
+    (permissions and read-only file systems, via `os.access`), and it is not under /proc or /sys,
+    whose files accept no new entries. An existing file is fine: writes replace it atomically.
+    """
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise NetshrinkError(f"no {what} given")
+    if path.is_dir():
+        raise NetshrinkError(f"cannot write {what} {path}: it is a folder; give a file name inside it")
+    folder = path.parent
+    resolved = folder.resolve()
+    if resolved.parts[:2] in (("/", "proc"), ("/", "sys")):
+        raise NetshrinkError(f"cannot write {what} {path}: {resolved} is a kernel file system")
+    if not folder.exists():
+        raise NetshrinkError(f"cannot write {what} {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NetshrinkError(f"cannot write {what} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or _read_only_fs(folder):
+        raise NetshrinkError(f"cannot write {what} {path}: folder {folder} is not writable")
+    return path
+
+
+def _read_only_fs(folder: Path) -> bool:
+    """True on a file system mounted read-only (root's `os.access` says yes there)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
