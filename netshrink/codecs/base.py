@@ -88,7 +88,8 @@ class Encoded:
     def describe(self) -> str:
         """Short human-readable codec description, e.g. 'sparse(palette(5b))'."""
         inner = ",".join(child.describe() for child in self.children.values())
-        label = self.params.get("label", self.codec)
+        label = self.params.get("label")
+        label = label if isinstance(label, str) else self.codec  # a label is display text, read from a file
         return f"{label}({inner})" if inner else label
 
 
