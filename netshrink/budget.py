@@ -19,6 +19,7 @@ selected layer weight (biases, norm parameters, buffers in fp16, and the file he
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,6 +36,13 @@ NON_WEIGHT_CODEC = Dense("fp16")  # what the generated recipe's `cast: fp16` sto
 
 class BudgetError(NetshrinkError):
     """A size target that no combination of the measured settings can meet."""
+
+
+def check_target(value: float, what: str) -> None:
+    """A ratio target (original / compressed) must be a finite number above 1; checked before any
+    division by it, so 0 or NaN is a one-line error rather than a ZeroDivisionError or a silent NaN budget."""
+    if not math.isfinite(value) or value <= 1:
+        raise BudgetError(f"{what} must be > 1 and finite (original / compressed), got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,7 @@ def best_ratio(options: dict[str, list[LayerOption]], original_bytes: int, fixed
 def choose_for_ratio(sens: dict[str, Any], model: nn.Module, ratio: float, original_bytes: int,
                      header_bytes: int, metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
     """Per-layer settings whose file (original_bytes / ratio bytes in all) has the least predicted damage."""
-    if ratio <= 1:
-        raise BudgetError(f"--target-ratio must be > 1, got {ratio:g}")
+    check_target(ratio, "--target-ratio")
     options = {layer["name"]: layer_options(layer, sens["baseline"], metric, prune) for layer in sens["layers"]}
     fixed = non_weight_bytes(model, [layer["tensor"] for layer in sens["layers"]]) + header_bytes
     budget = int(original_bytes / ratio) - fixed
@@ -220,6 +227,7 @@ def compress_to_ratio(model: nn.Module, sens: dict[str, Any], ratio: float, *, i
     """Choose, compress, measure the real file; if the header pushed it over, shrink the budget by that much."""
     from netshrink import api
 
+    check_target(ratio, "--target-ratio")
     original = original_bytes_of(model, identity)
     target, header = int(original / ratio), 0
     fixed = non_weight_bytes(model, [layer["tensor"] for layer in sens["layers"]])
@@ -263,8 +271,7 @@ def choose_for_energy(sens: dict[str, Any], model: nn.Module, energy_ratio: floa
     from netshrink.energy import EnergyConfig, WeightFormat, estimate
     from netshrink.flops import layer_shapes
 
-    if energy_ratio <= 1:
-        raise BudgetError(f"--target-energy must be > 1 (original / compressed energy), got {energy_ratio:g}")
+    check_target(energy_ratio, "--target-energy")
     config, shapes = EnergyConfig(), layer_shapes(model, input_shape)
     options = {layer["name"]: [replace(o, energy_pj=option_energy(shapes, layer["tensor"], layer["numel"], o, config))
                                for o in layer_options(layer, sens["baseline"], metric, prune)]
@@ -287,6 +294,7 @@ def compress_to_energy(model: nn.Module, sens: dict[str, Any], energy_ratio: flo
     from netshrink import api
     from netshrink.energy import energy_of_model, weight_format, zoo_input_shape
 
+    check_target(energy_ratio, "--target-energy")
     shape = input_shape or zoo_input_shape(identity or {})
     if shape is None:
         raise BudgetError("an energy target needs the model's input shape: use a zoo model or a checkpoint of one")

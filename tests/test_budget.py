@@ -90,8 +90,11 @@ def test_impossible_target_is_a_one_line_error(two_branch, sens):
     with pytest.raises(BudgetError, match=r"cannot be met: the smallest measured settings reach \d+\.\d\dx") as err:
         compress_to_ratio(two_branch, sens, 1000.0, progress=False)
     assert "\n" not in str(err.value)
-    with pytest.raises(BudgetError, match="must be > 1"):
-        compress_to_ratio(two_branch, sens, 0.5, progress=False)
+    for bad in (0.5, 0.0, float("nan"), float("inf")):  # refused before any division by the target
+        with pytest.raises(BudgetError, match="must be > 1"):
+            compress_to_ratio(two_branch, sens, bad, progress=False)
+        with pytest.raises(BudgetError, match="must be > 1"):
+            compress_to_energy(two_branch, sens, bad, input_shape=(3, 16, 16), progress=False)
 
 
 def test_energy_target_is_met_by_the_stored_formats(two_branch, sens):
