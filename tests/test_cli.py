@@ -243,3 +243,11 @@ def test_recipes_lists_one_short_line_each(capsys):
     assert listing["recipes"] == list_recipes()
     description = listing["descriptions"]["lenet5-compound"]
     assert description == " ".join(load_recipe("lenet5-compound").description.split()) and len(description) > 200
+
+
+def test_readme_shows_the_packaged_default_recipe():
+    repo = Path(__file__).resolve().parents[1]
+    blocks = re.findall(r"```yaml\n(.*?)```", (repo / "README.md").read_text(), re.DOTALL)
+    packaged = (repo / "netshrink" / "recipes" / "oneshot-prune50-palette5.yaml").read_text()
+    assert packaged in blocks
+    assert all(block == packaged or "name: oneshot-prune50-palette5" not in block for block in blocks)
