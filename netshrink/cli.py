@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
     ev.add_argument("model", help="zoo model name or .nsk file")
     _add_data_args(ev)
-    ev.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N held-out samples")
+    ev.add_argument("--limit", type=positive_int, metavar="N",
+                    help="score a fixed random subset of N held-out samples (default: all)")
     _add_json_arg(ev)
 
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from netshrink.data import ArrayDataset, SentencePairs, load_dataset
+from netshrink.errors import NetshrinkError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def evaluate(
     indices of its labels; otherwise outputs must match the dataset's classes. `limit` scores
     a deterministic random subset of that many samples (datasets are stored sorted by class).
     """
+    if limit is not None and limit < 1:  # 0 would report a score on nothing; a negative slice, the wrong samples
+        raise NetshrinkError(f"limit must be a positive number of samples, got {limit}")
     data = load_dataset(dataset, split, data_dir) if isinstance(dataset, str) else dataset
     if limit is not None:
         data = data.sample(limit)

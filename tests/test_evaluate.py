@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from netshrink.data import ArrayDataset
-from netshrink.errors import DataError
+from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult, evaluate
 
 SHARED = Path(os.environ.get("NETSHRINK_DATA") or Path(__file__).parents[1] / "../shared/data")
@@ -62,6 +62,9 @@ def test_limit_scores_a_subset_of_every_class() -> None:
     result = evaluate(PixelClassifier(10, list(range(10))), pixel_dataset(), limit=30,
                       progress=False)
     assert result.n == 30 and result.value == 1.0
+    for limit in (0, -5):
+        with pytest.raises(NetshrinkError, match="limit must be a positive number"):
+            evaluate(PixelClassifier(10, list(range(10))), pixel_dataset(), limit=limit, progress=False)
 
 
 def test_evaluate_by_name_on_mnist5k() -> None:
