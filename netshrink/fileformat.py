@@ -62,7 +62,7 @@ MIN_JSON_LIMIT = 1 << 20
 #: Default limit on the decoded bytes a file may declare: this many times the file's size, and at
 #: least MIN_DECODE_LIMIT. Real files decode to 2-700x their size; a crafted one to 10^7x.
 DECODE_INFLATION = 1024
-MIN_DECODE_LIMIT = 256 << 20
+MIN_DECODE_LIMIT = 64 << 20
 MAX_DECODE_ENV = "NETSHRINK_MAX_DECODED_BYTES"
 MAX_TENSORS = 100_000
 MAX_DEPTH = 6
