@@ -173,7 +173,7 @@ def test_compress_report_has_energy_and_accuracy_plots(capsys, tmp_path):
     (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/empty.json"], "no benchmark runs found"),
     (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/nope.json"], "nope.json: no such file"),
     (["report", "{nsk}", "-o", "{tmp}/r.html", "--sensitivity", "{tmp}/runs.json"], "not a `netshrink sensitivity`"),
-    (["report", "{nsk}", "-o", "{tmp}/no/dir/r.html"], "cannot write the report"),
+    (["report", "{nsk}", "-o", "{tmp}/no/dir/r.html"], "cannot write HTML report"),
     (["compress", "{nsk}", "--recipe", "fp16", "--runs", "{tmp}/runs.json"], "add --report"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, nsk, argv, message):
