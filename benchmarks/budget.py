@@ -2,7 +2,7 @@
 
 For each model and each uniform bit width b: the uniform file is `palette: {bits: b, per_channel:
 auto}` + `cast: fp16` (what `oneshot-palette5` does at 5 bits); its whole-file ratio R is the
-target of `netshrink.budget.compress_to_ratio` (per-layer bits and sparsity chosen from the
+target of `netshrink.budget.allocation.compress_to_ratio` (per-layer bits and sparsity chosen from the
 model's sensitivity, measured on a held-out slice of the TRAINING split), so the automatic file
 is never larger than the uniform one. Both files are saved, loaded back and scored on the full
 held-out split (CIFAR-10 test / Imagenette val, 1000-way). Then both get the same short
@@ -32,15 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netshrink import api  # noqa: E402
-from netshrink.budget import (  # noqa: E402
+from netshrink.budget.allocation import (  # noqa: E402
     BudgetResult, LayerOption, budget_recipe, compress_to_ratio, file_bytes, original_bytes_of, predicted_damage,
     uniform_choice)
 from netshrink.commands import ResolvedModel, resolve_model  # noqa: E402
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
-from netshrink.methods.retraining import MaskHook, SharedValueHook, nonzero_masks, value_labels  # noqa: E402
-from netshrink.sensitivity import SensitivityConfig, sensitivity  # noqa: E402
-from netshrink.train import TrainConfig, fit  # noqa: E402
+from netshrink.training.retraining import MaskHook, SharedValueHook, nonzero_masks, value_labels  # noqa: E402
+from netshrink.budget.sensitivity import SensitivityConfig, sensitivity  # noqa: E402
+from netshrink.training.loop import TrainConfig, fit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

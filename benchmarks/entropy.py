@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from netshrink import entropy  # noqa: E402
-from netshrink.codecs.sparse import gaps_from_positions  # noqa: E402
+from netshrink.format import entropy  # noqa: E402
+from netshrink.format.codecs.sparse import gaps_from_positions  # noqa: E402
 
 
 def laplace_palette(n: int, rng: np.random.Generator, bins: str) -> np.ndarray:

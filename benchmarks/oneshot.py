@@ -48,7 +48,7 @@ from netshrink import zoo  # noqa: E402
 from netshrink.data import ArrayDataset, load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate, top1_predictions  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
+from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
 from peers import coreml_palettize as peer  # noqa: E402
 
 log = logging.getLogger("oneshot")
@@ -121,7 +121,7 @@ def lenet5_model(args: argparse.Namespace) -> nn.Module | None:
         log.warning("lenet5 skipped: no --lenet5-ckpt given (make one with `netshrink train lenet5 --dataset "
                     "mnist -o lenet5.nsk`), and --train-lenet5 (train it here, several minutes) not set")
         return None
-    from netshrink.train import default_train_config, fit
+    from netshrink.training.loop import default_train_config, fit
 
     torch.manual_seed(0)
     model = zoo.build_model("lenet5")
@@ -347,8 +347,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["## Palette bit-width sweep: ours vs coremltools", "",
                   f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
                   f"with `weighting: {meta.get('weighting', 'none')}` and `compensate: {str(meta.get('compensate', False)).lower()}` "
-                  "(weighting, netshrink/importance.py: the k-means counts each weight by the squared scale of the BatchNorm "
-                  "after its layer times the variance of the input it multiplies; compensate, netshrink/methods/error_feedback.py: "
+                  "(weighting, netshrink/calibration/importance.py: the k-means counts each weight by the squared scale of the BatchNorm "
+                  "after its layer times the variance of the input it multiplies; compensate, netshrink/calibration/error_feedback.py: "
                   "layer by layer in forward order, the weights are assigned to those shared values with GPTQ-style error feedback under the "
                   "second moment of the layer's input patches, the values refit for the layer's output, and the mean output shift cancelled in "
                   "the bias or BatchNorm; statistics from 512 TRAINING images, never the test split); 'ours plain k-means' is "

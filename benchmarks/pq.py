@@ -42,7 +42,7 @@ from netshrink import zoo  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
+from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
 
 log = logging.getLogger("pq")
 

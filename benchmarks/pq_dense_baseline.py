@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from netshrink import zoo  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
-from netshrink.methods.pq_output import OutputAwarePQ  # noqa: E402
+from netshrink.methods.pq import OutputAwarePQ  # noqa: E402
 from netshrink.recipe import StepContext, load_recipe  # noqa: E402
 
 

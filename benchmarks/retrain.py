@@ -40,7 +40,7 @@ from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.flops import flops  # noqa: E402
 from netshrink.zoo import model_info  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from netshrink.report import WEIGHTS_RATIO_LABEL  # noqa: E402
+from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
 
 log = logging.getLogger("retrain")
 

@@ -6,7 +6,7 @@ Public API: `compress`, `save`, `load`, `inspect`, `load_recipe`; errors derive 
 from netshrink.api import CompressedModel, compress, load, save
 from netshrink.errors import NetshrinkError
 from netshrink.recipe import Recipe, load_recipe
-from netshrink.report import FileReport, file_report as inspect
+from netshrink.report.sizes import FileReport, file_report as inspect
 
 __version__ = "0.1.0"
 __all__ = ["CompressedModel", "FileReport", "NetshrinkError", "Recipe", "compress", "inspect", "load",

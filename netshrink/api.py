@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 import netshrink.methods  # noqa: F401  (registers the recipe steps)
-from netshrink.codecs import decode
+from netshrink.format.codecs import decode
 from netshrink.errors import FormatError, ModelError, NetshrinkError
-from netshrink.fileformat import NskFile, TensorRecord, read_nsk, write_nsk
+from netshrink.format.container import NskFile, TensorRecord, read_nsk, write_nsk
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import Recipe, StepContext, load_recipe
-from netshrink.report import FileReport, file_report, original_size
+from netshrink.report.sizes import FileReport, file_report, original_size
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from netshrink.evaluate import EvalResult, evaluate
 from netshrink.cli import DEFAULT_RECIPE
 from netshrink.paths import check_output_path
 from netshrink.recipe import list_recipes, load_recipe
-from netshrink.report import WEIGHTS_RATIO_LABEL, file_report
-from netshrink.train import TrainConfig, default_train_config, fit
+from netshrink.report.sizes import WEIGHTS_RATIO_LABEL, file_report
+from netshrink.training.loop import TrainConfig, default_train_config, fit
 
 if TYPE_CHECKING:  # the report (matplotlib) is imported only when asked for
-    from netshrink.html_report import ReportExtras
+    from netshrink.report.html import ReportExtras
 
 log = logging.getLogger(__name__)
 EMBEDDED_MODEL, EMBEDDED_DATASET = "lenet5", "mnist5k"
@@ -255,7 +255,7 @@ def _compress_result(report, recipe: str, dataset: str, before: EvalResult | Non
 
 def _report_extras(args: argparse.Namespace) -> ReportExtras | None:
     """The report's inputs when compress is asked for one (`--report`), read before compressing."""
-    from netshrink.html_report import read_extras
+    from netshrink.report.html import read_extras
 
     if not getattr(args, "report", None):
         if getattr(args, "runs", None):
@@ -265,7 +265,7 @@ def _report_extras(args: argparse.Namespace) -> ReportExtras | None:
 
 
 def _write_compress_report(path: str, result: CommandResult, extras: ReportExtras) -> None:
-    from netshrink.html_report import write_html_report
+    from netshrink.report.html import write_html_report
 
     payload = result.json
     evaluation = {key: payload.get(key) for key in ("metric", "dataset", "before", "after")}
@@ -288,7 +288,7 @@ def _numbers(text: str, kind: type, option: str) -> tuple:
 def _sensitivity_of(resolved: ResolvedModel, dataset: str, args: argparse.Namespace, config=None,
                     path: str | None = None) -> dict[str, Any]:
     """Measured (or cached) sensitivity of the model, on a held-out slice of the training split."""
-    from netshrink.sensitivity import SensitivityConfig, load_for_model, sensitivity
+    from netshrink.budget.sensitivity import SensitivityConfig, load_for_model, sensitivity
 
     if path and Path(path).is_file() and config is None:
         return load_for_model(path, resolved.module)
@@ -302,7 +302,7 @@ def _sensitivity_of(resolved: ResolvedModel, dataset: str, args: argparse.Namesp
 
 
 def run_sensitivity(args: argparse.Namespace) -> CommandResult:
-    from netshrink.sensitivity import SensitivityConfig, summary_table
+    from netshrink.budget.sensitivity import SensitivityConfig, summary_table
 
     if args.output:
         check_output_path(args.output, "sensitivity JSON")
@@ -318,7 +318,7 @@ def run_sensitivity(args: argparse.Namespace) -> CommandResult:
 
 
 def _compress_to_target(args: argparse.Namespace, output: str) -> CommandResult:
-    from netshrink.budget import choice_table, compress_to_energy, compress_to_ratio
+    from netshrink.budget.allocation import choice_table, compress_to_energy, compress_to_ratio
 
     if args.recipe:
         raise NetshrinkError("give either --recipe or a target (--target-ratio, --target-energy): a target "
@@ -364,7 +364,7 @@ def run_inspect(args: argparse.Namespace) -> CommandResult:
 
 
 def run_report(args: argparse.Namespace) -> CommandResult:
-    from netshrink.html_report import read_extras, write_html_report
+    from netshrink.report.html import read_extras, write_html_report
 
     check_output_path(args.output, "HTML report")
     extras = read_extras(args.runs, args.sensitivity)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netshrink.codecs import Codec, Dense, Encoded
-from netshrink.fileformat import TensorRecord
+from netshrink.format.codecs import Codec, Dense, Encoded
+from netshrink.format.container import TensorRecord
 
 EXACT = Dense("exact")
 

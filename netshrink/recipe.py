@@ -47,7 +47,7 @@ class StepContext:
     def teacher_for(self, model: nn.Module) -> nn.Module:
         """The recipe's teacher; a step applied on its own (no teacher set) distils from its input."""
         if self.teacher is None:
-            from netshrink.distill import frozen_teacher  # distill -> train -> data: keep recipe.py light
+            from netshrink.training.distill import frozen_teacher  # distill -> train -> data: keep recipe.py light
 
             self.teacher = frozen_teacher(model)
         return self.teacher

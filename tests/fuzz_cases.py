@@ -1,7 +1,7 @@
 """The cases and the runner behind tests/test_fuzz.py: corrupted and crafted .nsk files.
 
 Run as a script it builds a few original files, derives thousands of damaged or hostile variants,
-feeds each to `netshrink.load` (and a sample to `netshrink.report.file_report`, what `netshrink
+feeds each to `netshrink.load` (and a sample to `netshrink.report.sizes.file_report`, what `netshrink
 inspect` uses) and prints one JSON summary line prefixed by `SUMMARY_MARKER`:
 
     python tests/fuzz_cases.py '{"seed": 0, "raw_cases": {"dc": 800}, ...}'   # see test_fuzz.CONFIG
@@ -72,8 +72,8 @@ def _mixed_model():
     from netshrink import zoo
     from netshrink.api import CompressedModel, model_identity
     from netshrink.cluster.kmeans import assign_nearest
-    from netshrink.codecs import PQ, Dense, LowRank, Palette, Sparse
-    from netshrink.codecs.dense import bytes_to_tensor
+    from netshrink.format.codecs import PQ, Dense, LowRank, Palette, Sparse
+    from netshrink.format.codecs.dense import bytes_to_tensor
     from netshrink.plan import CompressionPlan
 
     torch.manual_seed(0)
@@ -709,7 +709,7 @@ def amplification_cases(version: int) -> Iterator[Case]:
 def amplification_file(version: int, tensors: list[tuple[str, list[int]]], model: dict[str, Any]) -> bytes:
     import torch
 
-    from netshrink.codecs import Palette
+    from netshrink.format.codecs import Palette
 
     small = Palette(bits=1).encode(torch.full((4,), 0.5))  # book of 2 (one padded), constant indices
     streams = [[role, s.kind, len(s.data)] for role, s in small.streams.items()]
@@ -879,7 +879,7 @@ class Runner:
         return netshrink.load(self.path, model=model) if model is not None else netshrink.load(self.path)
 
     def _report(self) -> Any:
-        from netshrink.report import file_report
+        from netshrink.report.sizes import file_report
 
         report = file_report(self.path)
         report.table()  # what `netshrink inspect` prints

@@ -9,7 +9,7 @@ from torch import nn
 
 from netshrink import api, zoo
 from netshrink.cli import main
-from netshrink.codecs import Dense, Palette, Sparse
+from netshrink.format.codecs import Dense, Palette, Sparse
 from netshrink.energy import (
     EnergyConfig,
     WeightFormat,

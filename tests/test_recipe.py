@@ -1,7 +1,7 @@
 import pytest
 
 from netshrink.errors import RecipeError
-from netshrink.methods.magnitude import MagnitudePrune
+from netshrink.methods.prune import MagnitudePrune
 from netshrink.methods.palette import WeightSharing
 from netshrink.recipe import list_recipes, load_recipe, parse_recipe
 

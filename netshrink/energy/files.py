@@ -28,7 +28,7 @@ def energy_of_file(path: str | Path, input_shape: Sequence[int] | None = None,
     the zoo entry the header names; for any other model pass `input_shape` (else ModelError) and,
     as for `api.load`, the module."""
     from netshrink import api
-    from netshrink.fileformat import read_nsk
+    from netshrink.format.container import read_nsk
 
     nsk = read_nsk(path)
     shape = tuple(input_shape) if input_shape is not None else zoo_input_shape(nsk.model)

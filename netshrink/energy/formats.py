@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netshrink.codecs.base import Encoded
-from netshrink.codecs.dense import DTYPES
+from netshrink.format.codecs.base import Encoded
+from netshrink.format.codecs.dense import DTYPES
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,15 @@ import torch
 from torch import nn
 
 from netshrink.cluster import assign_nearest_1d, kmeans_1d
-from netshrink.codecs import Palette
-from netshrink.codecs.palette import MAX_BITS
+from netshrink.format.codecs import Palette
+from netshrink.format.codecs.palette import MAX_BITS
 from netshrink.errors import RecipeError
-from netshrink.methods.magnitude import sparse_of
-from netshrink.methods.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, parameters_named, value_labels
+from netshrink.methods.prune import sparse_of
+from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, parameters_named, value_labels
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
-from netshrink.train import TrainHook
+from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)
 LEVELS = ("kmeans", "uniform")

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
-from netshrink.codecs import Dense
+from netshrink.format.codecs import Dense
 from netshrink.plan import EXACT, CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 

@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from netshrink.cluster.kmeans import kmeans
-from netshrink.codecs.pq import PQ, subvectors
-from netshrink.methods.retraining import RetrainSettings, SharedValueHook, parameters_named, scalar_labels, store_shared
+from netshrink.format.codecs.pq import PQ, subvectors
+from netshrink.training.retraining import RetrainSettings, SharedValueHook, parameters_named, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer
-from netshrink.train import TrainHook
+from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)
 

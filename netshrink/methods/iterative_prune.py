@@ -16,8 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from netshrink.methods.magnitude import magnitude_masks, sparse_of
-from netshrink.methods.retraining import MaskHook, RetrainSettings
+from netshrink.methods.prune import magnitude_masks, sparse_of
+from netshrink.training.retraining import MaskHook, RetrainSettings
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer

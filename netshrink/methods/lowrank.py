@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from netshrink.codecs import Dense, LowRank
+from netshrink.format.codecs import Dense, LowRank
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 

@@ -3,9 +3,9 @@
 Deep Compression (Han et al. 2016, sec. 3) with the optimal 1-D k-means of `netshrink.cluster`;
 pruned layers are clustered on their surviving weights only (the palette becomes the sparse
 codec's value codec), so zeros stay exactly zero. `weighting` clusters by each weight's cost at the
-layer's output instead of weight error alone (see netshrink/importance.py); `compensate` goes
+layer's output instead of weight error alone (see netshrink/calibration/importance.py); `compensate` goes
 further and assigns the weights of each layer, in forward order, with error feedback under the
-full second moment of its inputs (see netshrink/methods/error_feedback.py).
+full second moment of its inputs (see netshrink/calibration/error_feedback.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.codecs import Encoded, Palette
+from netshrink.format.codecs import Encoded, Palette
 from netshrink.errors import DataError, RecipeError
-from netshrink.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
+from netshrink.calibration.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
                                   norm_scale, weight_importance)
-from netshrink.methods.error_feedback import feedback_assign, refit_values
-from netshrink.methods.layer_inputs import (calibration_batches, following_batchnorms, forward_order, groups_of,
+from netshrink.calibration.error_feedback import feedback_assign, refit_values
+from netshrink.calibration.layer_inputs import (calibration_batches, following_batchnorms, forward_order, groups_of,
                                             input_statistics, row_groups)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step

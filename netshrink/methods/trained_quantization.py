@@ -16,8 +16,8 @@ from typing import Literal
 
 from torch import nn
 
-from netshrink.codecs import Palette
-from netshrink.methods.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
+from netshrink.format.codecs import Palette
+from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 from netshrink.select import per_layer

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import netshrink
-from netshrink.codecs.pq import subvectors
+from netshrink.format.codecs.pq import subvectors
 from netshrink.errors import RecipeError
 from netshrink.methods.deep_kmeans import SpectralKMeansHook, SpectralTerm
 from netshrink.recipe import parse_recipe

@@ -5,7 +5,7 @@ import torch
 
 import netshrink
 from netshrink.errors import RecipeError
-from netshrink.methods.magnitude import magnitude_masks
+from netshrink.methods.prune import magnitude_masks
 from netshrink.recipe import parse_recipe
 
 

@@ -1,0 +1,147 @@
+"""Palette codec: scalar weight sharing (Deep Compression, Han et al. 2016, sec. 3).
+
+The weights of a tensor (or of each output channel) are clustered by 1-D k-means into 2^bits
+shared values. The file holds the codebook in 16-bit floats and, per weight, the index of its
+centroid, entropy coded (rANS): skewed index histograms cost fewer bits than `bits`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from netshrink.cluster import assign_nearest_1d, kmeans_1d
+from netshrink.format.codecs.base import (
+    Codec,
+    Encoded,
+    Stream,
+    register_codec,
+    require_float_tensor,
+    require_int,
+    require_stream,
+)
+from netshrink.format.codecs.dense import bytes_to_tensor, tensor_to_bytes
+from netshrink.format.entropy import decode_symbols, encode_symbols
+from netshrink.errors import CodecError, FormatError
+
+INITS = ("optimal", "linear", "density", "random")
+MAX_BITS = 16
+
+
+def book_size(bits: int, row_length: int) -> int:
+    """Codebook entries per row: 2^bits, but never more than the row has weights.
+
+    A row of 9 weights (a depthwise 3x3 kernel, per channel) needs at most 9 values: padding its
+    codebook to 32 would spend 46 bytes per channel on entries no index can use.
+    """
+    return max(1, min(1 << bits, row_length))
+
+
+@register_codec
+@dataclass(frozen=True)
+class Palette(Codec):
+    """2^bits shared values per tensor (or per output channel), fp16 codebook, coded indices."""
+
+    name: ClassVar[str] = "palette"
+    bits: int = 5
+    per_channel: bool = False
+    init: str = "optimal"
+    seed: int = 0
+    #: Optional importance of each weight (same shape as the tensor): the k-means then minimises
+    #: sum w_i (x_i - c)^2. A property of this encoding run, not of the file: never written.
+    importance: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
+            raise CodecError(f"palette bits must be an integer in 1..{MAX_BITS}, got {self.bits!r}")
+        if self.init not in INITS:
+            raise CodecError(f"palette init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        require_float_tensor(tensor, self.name)
+        if self.per_channel and tensor.dim() < 2:
+            raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
+        n_rows = tensor.shape[0] if self.per_channel else 1
+        rows = tensor.detach().float().reshape(n_rows, -1)
+        weights = self._importance_rows(tensor, n_rows)
+        k = book_size(self.bits, rows.shape[1])
+        codebooks, labels = (zip(*(self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
+                                   for i, row in enumerate(rows))) if rows.numel() else ((), ()))
+        codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
+        indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+        return self._encoded(codebook, indices, tuple(tensor.shape))
+
+    def encode_assigned(self, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]) -> Encoded:
+        """Store a given codebook [rows, k] (rounded to fp16) and per-weight labels without
+        clustering: for methods that choose the assignment themselves (error feedback, fine-tuning)."""
+        rows = shape[0] if self.per_channel else 1
+        if codebook.dim() != 2 or codebook.shape[0] != rows or not codebook.is_floating_point():
+            raise CodecError(f"palette codebook must be a float [{rows}, k] tensor, got {tuple(codebook.shape)}")
+        k = codebook.shape[1]
+        if not 1 <= k <= (1 << self.bits) or labels.numel() != math.prod(shape):
+            raise CodecError(f"palette{self.bits} cannot store {k} values per row for {labels.numel()} labels of "
+                             f"shape {tuple(shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise CodecError(f"palette labels must lie in 0..{k - 1}")
+        return self._encoded(codebook.detach().to(torch.float16), labels.reshape(-1).numpy().astype(np.int64), shape)
+
+    def _encoded(self, codebook: torch.Tensor, indices: np.ndarray, shape: tuple[int, ...]) -> Encoded:
+        rows, k = codebook.shape
+        params = {"bits": self.bits, "rows": rows, "book": k,
+                  "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
+        streams = {
+            "codebook": Stream("codebook", tensor_to_bytes(codebook)),
+            "indices": Stream("indices", encode_symbols(indices, k)),
+        }
+        return Encoded(self.name, shape, params, streams)
+
+    def _importance_rows(self, tensor: torch.Tensor, n_rows: int) -> torch.Tensor | None:
+        if self.importance is None:
+            return None
+        if self.importance.shape != tensor.shape:
+            raise CodecError(f"palette importance has shape {tuple(self.importance.shape)} but the tensor has "
+                             f"{tuple(tensor.shape)}; give one importance per weight")
+        return self.importance.detach().double().reshape(n_rows, -1)
+
+    def _cluster_row(self, row: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster one row; return its fp16 codebook padded to k entries and the indices into it."""
+        if row.size == 0:
+            return np.zeros(k, dtype=np.float16), np.zeros(0, dtype=np.int64)
+        if weights is not None and not weights.any():  # an unused row (e.g. a dead channel): plain k-means
+            weights = None
+        centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
+        # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): assign each weight to
+        # the nearest *stored* value so the file decodes to exactly what the model was evaluated with.
+        book = np.unique(centroids.astype(np.float16))
+        labels = assign_nearest_1d(row, book.astype(np.float64))
+        padded = np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
+        return padded, labels.astype(np.int64)
+
+    @classmethod
+    def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp16 codebook [rows, k] and int64 labels [rows, weights per row], validated before
+        anything is allocated."""
+        bits = require_int(enc.params, "bits", 1, MAX_BITS, cls.name)
+        numel = enc.numel
+        rows = require_int(enc.params, "rows", 0 if numel == 0 else 1, max(numel, 1), cls.name)
+        if rows and numel % rows:
+            raise FormatError(f"palette has {rows} rows, which do not divide {numel} weights")
+        k = require_int(enc.params, "book", 1, 1 << bits, cls.name)
+        codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, rows * k)
+        indices = decode_symbols(require_stream(enc, "indices", "indices"), numel, k)
+        labels = torch.from_numpy(indices).to(torch.int64)
+        return codebook.reshape(rows, k), labels.reshape(rows, numel // rows if rows else 0)
+
+    @classmethod
+    def decode(cls, enc: Encoded) -> torch.Tensor:
+        codebook, labels = cls.codebook_and_labels(enc)
+        if codebook.shape[0] == 0:
+            return torch.zeros(enc.shape)
+        return codebook.float().gather(1, labels).reshape(enc.shape)
+
+    def describe(self) -> str:
+        return f"palette{self.bits}" + ("c" if self.per_channel else "")

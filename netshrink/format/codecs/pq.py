@@ -1,0 +1,174 @@
+"""PQ codec: product quantization of weight sub-vectors (Deep k-Means, Wu et al. 2018; "And the
+Bit Goes Down", Stock et al. 2020; Jégou et al. 2011 for PQ itself).
+
+The tensor is viewed as rows (shape[0], -1) and every row is cut into contiguous sub-vectors of
+length d. For a conv weight (O, I, KH, KW), d = KW gives one vector per kernel row (Deep k-Means'
+row-wise sharing), d = KH*KW one per kernel, d = 2*KH*KW two neighbouring in-channel kernels
+(Stock et al.); for a Linear (O, I) the vectors run along the input. All sub-vectors share one
+codebook of k codewords found by `netshrink.cluster.kmeans`. The file holds the codebook in fp16
+and, per sub-vector, its codeword index, entropy coded (rANS). Several tensors may share one
+codebook (`encode_assigned(..., codebook_of=...)`): the file stores it once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from netshrink.cluster import assign_nearest, kmeans
+from netshrink.format.codecs.base import (
+    Codec,
+    Encoded,
+    Stream,
+    register_codec,
+    require_float_tensor,
+    require_int,
+    require_stream,
+)
+from netshrink.format.codecs.dense import bytes_to_tensor, tensor_to_bytes
+from netshrink.format.entropy import MAX_ALPHABET, decode_symbols, encode_symbols
+from netshrink.errors import CodecError, FormatError
+
+#: Largest sub-vector length a file may declare (a 3x3x... kernel group is far below it).
+MAX_D = 1 << 16
+MAX_ITERS = 10_000
+#: Divisors listed in the message for a d that does not divide the row length.
+_DIVISORS_SHOWN = 12
+
+
+def row_length(shape: tuple[int, ...] | torch.Size) -> int:
+    """Elements per row when a tensor is viewed as (shape[0], -1)."""
+    return math.prod(shape[1:])
+
+
+def subvectors(tensor: torch.Tensor, d: int) -> torch.Tensor:
+    """[n, d] contiguous sub-vectors of the rows (shape[0], -1): the one reshape every PQ user
+    (codec, Deep k-Means regulariser, output-aware PQ) must agree on."""
+    _check_d(tuple(tensor.shape), d)
+    return tensor.reshape(-1, d)
+
+
+def from_subvectors(vectors: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Inverse of `subvectors`: the tensor of `shape` whose sub-vectors are `vectors`."""
+    if vectors.dim() != 2 or vectors.numel() != math.prod(shape):
+        raise CodecError(f"{tuple(vectors.shape)} sub-vectors do not fill a tensor of shape {tuple(shape)}")
+    _check_d(tuple(shape), vectors.shape[1])
+    return vectors.reshape(shape)
+
+
+def _check_d(shape: tuple[int, ...], d: int) -> None:
+    if len(shape) == 0:
+        raise CodecError("pq needs a tensor with at least one dimension, got a scalar")
+    length = row_length(shape)
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1 or length % d:
+        divisors = _divisors(length)
+        shown = ", ".join(map(str, divisors[:_DIVISORS_SHOWN])) + (", ..." if len(divisors) > _DIVISORS_SHOWN else "")
+        raise CodecError(f"pq d={d!r} does not divide the row length {length} of shape {shape}; use d in {{{shown}}}")
+
+
+def _divisors(length: int) -> list[int]:
+    """The d values that divide `length`, ascending (any d divides an empty row; 1 stands for them)."""
+    if length == 0:
+        return [1]
+    small = [v for v in range(1, math.isqrt(length) + 1) if length % v == 0]
+    return sorted(set(small + [length // v for v in small]))
+
+
+@register_codec
+@dataclass(frozen=True)
+class PQ(Codec):
+    """k shared codewords of d consecutive weights, fp16 codebook, entropy-coded indices."""
+
+    name: ClassVar[str] = "pq"
+    d: int
+    k: int = 256
+    iters: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, low, high in (("d", 1, MAX_D), ("k", 1, MAX_ALPHABET), ("iters", 0, MAX_ITERS)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise CodecError(f"pq {key} must be an integer in [{low}, {high}], got {value!r}")
+
+    def encode(self, tensor: torch.Tensor) -> Encoded:
+        require_float_tensor(tensor, self.name)
+        vectors = subvectors(tensor.detach().float(), self.d)
+        if vectors.shape[0] == 0:
+            return PQ.encode_assigned(torch.zeros(0, self.d), torch.zeros(0, dtype=torch.int64), tensor.shape)
+        result = kmeans(vectors, min(self.k, vectors.shape[0]), iters=self.iters, seed=self.seed)
+        # The codebook is stored in fp16: assign each sub-vector to its nearest *stored* codeword,
+        # so the file decodes to exactly what the model was evaluated with.
+        codebook = _to_fp16(result.centroids)
+        labels, _ = assign_nearest(vectors, codebook.float())
+        return PQ.encode_assigned(codebook, labels, tensor.shape)
+
+    @classmethod
+    def encode_assigned(
+        cls, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...] | torch.Size,
+        codebook_of: str = "",
+    ) -> Encoded:
+        """Store a given codebook [k, d] (rounded to fp16) and labels [n] without clustering: for
+        methods that fine-tune the codewords by gradient (Stock et al. 2020, sec. 3.3).
+        `codebook_of` names an earlier tensor of the file holding the same codebook: the file then
+        stores it once, there (one codebook shared by several layers)."""
+        if codebook.dim() != 2 or not codebook.is_floating_point():
+            raise CodecError(f"pq codebook must be a float [k, d] tensor, got {codebook.dtype} {tuple(codebook.shape)}")
+        k, d = codebook.shape
+        _check_d(tuple(shape), d)
+        labels = _checked_labels(labels, math.prod(shape) // d, k)
+        params = {"d": d, "k": k, "label": f"pq d={d} k={k}" + (" shared" if codebook_of else "")}
+        streams = {
+            "codebook": Stream("codebook", tensor_to_bytes(_to_fp16(codebook.detach())), borrowed_from=codebook_of),
+            "indices": Stream("indices", encode_symbols(labels.numpy(), max(k, 1))),
+        }
+        return Encoded(cls.name, tuple(shape), params, streams)
+
+    @classmethod
+    def decode(cls, enc: Encoded) -> torch.Tensor:
+        codebook, labels = cls.codebook_and_labels(enc)
+        return codebook.float()[labels].reshape(enc.shape)
+
+    @classmethod
+    def labels_of(cls, enc: Encoded) -> torch.Tensor:
+        """The codeword index of each sub-vector (for methods that fine-tune the codewords)."""
+        return cls.codebook_and_labels(enc)[1]
+
+    @classmethod
+    def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp16 codebook [k, d] and int64 labels [n], validated before anything is allocated."""
+        if len(enc.shape) == 0:
+            raise FormatError("pq tensor has a scalar shape; pq needs at least one dimension")
+        d = require_int(enc.params, "d", 1, MAX_D, cls.name)
+        if row_length(enc.shape) % d:
+            raise FormatError(f"pq d={d} does not divide the row length {row_length(enc.shape)} of shape {enc.shape}")
+        n = enc.numel // d
+        k = require_int(enc.params, "k", 0 if n == 0 else 1, MAX_ALPHABET, cls.name)
+        codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, k * d)
+        labels = decode_symbols(require_stream(enc, "indices", "indices"), n, max(k, 1))
+        return codebook.reshape(k, d), torch.from_numpy(labels).to(torch.int64)
+
+    def describe(self) -> str:
+        return f"pq d={self.d} k={self.k}"
+
+
+def _to_fp16(codebook: torch.Tensor) -> torch.Tensor:
+    book = codebook.to(torch.float16)
+    if not torch.isfinite(book).all():
+        raise CodecError("pq codewords exceed the fp16 range (|w| > 65504); rescale the weights first")
+    return book
+
+
+def _checked_labels(labels: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    labels = labels.detach().reshape(-1).cpu()
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise CodecError(f"pq labels must be integers, got {labels.dtype}")
+    if labels.numel() != n:
+        raise CodecError(f"pq got {labels.numel()} labels for {n} sub-vectors")
+    low, high = (int(labels.min()), int(labels.max())) if n else (0, -1)
+    if low < 0 or high >= k:
+        raise CodecError(f"pq labels must index the {k} codewords, got range [{low}, {high}]")
+    return labels.to(torch.int64)

@@ -1,0 +1,340 @@
+"""Output-aware product quantization with distillation ("And the Bit Goes Down", Stock et al. 2020).
+
+Each selected layer's weight rows are cut into sub-vectors of d (codecs/pq.py) sharing one
+codebook of k fp16 codewords. With `objective: output` the codebook minimises the error of the
+layer's OUTPUT on calibration inputs, sum_b (w_b - c)^T G_b (w_b - c) with G_b the uncentred second
+moment of the inputs of block b (methods/layer_inputs.py): k-means in that metric, closed-form
+codeword update (cluster/kmeans.py: `kmeans_metric`). With `objective: weights` it is plain PQ
+(Euclidean k-means of the weights, the ablation). Layers are quantized one at a time in forward
+order; each layer's inputs come from the network whose earlier layers are already quantized, so a
+layer compensates the errors before it (Stock et al., sec. 3.2).
+
+Fine-tuning (sec. 3.3): after each stage (`stage_epochs`, a stage = layers sharing the first
+`stage_depth` parts of their names, e.g. `layer2`) and at the end (`epochs`), the codewords
+(assignments fixed, `SharedValueHook`) and every other parameter (biases, norms, layers not yet
+quantized) are trained to reproduce the uncompressed network's outputs (`distill: kl` on logits,
+`mse` on embeddings, `ce` = labels only) through the one training loop. BatchNorm running
+statistics are buffers of the model, so the file stores (and `netshrink.load` restores) them.
+With `recalibrate_bn` (default) they are re-estimated on the calibration inputs after each stage
+is quantized, before the stage's fine-tuning and before later layers see those inputs.
+
+`share_codebook`: the layers of a stage with the same d share ONE codebook (of the stage's first
+layer's k), stored once in the file. On a small network the per-layer codebooks are a third of the
+file (ResNet-20 at 20x); one codebook per stage lets every layer use 256 codewords for fewer bytes.
+The shared codebook is learnt from all the stage's sub-vectors, each in its own layer's metric;
+then the layers are assigned to it one at a time in forward order, each on inputs measured after
+the earlier ones were quantized, and fine-tuning moves a shared codeword by the gradients of all
+its users.
+
+Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
+in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
+whole kernel) for depthwise convolutions, `per_layer_d` / `per_layer_k` override by fnmatch pattern.
+Embedding tables have no input activations to weigh by: they are clustered by weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from netshrink.cluster import assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.format.codecs.pq import PQ, row_length, subvectors
+from netshrink.errors import DataError, RecipeError
+from netshrink.calibration.error_feedback import feedback_assign_vectors
+from netshrink.calibration.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
+                                            groups_of, input_grams, recalibrate_batchnorms, row_groups,
+                                            unblock_labels)
+from netshrink.training.retraining import (ReassignHook, RetrainSettings, SharedValueHook, scalar_labels,
+                                          store_shared)
+from netshrink.plan import CompressionPlan
+from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.select import per_layer
+from netshrink.training.loop import TrainConfig
+
+log = logging.getLogger(__name__)
+
+MAX_K = 256
+
+
+@register_step("pq")
+@dataclass(frozen=True)
+class OutputAwarePQ(RetrainSettings, LayerStep):
+    """PQ codebooks per layer (output-aware or by weight), then distillation fine-tuning of the codewords."""
+
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear, nn.Embedding)
+
+    conv_d: int = 9
+    pointwise_d: int = 4
+    depthwise_d: int = 0
+    per_layer_d: dict[str, int] = field(default_factory=dict)
+    k: int = 256
+    per_layer_k: dict[str, int] = field(default_factory=dict)
+    objective: Literal["output", "weights"] = "output"
+    covariance: Literal["block", "pooled"] = "block"
+    calibration: int = 1024
+    calibration_batch: int = 64
+    positions: int = 256
+    ridge: float = 1e-4
+    weigh_by_norm: bool = False
+    kmeans_iters: int = 20
+    feedback: bool = False
+    recalibrate_bn: bool = True
+    share_codebook: bool = False
+    reassign_every: int = 0
+    distill: Literal["kl", "mse", "ce"] = "kl"
+    stage_epochs: float = 0.0
+    stage_depth: int = 1
+    epochs: float = 1.0
+    lr: float = 1e-3
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    reduce: Literal["sum", "mean"] = "sum"
+
+    def __post_init__(self) -> None:
+        RetrainSettings.__post_init__(self)
+        for k in (self.k, *self.per_layer_k.values()):
+            if isinstance(k, bool) or not 1 <= k <= MAX_K:
+                raise ValueError(f"k must be in [1, {MAX_K}] (indices are at most 8 bits), got {k}")
+        if any(d < 1 for d in (self.conv_d, self.pointwise_d, *self.per_layer_d.values())) or self.depthwise_d < 0:
+            raise ValueError("conv_d, pointwise_d and per_layer_d must be >= 1, depthwise_d >= 0 (0: whole kernel)")
+        if min(self.calibration, self.calibration_batch, self.positions, self.stage_depth) < 1:
+            raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
+        if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0:
+            raise ValueError("stage_epochs, ridge and kmeans_iters must be >= 0")
+        if self.reassign_every < 0:
+            raise ValueError("reassign_every must be >= 0 steps (0: codewords only, as Stock et al.)")
+        if self.share_codebook and self.feedback:
+            raise ValueError("share_codebook and feedback cannot be combined (feedback re-assigns each layer alone)")
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        """Calibration (objective: output) and fine-tuning need the training split; plain PQ does not."""
+        return self.objective == "output" or self.epochs > 0 or self.stage_epochs > 0
+
+    # ------------------------------------------------------------------ settings per layer
+
+    def d_for(self, name: str, module: nn.Module) -> int:
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            default = self.depthwise_d or row_length(module.weight.shape)
+        elif isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            default = self.conv_d
+        else:
+            default = self.pointwise_d
+        d = per_layer(name, default, self.per_layer_d)
+        length = row_length(module.weight.shape)
+        if length % d:
+            divisors = [v for v in range(1, min(length, 64) + 1) if length % v == 0]
+            raise RecipeError(f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
+                              f"(weight {tuple(module.weight.shape)}); use per_layer_d with one of {divisors}")
+        return d
+
+    def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
+        return dataclasses.replace(super().train_config(ctx, epochs, lr), optimizer=self.optimizer)
+
+    # ------------------------------------------------------------------ the step
+
+    def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        layers = dict(self.layers(model))
+        settings = {name: (self.d_for(name, module), per_layer(name, self.k, self.per_layer_k))
+                    for name, module in layers.items()}
+        if self.needs_data and ctx.data is None:
+            raise DataError("step pq needs training data for calibration and fine-tuning "
+                            "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
+        if self.epochs or self.stage_epochs:
+            self.freeze_teacher(model, ctx)  # before any layer is quantized
+        samples = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
+            if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn) else None
+        calibration = samples if self.objective == "output" else None
+        order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
+        row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
+        labels: dict[str, torch.Tensor] = {}
+        stages = self._stages(order)
+        books_of = [self._codebook_groups(stage, settings) for stage in stages]
+        books = [book for stage_books in books_of for book in stage_books]
+        shared = [[f"{name}.weight" for name in book] for book in books if len(book) > 1]
+        d_of = {f"{name}.weight": d for name, (d, _) in settings.items()}
+        with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
+            for index, (stage, stage_books) in enumerate(zip(stages, books_of)):
+                for book in stage_books:
+                    quantize = self._quantize if len(book) == 1 else self._quantize_shared
+                    labels.update(quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales,
+                                           ctx.seed))
+                    bar.update(len(book))
+                if self.recalibrate_bn and samples:
+                    recalibrate_batchnorms(model, samples)
+                if self.stage_epochs > 0 and index < len(stages) - 1:
+                    self._finetune(model, ctx, labels, shared, d_of, self.stage_epochs, f"distill after {stage[-1]}")
+        self._finetune(model, ctx, labels, shared, d_of, self.epochs, "distill (global)")
+        for book in books:
+            store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
+
+    def _stages(self, order: list[str]) -> list[list[str]]:
+        """Consecutive layers (in forward order) whose names share the first `stage_depth` parts."""
+        stages: list[list[str]] = []
+        for name in order:
+            key = name.split(".")[: self.stage_depth]
+            if stages and stages[-1][0].split(".")[: self.stage_depth] == key:
+                stages[-1].append(name)
+            else:
+                stages.append([name])
+        return stages
+
+    def _codebook_groups(self, stage: list[str], settings: dict[str, tuple[int, int]]) -> list[list[str]]:
+        """The layers of a stage that share one codebook: with `share_codebook`, those with the same d
+        (in forward order); otherwise each layer alone."""
+        if not self.share_codebook:
+            return [[name] for name in stage]
+        books: dict[int, list[str]] = {}
+        for name in stage:
+            books.setdefault(settings[name][0], []).append(name)
+        for book in books.values():
+            if len({settings[name][1] for name in book}) > 1:
+                raise RecipeError(f"step pq: layers {book} share a codebook (share_codebook) but per_layer_k gives "
+                                  "them different k; give the layers of a stage one k")
+        return list(books.values())
+
+    def _quantize(self, model: nn.Module, plan: CompressionPlan, names: list[str], layers: dict[str, nn.Module],
+                  d: int, k: int, calibration: list[Any] | None, row_scales: dict[str, torch.Tensor],
+                  seed: int) -> dict[str, torch.Tensor]:
+        """Give the layer `names[0]` its own PQ codebook and labels (model updated); returns its per-weight labels."""
+        name, module = names[0], layers[names[0]]
+        weight_name = f"{name}.weight"
+        codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
+        if calibration is None or isinstance(module, nn.Embedding):
+            plan.assign(model, weight_name, codec)
+        else:
+            full = input_grams(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
+                               positions=self.positions, seed=seed)
+            grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
+            points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
+            result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams.float(),
+                                   iters=self.kmeans_iters, seed=seed, point_weights=weights)
+            encoded = _metric_encoding(module, d, result.centroids, grams)
+            if self.feedback:
+                encoded = _with_feedback(module, encoded, full)
+            plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
+        return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
+
+    def _quantize_shared(self, model: nn.Module, plan: CompressionPlan, names: list[str],
+                         layers: dict[str, nn.Module], d: int, k: int, calibration: list[Any] | None,
+                         row_scales: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """One codebook for the layers `names`: learnt from all their sub-vectors (each in its own
+        layer's metric), then each layer assigned to it in forward order (model updated)."""
+        codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
+        by_output = calibration is not None and not any(isinstance(layers[n], nn.Embedding) for n in names)
+        if by_output:
+            problems = [self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed)
+                        for name in names]
+            points, grams, weights = _joined(problems)
+            codebook = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams, iters=self.kmeans_iters,
+                                     seed=seed, point_weights=weights).centroids
+        else:
+            vectors = torch.cat([subvectors(layers[name].weight.detach().float(), d) for name in names])
+            codebook = kmeans(vectors, min(k, vectors.shape[0]), iters=self.kmeans_iters, seed=seed).centroids
+        labels = {}
+        for index, name in enumerate(names):
+            module, lender = layers[name], names[0] if index else ""
+            if by_output:  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
+                grams = problems[0][1] if index == 0 else \
+                    self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+                encoded = _metric_encoding(module, d, codebook, grams, codebook_of=lender)
+            else:
+                fp16 = codebook.to(torch.float16)
+                assigned, _ = assign_nearest(subvectors(module.weight.detach().float(), d), fp16.float())
+                encoded = PQ.encode_assigned(fp16, assigned, tuple(module.weight.shape), codebook_of=lender)
+            plan.set_encoded(model, f"{name}.weight", codec, encoded, PQ.decode(encoded))
+            labels[f"{name}.weight"] = scalar_labels(encoded, d)
+        return labels
+
+    def _metric_problem(self, model: nn.Module, module: nn.Module, d: int, calibration: list[Any],
+                        row_scales: torch.Tensor | None, seed: int):
+        """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n]."""
+        grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+        points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales)
+        return points, grams.float(), weights
+
+    def _metric(self, grams: torch.Tensor) -> torch.Tensor:
+        """Pooled or per-block matrices, plus a ridge of `ridge` x their mean eigenvalue: blocks whose
+        inputs are always zero (dead channels, padding) still get a positive-definite metric."""
+        if self.covariance == "pooled":
+            grams = grams.mean(0, keepdim=True).expand_as(grams)
+        d = grams.shape[-1]
+        scale = float(torch.diagonal(grams, dim1=1, dim2=2).mean()) or 1.0
+        return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
+
+    def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
+                  shared: list[list[str]], d_of: dict[str, int], epochs: float, desc: str) -> None:
+        """Distillation of the codewords (and of every parameter not coded); with `reassign_every`,
+        of latent weights re-assigned to codewords as they move (`ReassignHook`; `labels` updated)."""
+        if epochs <= 0:
+            return
+        in_labels = [book for book in shared if all(name in labels for name in book)]
+        if not self.reassign_every:
+            self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce, in_labels)], desc, epochs=epochs)
+            return
+        hook = ReassignHook(dict(labels), d_of, self.reassign_every, in_labels)
+        self.retrain(model, ctx, [hook], desc, epochs=epochs)
+        labels.update(hook.labels())
+
+
+def metric_points(weight: torch.Tensor, d: int, groups: int,
+                  row_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sub-vectors in `block_points` layout and their weights (rows weighted by `row_scales`,
+    e.g. the following BatchNorm's scale^2; None: all 1)."""
+    points = block_points(weight.float(), d, groups)
+    if row_scales is None:
+        return points, None
+    # row o = group g, row i of that group; points [g * blocks, rows_per_group]
+    per_group = row_scales.reshape(groups, 1, -1).expand(groups, points.shape[0] // groups, -1)
+    return points, per_group.reshape(points.shape[:2])
+
+
+def _metric_encoding(module: nn.Module, d: int, centroids: torch.Tensor, grams: torch.Tensor, codebook_of: str = ""):
+    """The layer's sub-vectors assigned to the fp16 codewords (what the file holds) in their blocks' metrics."""
+    codebook = centroids.to(torch.float16)
+    groups = groups_of(module)
+    points = block_points(module.weight.detach().float(), d, groups)
+    labels, _ = assign_nearest_metric(points, codebook.float(), grams.float())
+    return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(module.weight.shape), codebook_of)
+
+
+def _joined(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
+    """Several layers' metric k-means problems as one: concatenated blocks when every layer has the
+    same rows per block, else one block per point (each carrying its block's metric)."""
+    if len({points.shape[1] for points, _, _ in problems}) > 1:
+        problems = [(points.reshape(-1, 1, points.shape[2]), grams.repeat_interleave(points.shape[1], 0),
+                     None if weights is None else weights.reshape(-1, 1)) for points, grams, weights in problems]
+    points = torch.cat([p for p, _, _ in problems])
+    grams = torch.cat([g for _, g, _ in problems])
+    if all(w is None for _, _, w in problems):
+        return points, grams, None
+    weights = torch.cat([torch.ones(p.shape[:2]) if w is None else w.float() for p, _, w in problems])
+    return points, grams, weights
+
+
+def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
+    """[groups, cols, cols] second moments of whole rows -> [groups * cols // d, d, d] of their
+    d-column blocks, in `block_points` order."""
+    groups, cols, _ = grams.shape
+    blocks = cols // d
+    tiles = grams.reshape(groups, blocks, d, blocks, d)
+    index = torch.arange(blocks)
+    return tiles[:, index, :, index, :].permute(1, 0, 2, 3).reshape(groups * blocks, d, d)
+
+
+def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
+    """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
+    second moment of each group's inputs (methods/error_feedback.py), so that later sub-vectors of
+    a row absorb the output error of earlier ones."""
+    codebook, _ = PQ.codebook_and_labels(encoded)
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+    labels = torch.cat([feedback_assign_vectors(weight[rows], codebook.float(), grams[g])
+                        for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))])
+    return PQ.encode_assigned(codebook, labels.reshape(-1), tuple(module.weight.shape))
+
+
