@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netshrink.energy import EnergyConfig, WeightFormat, estimate, movement
 from netshrink.flops import LayerShape, layer_shapes
-from netshrink.zoo.reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
+from reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
 
 BITS = 16
 #: Szegedy et al. 2015, Table 1, column "ops" (MACs), per row.

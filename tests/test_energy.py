@@ -20,7 +20,7 @@ from netshrink.energy import (
 )
 from netshrink.errors import ModelError
 from netshrink.flops import layer_shapes
-from netshrink.zoo.reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
+from reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
 
 
 class TwoLayer(nn.Module):

