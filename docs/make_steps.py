@@ -116,7 +116,14 @@ def docstring_sentence(doc: str | None, name: str) -> str:
 
 def declaring_classes(cls: type, name: str) -> list[type]:
     """The classes in `cls`'s MRO whose own body declares field `name`, nearest first."""
-    return [klass for klass in cls.__mro__ if name in vars(klass).get("__annotations__", {})] or [cls]
+    return [klass for klass in cls.__mro__ if name in _own_annotations(klass)] or [cls]
+
+
+def _own_annotations(klass: type) -> dict[str, Any]:
+    try:
+        return inspect.get_annotations(klass)
+    except (TypeError, NameError):
+        return {}
 
 
 def own_fields_first(cls: type) -> list[dataclasses.Field]:
@@ -187,7 +194,7 @@ def render_step(name: str, cls: type) -> str:
     if kinds:
         out.append(f"- acts on: {kinds}")
     out += [f"- needs training data: {data_need(cls)}", ""]
-    fields = own_fields_first(cls)
+    fields = own_fields_first(cls) if dataclasses.is_dataclass(cls) else []
     if not fields:
         return "\n".join(out + ["No fields.", ""])
     out += ["| field | type | default | meaning |", "|---|---|---|---|"]

@@ -60,3 +60,28 @@ def test_user_docs_say_nothing_about_how_the_work_was_organised():
             for path in paths for number, line in enumerate(path.read_text().splitlines(), 1)
             if pattern.search(line)]
     assert not hits, "development history in user-facing files (write it as a finding, or drop it):\n" + "\n".join(hits)
+
+
+def test_a_new_step_is_documented_from_its_dataclass():
+    from dataclasses import dataclass, field
+
+    from netshrink.recipe import LayerStep
+
+    @dataclass(frozen=True)
+    class Quantize(LayerStep):
+        """Round weights to a grid.
+
+        `mode` picks the grid: uniform or log.
+        """
+
+        #: Bits per weight.
+        bits: int = 4
+        mode: str = "uniform"
+        scales: dict[str, float] = field(default_factory=dict)  # per-layer scale overrides
+
+    section = make_steps().render_step("quantize", Quantize)
+    assert section.startswith("## `quantize`\n\nRound weights to a grid.\n")
+    assert "| `bits` | `int` | `4` | Bits per weight. |" in section
+    assert "| `mode` | `str` | `\"uniform\"` | `mode` picks the grid: uniform or log. |" in section
+    assert "| `scales` | `dict[str, float]` | `{}` | per-layer scale overrides |" in section
+    assert section.index("`bits`") < section.index("`include`")  # the step's own fields first
