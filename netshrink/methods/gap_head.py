@@ -27,10 +27,20 @@ log = logging.getLogger(__name__)
 
 @register_step("gap_head")
 @dataclass(frozen=True)
-class GapHead(RetrainSettings):
-    """Switch the model to its global-average-pooling head and retrain for `epochs`."""
+class GapHead:
+    """Switch the model to its global-average-pooling head and retrain for `epochs` (`train`:
+    `RetrainSettings`, written flat in a recipe)."""
 
-    needs_data: ClassVar[bool] = True
+    step_name: ClassVar[str] = ""
+    train: RetrainSettings = RetrainSettings()
+
+    @property
+    def needs_data(self) -> bool:
+        return True
+
+    @property
+    def distills(self) -> bool:
+        return self.train.distill != "ce"
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         name = type(model).__name__
@@ -44,5 +54,5 @@ class GapHead(RetrainSettings):
         require_no_codecs(plan, self.step_name)
         model.to_gap_head()
         record_arch(model, ctx, self.step_name)
-        if self.epochs > 0:
-            self.retrain(model, ctx, [], desc="gap_head retrain")
+        if self.train.epochs > 0:
+            self.train.retrain(model, ctx, [], desc="gap_head retrain")

@@ -220,7 +220,7 @@ def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tin
                                                                             reassign):
     torch.manual_seed(0)
     model = TwoConvStage().eval()
-    pq = {"objective": objective, "k": 8, "per_layer_k": {"fc": 4}, "pointwise_d": 4, "calibration": 64,
+    pq = {"objective": objective, "k": 8, "overrides": {"fc": {"k": 4}}, "pointwise_d": 4, "calibration": 64,
           "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True,
           "reassign_every": reassign}
     compressed = netshrink.compress(model, recipe({"pq": pq}), data=tiny_images, progress=False)
@@ -241,7 +241,7 @@ def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tin
 
 
 def test_shared_codebook_needs_one_k_per_stage(tiny_images):
-    pq = {"k": 8, "per_layer_k": {"stage.b": 4}, "calibration": 64, "epochs": 0, "share_codebook": True}
+    pq = {"k": 8, "overrides": {"stage.b": {"k": 4}}, "calibration": 64, "epochs": 0, "share_codebook": True}
     with pytest.raises(RecipeError, match="share a codebook"):
         netshrink.compress(TwoConvStage(), recipe({"pq": pq}), data=tiny_images, progress=False)
     with pytest.raises(RecipeError, match="feedback"):
