@@ -195,6 +195,14 @@ def test_impossible_requests_are_recipe_errors():
         netshrink.compress(resnet, recipe({"cast": {}}, {"filter_prune": {"keep": 0.5}}), data, progress=False)
 
 
+def test_text_training_data_is_refused_by_name():
+    from netshrink.data.text import SentencePairs
+
+    pairs = SentencePairs(torch.randint(1, 64, (20, 2, 6)), torch.rand(20) * 5)
+    with pytest.raises(RecipeError, match="filter_prune .* image models.*text"):
+        netshrink.compress(ThreeLayers(), recipe({"filter_prune": {"keep": 0.5, "epochs": 0}}), pairs, progress=False)
+
+
 @pytest.mark.parametrize("name", ["lenet5-compound", "resnet20-compound"])
 def test_compound_recipes_parse(name):
     steps = [step.step_name for step in load_recipe(name).steps]

@@ -146,6 +146,15 @@ def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
     assert len(torch.unique(subvectors(compressed.model.state_dict()["conv.weight"], 9), dim=0)) <= 4
 
 
+def test_d_and_k_per_layer_in_overrides(tiny_net):
+    step = {"pq": {"objective": "weights", "epochs": 0, "k": 4, "d": 3, "overrides": {"fc": {"d": 8, "k": 2}}}}
+    state = netshrink.compress(tiny_net, recipe(step), progress=False).model.state_dict()
+    assert len(torch.unique(subvectors(state["conv.weight"], 3), dim=0)) <= 4
+    assert len(torch.unique(subvectors(state["fc.weight"], 8), dim=0)) <= 2
+    with pytest.raises(RecipeError, match=r"pq overrides 'fc': field 'conv_d' cannot differ per layer"):
+        recipe({"pq": {"overrides": {"fc": {"conv_d": 3}}}})
+
+
 class TinySentenceEncoder(nn.Module):
     """Embedding + Linear, mean-pooled over the mask: the call shape of the sentence model."""
 
