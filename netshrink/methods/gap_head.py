@@ -17,7 +17,7 @@ from typing import ClassVar
 from torch import nn
 
 from netshrink.errors import RecipeError
-from netshrink.training.retraining import RetrainSettings
+from netshrink.training.retraining import TrainingStep
 from netshrink.methods.filter_prune import record_arch, require_no_codecs
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext, register_step
@@ -27,20 +27,11 @@ log = logging.getLogger(__name__)
 
 @register_step("gap_head")
 @dataclass(frozen=True)
-class GapHead:
+class GapHead(TrainingStep):
     """Switch the model to its global-average-pooling head and retrain for `epochs` (`train`:
     `RetrainSettings`, written flat in a recipe)."""
 
     step_name: ClassVar[str] = ""
-    train: RetrainSettings = RetrainSettings()
-
-    @property
-    def needs_data(self) -> bool:
-        return True
-
-    @property
-    def distills(self) -> bool:
-        return self.train.distill != "ce"
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         name = type(model).__name__
@@ -55,4 +46,4 @@ class GapHead:
         model.to_gap_head()
         record_arch(model, ctx, self.step_name)
         if self.train.epochs > 0:
-            self.train.retrain(model, ctx, [], desc="gap_head retrain")
+            self.retrain(model, ctx, [], desc="gap_head retrain")

@@ -91,13 +91,8 @@ class RetrainSettings:
 
 
 @dataclass(frozen=True)
-class RetrainingStep(LayerStep):
-    """Base of layer steps that retrain the network: `train` says how (see `RetrainSettings`).
-
-    A step that retrains in one phase splits `apply` into `prepare_training` (compress the layers,
-    return the hooks that hold the compression while training) and `finalize_training` (store the
-    trained result), so that `prepare` can hand the training to the caller's own loop.
-    """
+class TrainingStep:
+    """Base of steps that retrain the network: `train` says how (see `RetrainSettings`)."""
 
     train: RetrainSettings = RetrainSettings()
 
@@ -113,6 +108,15 @@ class RetrainingStep(LayerStep):
                 **settings) -> TrainResult | None:
         return self.train.retrain(model, ctx, hooks, desc, **settings)
 
+
+@dataclass(frozen=True)
+class RetrainingStep(TrainingStep, LayerStep):
+    """Base of layer steps that retrain the network (`train`, from `TrainingStep`).
+
+    A step that retrains in one phase splits `apply` into `prepare_training` (compress the layers,
+    return the hooks that hold the compression while training) and `finalize_training` (store the
+    trained result), so that `prepare` can hand the training to the caller's own loop.
+    """
     def prepare(self, model: nn.Module, plan: CompressionPlan | None = None, *, seed: int = 0) -> TrainingSession:
         """Start this step on `model` (changed in place) for the caller's own training loop; the
         session's `finalize()` returns the `CompressedModel` (save it as a .nsk). `plan`: the plan of
