@@ -29,7 +29,8 @@ its users.
 Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
 in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
 whole kernel) for depthwise convolutions, or `d` for every layer; `d` and `k` can differ per layer
-(`overrides: {"layer1.*": {d: 3}}`). Embedding tables have no input activations to weigh by: they are clustered by weight.
+(`overrides: {"layer1.*": {d: 3}}`). Embedding tables have no input activations to weigh by: they
+are clustered by weight.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class OutputAwarePQ(RetrainingStep):
         if length % d:
             divisors = [v for v in range(1, min(length, 64) + 1) if length % v == 0]
             raise RecipeError(f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
-                              f"(weight {tuple(module.weight.shape)}); set d per layer (overrides) to one of {divisors}")
+                              f"(weight {tuple(module.weight.shape)}); set its d (overrides) to one of {divisors}")
         return d
 
     def default_d(self, module: nn.Module) -> int:

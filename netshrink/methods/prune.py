@@ -45,7 +45,8 @@ def _keep_largest(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
-def prune_in_place(state: dict[str, torch.Tensor], sparsities: dict[str, float], scope: str = "layer") -> dict[str, torch.Tensor]:
+def prune_in_place(state: dict[str, torch.Tensor], sparsities: dict[str, float],
+                   scope: str = "layer") -> dict[str, torch.Tensor]:
     """Zero the smallest weights of each tensor `state[name]` to its sparsity (one threshold over all of
     them for "global", which takes one sparsity); returns the keep-masks."""
     if scope == "global":

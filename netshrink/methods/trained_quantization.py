@@ -53,7 +53,8 @@ class TrainedQuantization(RetrainingStep):
         weights earlier steps pruned at zero."""
         names = {f"{name}.weight": self.for_layer(name) for name, _ in self.layers(model)}
         for name, layer in names.items():
-            plan.assign(model, name, plan.codec_for(name).with_inner(Palette(layer.bits, init=layer.init, seed=ctx.seed)))
+            palette = Palette(layer.bits, init=layer.init, seed=ctx.seed)
+            plan.assign(model, name, plan.codec_for(name).with_inner(palette))
         state = model.state_dict()
         labels = {name: value_labels(state[name]) for name in names}
         others = [n for n, p in model.named_parameters() if n not in names and plan.codec_for(n).name == "sparse"]

@@ -2,12 +2,12 @@
 loop, the own-loop entry point, and the hooks that keep pruned weights at zero and shared weights
 shared.
 
-A retraining step derives from `RetrainingStep`: its `train` field (`RetrainSettings`: `epochs`,
-`lr`, `batch_size`, `momentum`, `weight_decay`, `optimizer`, `distill`, `temperature`) is one
-validated value, written flat in a recipe beside the step's own fields (`epochs: 3, lr: 0.01`; the
-mapping is netshrink/config.py's). Each step trains through `fit` with its own hooks; none owns an
-epoch loop. A step that retrains in one phase also runs from the caller's loop: `step.prepare(model)`
-(see training/session.py).
+A retraining step derives from `TrainingStep` (a layer step from `RetrainingStep`): its `train`
+field (`RetrainSettings`: `epochs`, `lr`, `batch_size`, `momentum`, `weight_decay`, `optimizer`,
+`distill`, `temperature`) is one value, validated once, and written flat in a recipe beside the
+step's own fields (`epochs: 3, lr: 0.01`; the mapping is netshrink/config.py's). Each step
+trains through `fit` with its own hooks; none owns an epoch loop. A step that retrains in one
+phase also runs from the caller's loop: `step.prepare(model)` (see training/session.py).
 """
 
 from __future__ import annotations
