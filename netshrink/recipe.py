@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Self, TypeVar
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 import yaml
 from torch import nn
@@ -78,6 +78,9 @@ class Step(Protocol):
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None: ...
 
 
+L = TypeVar("L", bound="LayerStep")
+
+
 @dataclass(frozen=True)
 class LayerStep:
     """Base of steps that act on the weights of selected Conv/Linear/Embedding layers.
@@ -126,7 +129,7 @@ class LayerStep:
     def weight_names(self, model: nn.Module) -> list[str]:
         return [f"{name}.weight" for name, _ in self.layers(model)]
 
-    def for_layer(self, name: str) -> Self:
+    def for_layer(self: L, name: str) -> L:
         """This step as it applies to module `name`: its settings with the matching overrides."""
         settings = layer_settings(name, self.overrides)
         return dataclasses.replace(self, overrides={}, **settings) if settings else self
