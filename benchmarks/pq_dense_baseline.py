@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     student = copy.deepcopy(original)
     step.retrain(student, ctx, [], "dense, same fine-tuning")
-    row = {"model": args.model, "recipe": args.recipe, "fine_tuning": step.train_config(ctx).__dict__,
-           "distill": step.distill,
+    row = {"model": args.model, "recipe": args.recipe, "fine_tuning": step.train.train_config(ctx).__dict__,
+           "distill": step.train.distill,
            "top1_original": evaluate(original, test, progress=False).value,
            "top1_dense_same_finetune": evaluate(student, test, progress=False).value,
            "seconds": time.perf_counter() - started}

@@ -105,9 +105,10 @@ def iterative_like_admm() -> Recipe:
     prune = next(s["admm_prune"] for s in admm["steps"] if "admm_prune" in s)
     quant = next(s["admm_quantize"] for s in admm["steps"] if "admm_quantize" in s)
     prune_epochs = sum(float(prune.get(k, 0) or 0) for k in ("epochs", "retrain_epochs"))
-    steps = [{"iterative_prune": {"sparsity": prune["sparsity"], "per_layer": prune.get("per_layer", {}),
+    bits = {pattern: {"bits": o["bits"]} for pattern, o in quant.get("overrides", {}).items() if "bits" in o}
+    steps = [{"iterative_prune": {"sparsity": prune["sparsity"], "overrides": prune.get("overrides", {}),
                                   "rounds": 4, "epochs": prune_epochs / 4, "lr": prune.get("lr", 0.01)}},
-             {"trained_quantization": {"bits": quant["bits"], "per_layer_bits": quant.get("per_layer_bits", {}),
+             {"trained_quantization": {"bits": quant["bits"], "overrides": bits,
                                        "epochs": sum(float(quant.get(k, 0) or 0) for k in ("epochs", "retrain_epochs")),
                                        "lr": 1e-4}},
              {"cast": {"dtype": "fp16"}}]

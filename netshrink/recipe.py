@@ -10,10 +10,19 @@ Each step is a frozen config dataclass registered under its YAML name by `@regis
 torchao pattern: adding a method touches no central if/elif). A recipe names a packaged file in
 `netshrink/recipes/` or a path to a YAML file. Any bad field is reported with the recipe, the step
 number and the field name.
+
+Every layer step takes per-layer settings the same way, fnmatch patterns over module names mapped
+to the fields that differ there (for each field the first matching pattern wins):
+
+      - palette: {bits: 5, overrides: {"conv*": {bits: 8}, fc2: {bits: 4, init: linear}}}
+
+Only the fields a step reads per layer (its `per_layer_fields`) may appear; any other name, or a
+pattern that matches no selected layer, is an error naming the step, the pattern and the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,10 +31,10 @@ from typing import Any, Callable, ClassVar, Protocol, TypeVar
 import yaml
 from torch import nn
 
-from netshrink.config import config_from_dict, config_to_dict
-from netshrink.errors import RecipeError
+from netshrink.config import OMIT_WHEN_EMPTY, config_from_dict, config_overrides, config_to_dict
+from netshrink.errors import NetshrinkError, RecipeError
 from netshrink.plan import CompressionPlan
-from netshrink.select import Selection, WEIGHT_LAYERS, select_modules
+from netshrink.select import WEIGHT_LAYERS, Selection, check_overrides_match, layer_settings, select_modules
 
 
 @dataclass
@@ -54,31 +63,79 @@ class StepContext:
 
 
 class Step(Protocol):
+    """What a recipe step is: a frozen config with a YAML name that changes the model and the plan."""
+
     step_name: ClassVar[str]
-    needs_data: ClassVar[bool]
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether `apply` reads training data (to retrain or to calibrate)."""
+
+    @property
+    def distills(self) -> bool:
+        """Whether the step trains against the uncompressed network (`StepContext.teacher`)."""
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None: ...
 
 
+L = TypeVar("L", bound="LayerStep")
+
+
 @dataclass(frozen=True)
 class LayerStep:
-    """Base of steps that act on the weights of selected Conv/Linear/Embedding layers."""
+    """Base of steps that act on the weights of selected Conv/Linear/Embedding layers.
+
+    `include` / `exclude` pick the layers; `overrides` ({pattern: {field: value}}) changes the
+    `per_layer_fields` for the layers a pattern matches. A step checks its own settings in
+    `validate` (raising ValueError that names the field), which runs on construction and again
+    for each override, so a per-layer value meets the same rules as the step's own.
+    """
 
     step_name: ClassVar[str] = ""
-    needs_data: ClassVar[bool] = False
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = WEIGHT_LAYERS
+    #: The fields `apply` reads per layer (through `for_layer`), so the ones `overrides` may set.
+    per_layer_fields: ClassVar[tuple[str, ...]] = ()
 
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=OMIT_WHEN_EMPTY)
+
+    def __post_init__(self) -> None:
+        checked = config_overrides(type(self), self.overrides, self.per_layer_fields, self.step_name)
+        object.__setattr__(self, "overrides", checked)  # values coerced to their fields' types
+        self.validate()
+        for pattern, settings in checked.items():
+            try:
+                dataclasses.replace(self, overrides={}, **settings)
+            except (ValueError, NetshrinkError) as exc:
+                raise RecipeError(f"{self.step_name} overrides {pattern!r}: {exc}") from None
+
+    def validate(self) -> None:
+        """Check the step's settings; raise ValueError naming the bad field."""
+
+    @property
+    def needs_data(self) -> bool:
+        return False
+
+    @property
+    def distills(self) -> bool:
+        return False
 
     def layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return select_modules(model, Selection(self.include, self.exclude), self.layer_types, self.step_name)
+        chosen = select_modules(model, Selection(self.include, self.exclude), self.layer_types, self.step_name)
+        check_overrides_match(self.overrides, [name for name, _ in chosen], self.step_name)
+        return chosen
 
     def weight_names(self, model: nn.Module) -> list[str]:
         return [f"{name}.weight" for name, _ in self.layers(model)]
 
+    def for_layer(self: L, name: str) -> L:
+        """This step as it applies to module `name`: its settings with the matching overrides."""
+        settings = layer_settings(name, self.overrides)
+        return dataclasses.replace(self, overrides={}, **settings) if settings else self
 
-STEPS: dict[str, type] = {}
+
+STEPS: dict[str, type[Step]] = {}
 S = TypeVar("S")
 
 
@@ -96,7 +153,7 @@ def register_step(name: str) -> Callable[[type[S]], type[S]]:
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    steps: tuple[Any, ...]
+    steps: tuple[Step, ...]
     description: str = ""
     source: str = field(default="", compare=False)
 
@@ -107,7 +164,7 @@ class Recipe:
     @property
     def distills(self) -> bool:
         """Whether any step trains against the uncompressed network (`distill` other than 'ce')."""
-        return any(getattr(step, "distill", "ce") != "ce" for step in self.steps)
+        return any(step.distills for step in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         steps = [{step.step_name: config_to_dict(step)} for step in self.steps]
@@ -156,7 +213,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     return Recipe(name, built, str(data.get("description", "")), source)
 
 
-def _parse_step(entry: Any, where: str) -> Any:
+def _parse_step(entry: Any, where: str) -> Step:
     if isinstance(entry, str):
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:

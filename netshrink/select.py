@@ -4,19 +4,22 @@ No per-architecture lists: a step names the layer types it can handle, and the r
 exclude patterns pick among the model's modules. A pattern without wildcards that names a module of
 a type the step cannot handle is an error (the user asked for something impossible), while a
 wildcard silently skips such modules.
+
+Settings that differ between layers use the same patterns: a step's `overrides` maps a pattern to
+the fields it changes for the matching layers (`{"conv*": {"bits": 8}}`); for each field the first
+pattern that matches a layer and sets it wins. A pattern that matches no selected layer is a typo
+and an error, never silently unused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TypeVar
+from typing import Any, Mapping
 
 from torch import nn
 
 from netshrink.errors import RecipeError
-
-T = TypeVar("T")
 
 #: Layers whose `weight` the weight-compressing steps act on.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
@@ -57,9 +60,19 @@ def select_modules(model: nn.Module, selection: Selection, types: tuple[type[nn.
     return chosen
 
 
-def per_layer(name: str, default: T, overrides: dict[str, T]) -> T:
-    """The setting for module `name`: the first fnmatch pattern in `overrides` that matches, else `default`."""
-    for pattern, value in overrides.items():
+def layer_settings(name: str, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The settings `overrides` gives module `name`: each field from the first matching pattern that sets it."""
+    settings: dict[str, Any] = {}
+    for pattern, fields in overrides.items():
         if fnmatchcase(name, pattern):
-            return value
-    return default
+            for field, value in fields.items():
+                settings.setdefault(field, value)
+    return settings
+
+
+def check_overrides_match(overrides: Mapping[str, Mapping[str, Any]], layers: list[str], step: str) -> None:
+    """Every override pattern must match a selected layer: one that matches none is a typo, said by name."""
+    for pattern, fields in overrides.items():
+        if not any(fnmatchcase(layer, pattern) for layer in layers):
+            raise RecipeError(f"step {step}: overrides pattern {pattern!r} (field {', '.join(map(repr, fields))}) "
+                              f"matches no selected layer; selected layers: {', '.join(layers)[:200]}")

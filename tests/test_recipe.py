@@ -1,9 +1,13 @@
+import dataclasses
+import typing
+
 import pytest
 
+import netshrink
 from netshrink.errors import RecipeError
 from netshrink.methods.prune import MagnitudePrune
 from netshrink.methods.palette import WeightSharing
-from netshrink.recipe import list_recipes, load_recipe, parse_recipe
+from netshrink.recipe import STEPS, LayerStep, list_recipes, load_recipe, parse_recipe
 
 
 def test_packaged_recipes_parse():
@@ -52,3 +56,74 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
     bad.write_text("steps: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def test_overrides_set_fields_per_layer_first_matching_pattern_first(tiny_net):
+    step = parse_recipe({"name": "r", "steps": [
+        {"palette": {"bits": 4, "overrides": {"fc": {"bits": 6}, "*": {"bits": 2, "init": "linear"}}}}]}).steps[0]
+    assert step.overrides == {"fc": {"bits": 6}, "*": {"bits": 2, "init": "linear"}}
+    assert (step.for_layer("fc").bits, step.for_layer("fc").init) == (6, "linear")
+    assert (step.for_layer("conv").bits, step.for_layer("conv").init) == (2, "linear")
+    plan = netshrink.compress(tiny_net, parse_recipe({"name": "r", "steps": [{"palette": {
+        "bits": 4, "overrides": {"conv": {"bits": 3}}}}]}), progress=False).plan
+    assert [plan.codec_for(n).describe() for n in ("conv.weight", "fc.weight")] == ["palette3", "palette4"]
+
+
+def test_overrides_values_take_their_fields_types_and_print_back():
+    data = {"name": "r", "steps": [{"iterative_prune": {"sparsity": 0.9, "overrides": {"fc*": {"sparsity": 0}},
+                                                        "epochs": 3, "lr": 0.02}}]}
+    recipe = parse_recipe(data)
+    step = recipe.steps[0]
+    assert step.overrides == {"fc*": {"sparsity": 0.0}} and isinstance(step.overrides["fc*"]["sparsity"], float)
+    assert (step.train.epochs, step.train.lr, step.train.batch_size) == (3.0, 0.02, 64)
+    printed = recipe.to_dict()["steps"][0]["iterative_prune"]
+    assert printed["epochs"] == 3.0 and "train" not in printed and printed["overrides"] == {"fc*": {"sparsity": 0.0}}
+    assert parse_recipe(recipe.to_dict()) == recipe
+    assert "overrides" not in load_recipe("oneshot-palette5").to_dict()["steps"][0]["palette"]
+
+
+@pytest.mark.parametrize("step, settings, message", [
+    ("palette", {"overrides": {"fc": {"bitz": 3}}}, "palette overrides 'fc': field 'bitz' is not a field"),
+    ("palette", {"overrides": {"fc": {"weighting": "norm"}}}, "palette overrides 'fc': field 'weighting' cannot differ per layer"),
+    ("palette", {"overrides": {"fc": {"bits": 40}}}, "palette overrides 'fc'"),
+    ("palette", {"overrides": {"fc": {"bits": "many"}}}, "palette overrides 'fc': field 'bits'"),
+    ("palette", {"overrides": {"fc": 4}}, "overrides"),
+    ("prune", {"scope": "global", "overrides": {"fc": {"sparsity": 0.2}}}, "scope 'layer'"),
+    ("trained_quantization", {"overrides": {"fc": {"epochs": 1}}}, "field 'epochs' cannot differ per layer"),
+    ("cast", {"overrides": {"fc": {"dtype": "fp8"}}}, "cast overrides 'fc': field 'dtype'"),
+    ("lowrank", {"energy": 0.9, "overrides": {"fc": {"rank": 2}}}, "lowrank overrides 'fc': .*exactly one of rank or energy"),
+])
+def test_bad_overrides_name_step_pattern_and_field(step, settings, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_recipe({"name": "r", "steps": [{step: settings}]})
+
+
+@pytest.mark.parametrize("step", ["palette", "prune", "cast", "lowrank", "iterative_prune"])
+def test_an_override_pattern_matching_no_layer_is_an_error(tiny_net, step, tiny_images):
+    field = STEPS[step].per_layer_fields[0]
+    value = {"sparsity": 0.5, "bits": 4, "dtype": "bf16", "rank": 2}[field]
+    settings = {"overrides": {"decoder.*": {field: value}}, **({"rank": 2} if step == "lowrank" else {})}
+    recipe = parse_recipe({"name": "r", "steps": [{step: settings}]})
+    with pytest.raises(RecipeError, match=f"step {step}: overrides pattern 'decoder.\\*' \\(field '{field}'\\) "
+                                          "matches no selected layer"):
+        netshrink.compress(tiny_net, recipe, data=tiny_images, progress=False)
+
+
+def test_every_layer_step_has_overrides_and_flat_names_that_do_not_collide():
+    for name, cls in STEPS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if issubclass(cls, LayerStep):
+            assert "overrides" in fields and set(cls.per_layer_fields) <= fields, name
+        hints = typing.get_type_hints(cls)
+        nested = [hints[f] for f in fields if dataclasses.is_dataclass(hints[f])]
+        names = [f for f in fields if not dataclasses.is_dataclass(hints[f])]
+        names += [sub.name for config in nested for sub in dataclasses.fields(config)]
+        assert len(names) == len(set(names)), name
+
+
+def test_needs_data_and_distills_are_properties_of_every_step():
+    recipe = parse_recipe({"name": "r", "steps": [{"prune": {}}, {"palette": {"weighting": "norm"}}]})
+    assert not recipe.needs_data and not recipe.distills
+    recipe = parse_recipe({"name": "r", "steps": [{"gap_head": {"distill": "kl"}}]})
+    assert recipe.needs_data and recipe.distills
+    assert parse_recipe({"name": "r", "steps": [{"pq": {"objective": "weights", "epochs": 0}}]}).steps[0].needs_data is False

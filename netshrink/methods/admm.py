@@ -19,10 +19,9 @@ stored as Sparse(values) and Sparse(Palette(b_i)): values plus entropy-coded gap
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal, Mapping
+from typing import Callable, ClassVar, Literal, Mapping
 
 import torch
 from torch import nn
@@ -30,12 +29,11 @@ from torch import nn
 from netshrink.cluster import assign_nearest_1d, kmeans_1d
 from netshrink.format.codecs import Palette
 from netshrink.format.codecs.palette import MAX_BITS
-from netshrink.errors import RecipeError
 from netshrink.methods.prune import sparse_of
-from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, parameters_named, value_labels
+from netshrink.training.retraining import (MaskHook, RetrainingStep, SharedValueHook, nonzero_masks, parameters_named,
+                                           value_labels)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
-from netshrink.select import per_layer
+from netshrink.recipe import StepContext, register_step
 from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)
@@ -166,17 +164,10 @@ class AdmmHook(TrainHook):
 # --- recipe settings shared by both steps --------------------------------------------------------
 
 
-def check_patterns_match(patterns: Mapping[str, object], layers: list[str], step: str, field_name: str) -> None:
-    """A per-layer pattern that matches no selected layer is a typo: say so rather than ignore it."""
-    for pattern in patterns:
-        if not any(fnmatchcase(layer, pattern) for layer in layers):
-            raise RecipeError(f"step {step}: {field_name} pattern {pattern!r} matches no selected layer; "
-                              f"selected layers: {', '.join(layers)}")
-
-
 @dataclass(frozen=True)
-class AdmmSettings(RetrainSettings):
-    """Recipe fields of an ADMM step: `epochs`/`lr` run the ADMM phase, `retrain_*` the retraining after it."""
+class AdmmSchedule:
+    """The ADMM phase's penalty schedule and the retraining inside the constraint after it (`retrain_*`;
+    `retrain_lr` defaults to the ADMM phase's `lr`)."""
 
     admm_interval: float = 1.0
     rho_init: float = 1e-3
@@ -186,7 +177,6 @@ class AdmmSettings(RetrainSettings):
     retrain_lr: float | None = None
 
     def __post_init__(self) -> None:
-        RetrainSettings.__post_init__(self)
         if self.admm_interval <= 0:
             raise ValueError(f"admm_interval must be > 0 epochs, got {self.admm_interval}")
         if self.rho_init <= 0 or self.rho_max < self.rho_init:
@@ -196,13 +186,22 @@ class AdmmSettings(RetrainSettings):
         if self.retrain_epochs < 0 or (self.retrain_lr is not None and self.retrain_lr <= 0):
             raise ValueError("retrain_epochs must be >= 0 and retrain_lr > 0")
 
+
+@dataclass(frozen=True)
+class AdmmStep(RetrainingStep):
+    """An ADMM step: `train` (`epochs`, `lr`, ...) runs the ADMM phase, `admm` (`AdmmSchedule`) sets
+    its penalty and the retraining after it; both written flat in a recipe."""
+
+    admm: AdmmSchedule = AdmmSchedule()
+
     def run_admm(self, model: nn.Module, ctx: StepContext, projections: Mapping[str, Projection], desc: str,
                  hooks: tuple[TrainHook, ...] = ()) -> AdmmHook:
         """Train with the ADMM penalty (plus `hooks`), then set each weight to its hard projection."""
         # Without data, retrain() below reports it; the interval only needs a placeholder then.
-        per_epoch = -(-len(ctx.data) // self.batch_size) if ctx.data is not None else 1
-        admm = AdmmHook(projections, round(self.admm_interval * per_epoch), self.rho_init, self.rho_factor, self.rho_max)
-        if self.epochs > 0 or ctx.data is None:  # zero epochs: a one-shot projection (TrainConfig rejects 0)
+        per_epoch = -(-len(ctx.data) // self.train.batch_size) if ctx.data is not None else 1
+        admm = AdmmHook(projections, round(self.admm.admm_interval * per_epoch), self.admm.rho_init,
+                        self.admm.rho_factor, self.admm.rho_max)
+        if self.train.epochs > 0 or ctx.data is None:  # zero epochs: a one-shot projection (TrainConfig rejects 0)
             self.retrain(model, ctx, (*hooks, admm), desc)
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -213,9 +212,10 @@ class AdmmSettings(RetrainSettings):
 
     def retrain_inside(self, model: nn.Module, ctx: StepContext, hook: TrainHook, desc: str) -> None:
         """Retrain with the constraint held by `hook` (masks or shared values); zero epochs skip it."""
-        if self.retrain_epochs == 0:  # TrainConfig rejects epochs=0 before retrain() could skip
+        if self.admm.retrain_epochs == 0:  # TrainConfig rejects epochs=0 before retrain() could skip
             return
-        self.retrain(model, ctx, (hook,), desc, epochs=self.retrain_epochs, lr=self.retrain_lr or self.lr)
+        self.retrain(model, ctx, (hook,), desc, epochs=self.admm.retrain_epochs,
+                     lr=self.admm.retrain_lr or self.train.lr)
 
 
 # --- the two recipe steps ------------------------------------------------------------------------
@@ -223,26 +223,23 @@ class AdmmSettings(RetrainSettings):
 
 @register_step("admm_prune")
 @dataclass(frozen=True)
-class AdmmPrune(AdmmSettings, LayerStep):
-    """ADMM pruning to a per-layer sparsity, hard pruning, masked retraining; stored sparse."""
+class AdmmPrune(AdmmStep):
+    """ADMM pruning to a sparsity (per layer: `sparsity` in `overrides`), hard pruning, masked
+    retraining; stored sparse."""
 
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("sparsity",)
     sparsity: float = 0.5
-    per_layer: dict[str, float] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        AdmmSettings.__post_init__(self)  # runs RetrainSettings.__post_init__ too
-        for where, value in [("sparsity", self.sparsity), *((f"per_layer[{k!r}]", v) for k, v in self.per_layer.items())]:
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{where} must be in [0, 1), got {value}")
+    def validate(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
 
     def keep_counts(self, model: nn.Module) -> dict[str, int]:
         """alpha_i: how many weights each selected layer keeps."""
-        layers = self.layers(model)
-        check_patterns_match(self.per_layer, [name for name, _ in layers], self.step_name, "per_layer")
         counts = {}
-        for name, module in layers:
+        for name, module in self.layers(model):
             n = module.weight.numel()
-            counts[f"{name}.weight"] = n - int(round(per_layer(name, self.sparsity, self.per_layer) * n))
+            counts[f"{name}.weight"] = n - int(round(self.for_layer(name).sparsity * n))
         return counts
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
@@ -255,36 +252,31 @@ class AdmmPrune(AdmmSettings, LayerStep):
 
 @register_step("admm_quantize")
 @dataclass(frozen=True)
-class AdmmQuantize(AdmmSettings, LayerStep):
-    """ADMM quantization of the surviving weights to 2^bits levels per layer, then centroid retraining."""
+class AdmmQuantize(AdmmStep):
+    """ADMM quantization of the surviving weights to 2^bits levels (per layer: `bits`, `levels` in
+    `overrides`), then centroid retraining."""
 
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "levels")
     bits: int = 4
-    per_layer_bits: dict[str, int] = field(default_factory=dict)
     levels: Literal["kmeans", "uniform"] = "kmeans"
     #: How a centroid's gradient is formed in the retraining (see SharedValueHook); "sum" wants a small retrain_lr.
     reduce: Literal["sum", "mean"] = "sum"
 
-    def __post_init__(self) -> None:
-        AdmmSettings.__post_init__(self)  # runs RetrainSettings.__post_init__ too
-        for where, value in [("bits", self.bits), *((f"per_layer_bits[{k!r}]", v) for k, v in self.per_layer_bits.items())]:
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BITS:
-                raise ValueError(f"{where} must be an integer in 1..{MAX_BITS}, got {value!r}")
+    def validate(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {self.bits!r}")
         if self.levels not in LEVELS or self.reduce not in ("sum", "mean"):
             raise ValueError(f"levels must be one of {', '.join(LEVELS)} and reduce 'sum' or 'mean', "
                              f"got {self.levels!r} and {self.reduce!r}")
 
-    def bits_per_layer(self, model: nn.Module) -> dict[str, int]:
-        layers = [name for name, _ in self.layers(model)]
-        check_patterns_match(self.per_layer_bits, layers, self.step_name, "per_layer_bits")
-        return {f"{name}.weight": per_layer(name, self.bits, self.per_layer_bits) for name in layers}
-
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
-        bits = self.bits_per_layer(model)
-        projections = {name: partial(quantize_to_levels, bits=b, levels=self.levels) for name, b in bits.items()}
+        layers = {f"{name}.weight": self.for_layer(name) for name, _ in self.layers(model)}
+        projections = {name: partial(quantize_to_levels, bits=layer.bits, levels=layer.levels)
+                       for name, layer in layers.items()}
         # Pruning came first (Ye et al. 2018): its zeros are held while the survivors are quantized.
-        self.run_admm(model, ctx, projections, "admm quantize", (MaskHook(nonzero_masks(model, list(bits))),))
+        self.run_admm(model, ctx, projections, "admm quantize", (MaskHook(nonzero_masks(model, list(layers))),))
         state = model.state_dict()
-        labels = {name: value_labels(state[name]) for name in bits}
+        labels = {name: value_labels(state[name]) for name in layers}
         self.retrain_inside(model, ctx, SharedValueHook(labels, self.reduce), "admm quantize: centroid retrain")
-        for name, b in bits.items():
-            plan.assign(model, name, plan.codec_for(name).with_inner(Palette(b)))
+        for name, layer in layers.items():
+            plan.assign(model, name, plan.codec_for(name).with_inner(Palette(layer.bits)))

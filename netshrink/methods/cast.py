@@ -19,15 +19,17 @@ from netshrink.recipe import LayerStep, StepContext, register_step
 @register_step("cast")
 @dataclass(frozen=True)
 class Cast(LayerStep):
-    """Dense 16-bit storage of the floating tensors not yet assigned a codec."""
+    """Dense 16-bit storage of the floating tensors not yet assigned a codec. Per module: `dtype`,
+    in `overrides` (a module's own tensors: its weight, bias, buffers)."""
 
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Module,)
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("dtype",)
     dtype: Literal["fp16", "bf16"] = "fp16"
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
-        codec = Dense(self.dtype)
         state = model.state_dict()
         for module_name, _ in self.layers(model):
+            codec = Dense(self.for_layer(module_name).dtype)
             prefix = f"{module_name}." if module_name else ""
             for name in [n for n in state if n.startswith(prefix) and "." not in n[len(prefix):]]:
                 if state[name].is_floating_point() and plan.codec_for(name) == EXACT:

@@ -26,18 +26,17 @@ members' gradients, as in trained quantization).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from netshrink.cluster.kmeans import kmeans
 from netshrink.format.codecs.pq import PQ, subvectors
-from netshrink.training.retraining import RetrainSettings, SharedValueHook, parameters_named, scalar_labels, store_shared
+from netshrink.training.retraining import RetrainingStep, SharedValueHook, parameters_named, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
-from netshrink.select import per_layer
+from netshrink.recipe import StepContext, register_step
 from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,13 @@ class SpectralKMeansHook(TrainHook):
 
 @register_step("deep_kmeans")
 @dataclass(frozen=True)
-class DeepKMeans(RetrainSettings, LayerStep):
-    """Regularised re-training (`epochs`), vector k-means sharing, centre fine-tuning (`finetune_epochs`)."""
+class DeepKMeans(RetrainingStep):
+    """Regularised re-training (`epochs`, `lr`, ...: `RetrainSettings`, flat in a recipe), vector
+    k-means sharing, centre fine-tuning (`finetune_epochs`). Per layer: `clusters`, `vector`,
+    `linear_d`, in `overrides`."""
 
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("clusters", "vector", "linear_d")
     clusters: int = 64
-    per_layer_clusters: dict[str, int] = field(default_factory=dict)
     vector: Literal["row", "kernel"] = "row"
     linear_d: int = 4
     lam: float = 1e-3
@@ -118,17 +119,16 @@ class DeepKMeans(RetrainSettings, LayerStep):
     finetune_epochs: float = 1.0
     finetune_lr: float = 1e-4
 
-    def __post_init__(self) -> None:
-        RetrainSettings.__post_init__(self)
-        if any(k < 1 for k in (self.clusters, *self.per_layer_clusters.values())):
-            raise ValueError("clusters must be >= 1")
+    def validate(self) -> None:
+        if self.clusters < 1:
+            raise ValueError(f"clusters must be >= 1, got {self.clusters}")
         if self.linear_d < 1 or self.refresh_steps < 1 or self.lam < 0 or self.finetune_epochs < 0:
             raise ValueError("linear_d and refresh_steps must be >= 1, lam and finetune_epochs >= 0")
 
     def terms(self, model: nn.Module) -> dict[str, SpectralTerm]:
-        return {f"{name}.weight": SpectralTerm(vector_length(module, self.vector, self.linear_d),
-                                               per_layer(name, self.clusters, self.per_layer_clusters))
-                for name, module in self.layers(model)}
+        layers = {name: (module, self.for_layer(name)) for name, module in self.layers(model)}
+        return {f"{name}.weight": SpectralTerm(vector_length(module, layer.vector, layer.linear_d), layer.clusters)
+                for name, (module, layer) in layers.items()}
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         terms = self.terms(model)

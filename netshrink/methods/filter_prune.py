@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable, ClassVar
 
@@ -32,9 +32,9 @@ from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, ModelError, RecipeError
 from netshrink.evaluate import evaluate
 from netshrink.flops import flops
-from netshrink.training.retraining import RetrainSettings
+from netshrink.training.retraining import RetrainingStep
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.recipe import StepContext, register_step
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,16 @@ def least_sensitive_first(drops: dict[ChannelGroup, float]) -> list[ChannelGroup
     return sorted(drops, key=lambda group: drops[group])
 
 
+def input_shape(data) -> tuple[int, ...]:
+    """The shape of one input as the training loop gets it (MACs are counted at this size); filter
+    pruning works on image tensors only."""
+    inputs, _ = next(iter(data.loader(1)))
+    if not isinstance(inputs, torch.Tensor):
+        raise RecipeError(f"step filter_prune removes channels of image models, but the training data gives "
+                          f"{type(inputs).__name__} batches (text); use a weight-sharing or pruning step instead")
+    return tuple(inputs.shape[1:])
+
+
 def require_no_codecs(plan: CompressionPlan, step: str) -> None:
     """Steps that change tensor shapes must run before any step assigns codecs to those tensors."""
     if plan.entries:
@@ -231,19 +241,21 @@ def record_arch(model: nn.Module, ctx: StepContext, step: str) -> None:
 
 @register_step("filter_prune")
 @dataclass(frozen=True)
-class FilterPrune(RetrainSettings, LayerStep):
-    """Iterative filter pruning, least sensitive layers first, retraining `epochs` after every round.
+class FilterPrune(RetrainingStep):
+    """Iterative filter pruning, least sensitive layers first, retraining `epochs` after every round
+    (`RetrainSettings`, flat in a recipe).
 
     Give exactly one target: `target_flops_ratio` (original MACs / pruned MACs, no layer below
-    `min_keep` of its filters) or `keep` (fnmatch pattern -> fraction of filters each matching
-    layer keeps; other layers stay whole). Each round measures every layer that can still lose
-    filters, then cuts `prune_fraction` of its original filters from the `layers_per_round`
-    least sensitive ones.
+    `min_keep` of its filters) or `keep` (the fraction of filters a layer keeps; usually per layer,
+    in `overrides`, and then the layers no pattern gives a `keep` stay whole). Each round measures
+    every layer that can still lose filters, then cuts `prune_fraction` of its original filters
+    from the `layers_per_round` least sensitive ones. Per layer: `keep`, `min_keep`.
     """
 
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = LAYERS
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("keep", "min_keep")
     target_flops_ratio: float | None = None
-    keep: dict[str, float] = field(default_factory=dict)
+    keep: float | None = None
     prune_fraction: float = 0.125
     layers_per_round: int = 2
     min_keep: float = 0.25
@@ -251,15 +263,13 @@ class FilterPrune(RetrainSettings, LayerStep):
     max_rounds: int = 50
     final_epochs: float = 0.0
 
-    def __post_init__(self) -> None:
-        RetrainSettings.__post_init__(self)
-        if (self.target_flops_ratio is None) == (not self.keep):
+    def validate(self) -> None:
+        if (self.target_flops_ratio is None) == (not self.keeps):
             raise ValueError("give exactly one of target_flops_ratio and keep")
         if self.target_flops_ratio is not None and self.target_flops_ratio <= 1:
             raise ValueError(f"target_flops_ratio must be > 1, got {self.target_flops_ratio}")
-        bad = {k: v for k, v in self.keep.items() if not 0 < v <= 1}
-        if bad:
-            raise ValueError(f"keep fractions must be in (0, 1], got {bad}")
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
         for name in ("prune_fraction", "min_keep"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -269,14 +279,19 @@ class FilterPrune(RetrainSettings, LayerStep):
         if self.final_epochs < 0:
             raise ValueError(f"final_epochs must be >= 0, got {self.final_epochs}")
 
+    @property
+    def keeps(self) -> bool:
+        """Whether the target is `keep` fractions (given for the step or in its overrides)."""
+        return self.keep is not None or any("keep" in settings for settings in self.overrides.values())
+
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         require_no_codecs(plan, self.step_name)
-        self.freeze_teacher(model, ctx)  # the unpruned network
+        self.train.freeze_teacher(model, ctx)  # the unpruned network
         train_ctx, holdout = self.split_data(ctx)
+        shape = input_shape(ctx.data)
         groups = self.prunable(model)
         cut_size = {g: max(1, round(self.prune_fraction * width(model, g))) for g in groups}
         floors = {g: self.floor(g, width(model, g)) for g in groups}
-        shape = tuple(ctx.data.images.shape[1:])
         base_macs = flops(model, shape)
 
         def ratio() -> float:
@@ -287,7 +302,7 @@ class FilterPrune(RetrainSettings, LayerStep):
             if not cuts or self.reached(ratio()):
                 break
             pruned = self.prune_round(model, cuts, holdout, ratio)
-            if self.epochs > 0:
+            if self.train.epochs > 0:
                 self.retrain(model, train_ctx, [], desc=f"filter_prune round {round_index} ({ratio():.2f}x fewer MACs)")
             log.info("filter_prune round %d: %s; %.2fx fewer MACs; held-out top1 %.2f %%", round_index,
                      ", ".join(pruned), ratio(), 100 * holdout_accuracy(model, holdout))
@@ -313,20 +328,21 @@ class FilterPrune(RetrainSettings, LayerStep):
         if blocked:
             raise RecipeError(f"step filter_prune: layer {blocked[0]!r} cannot lose filters: its output reaches a "
                               "residual add, a concatenation or the model output")
-        for pattern in self.keep:
+        for pattern, settings in self.overrides.items():
             if not any(fnmatchcase(p, pattern) for p in producers):
-                raise RecipeError(f"step filter_prune: keep pattern {pattern!r} matches no prunable layer; "
+                raise RecipeError(f"step filter_prune: overrides pattern {pattern!r} (field "
+                                  f"{', '.join(map(repr, settings))}) matches no prunable layer; "
                                   f"prunable: {', '.join(sorted(producers))}")
         if not groups:
             raise RecipeError(f"step filter_prune: no selected layer of {type(model).__name__} can lose filters")
         return groups
 
     def floor(self, group: ChannelGroup, original: int) -> int:
-        """The fewest filters the layer may keep."""
-        if self.keep:
-            fraction = next((v for k, v in self.keep.items() if fnmatchcase(group.producer, k)), 1.0)
-            return max(1, round(fraction * original))
-        return max(1, math.ceil(self.min_keep * original - 1e-9))
+        """The fewest filters the layer may keep (all of them when `keep` targets other layers only)."""
+        layer = self.for_layer(group.producer)
+        if self.keeps:
+            return max(1, round((layer.keep or 1.0) * original))
+        return max(1, math.ceil(layer.min_keep * original - 1e-9))
 
     def reached(self, ratio: float) -> bool:
         return self.target_flops_ratio is not None and ratio >= self.target_flops_ratio

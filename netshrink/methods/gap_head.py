@@ -17,7 +17,7 @@ from typing import ClassVar
 from torch import nn
 
 from netshrink.errors import RecipeError
-from netshrink.training.retraining import RetrainSettings
+from netshrink.training.retraining import TrainingStep
 from netshrink.methods.filter_prune import record_arch, require_no_codecs
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext, register_step
@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 @register_step("gap_head")
 @dataclass(frozen=True)
-class GapHead(RetrainSettings):
-    """Switch the model to its global-average-pooling head and retrain for `epochs`."""
+class GapHead(TrainingStep):
+    """Switch the model to its global-average-pooling head and retrain for `epochs` (`train`:
+    `RetrainSettings`, written flat in a recipe)."""
 
-    needs_data: ClassVar[bool] = True
+    step_name: ClassVar[str] = ""
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         name = type(model).__name__
@@ -44,5 +45,5 @@ class GapHead(RetrainSettings):
         require_no_codecs(plan, self.step_name)
         model.to_gap_head()
         record_arch(model, ctx, self.step_name)
-        if self.epochs > 0:
+        if self.train.epochs > 0:
             self.retrain(model, ctx, [], desc="gap_head retrain")

@@ -19,15 +19,17 @@ from netshrink.recipe import LayerStep, StepContext, register_step
 @register_step("lowrank")
 @dataclass(frozen=True)
 class TruncatedSVD(LayerStep):
-    """Replace each selected Linear weight by a rank-r factorisation (rank, or energy kept)."""
+    """Replace each selected Linear weight by a rank-r factorisation (rank, or energy kept).
+    Per layer: `rank`, `energy`, `dtype`, in `overrides`."""
 
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Linear, nn.Conv2d)
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("rank", "energy", "dtype")
     include: tuple[str, ...] = ("*",)
     rank: int | None = None
     energy: float | None = None
     dtype: str = "fp32"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         LowRank(self.rank, self.energy, Dense(self.dtype))  # validates
 
     def layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -37,5 +39,6 @@ class TruncatedSVD(LayerStep):
         return [(n, m) for n, m in chosen if isinstance(m, nn.Linear) or n in literal]
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
-        for name in self.weight_names(model):
-            plan.assign(model, name, LowRank(self.rank, self.energy, Dense(self.dtype)))
+        for name, _ in self.layers(model):
+            layer = self.for_layer(name)
+            plan.assign(model, f"{name}.weight", LowRank(layer.rank, layer.energy, Dense(layer.dtype)))

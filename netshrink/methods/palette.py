@@ -11,7 +11,7 @@ full second moment of its inputs (see netshrink/calibration/error_feedback.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -27,8 +27,6 @@ from netshrink.calibration.layer_inputs import (calibration_batches, following_b
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
 
-WEIGHTINGS = ("none", "norm", "activation")
-
 
 @register_step("palette")
 @dataclass(frozen=True)
@@ -41,8 +39,10 @@ class WeightSharing(LayerStep):
     following BatchNorm's running mean). compensate: assign values with error feedback (GPTQ-style)
     and refit them for the layer's output, layer by layer on the inputs of the already-quantized
     network; needs calibration data, dense weights and Conv2d / Linear layers.
+    Per layer: `bits`, `per_channel`, `init`, in `overrides`.
     """
 
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "per_channel", "init")
     bits: int = 5
     per_channel: bool | Literal["auto"] = False
     init: Literal["optimal", "linear", "density", "random"] = "optimal"
@@ -52,7 +52,7 @@ class WeightSharing(LayerStep):
     #: Patch positions sampled per image for `compensate`'s input statistics.
     positions: int = 256
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         Palette(self.bits, self.per_channel is True, self.init)  # validates
         if self.calibration < 1:
             raise ValueError(f"calibration must be >= 1 sample, got {self.calibration}")
@@ -60,7 +60,7 @@ class WeightSharing(LayerStep):
             raise ValueError(f"positions must be >= 1, got {self.positions}")
 
     @property
-    def needs_data(self) -> bool:  # type: ignore[override]
+    def needs_data(self) -> bool:
         return self.weighting == "activation" or self.compensate
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
@@ -70,12 +70,14 @@ class WeightSharing(LayerStep):
         moments = self.calibrate(model, self.calibration_batches(ctx)) if self.weighting == "activation" else {}
         importance = self.importances(model, moments, following_norm_scales(model) if self.weighting != "none" else {})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
-        for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
+        for module_name, _ in tqdm(self.layers(model), desc=f"palette {self.bits}b", disable=not ctx.progress,
+                                   leave=False):
+            name, layer = f"{module_name}.weight", self.for_layer(module_name)
             current = plan.codec_for(name)
             if name in importance and current.name == "sparse":
                 raise RecipeError(f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
                                   "use weighting: none after pruning")
-            codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed,
+            codec = Palette(layer.bits, layer.channelwise(state[name], current.name == "sparse"), layer.init, ctx.seed,
                             importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
         norms = following_norms(model) if moments else {}
@@ -121,8 +123,8 @@ class WeightSharing(LayerStep):
         importance = self.importances(model, moments, scales)
         for name in tqdm(forward_order(model, layers, probe), desc=f"palette {self.bits}b (feedback)",
                          disable=not ctx.progress, leave=False):
-            module = layers[name]
-            codec = Palette(self.bits, self.channelwise(module.weight, False), self.init, ctx.seed,
+            module, layer = layers[name], self.for_layer(name)
+            codec = Palette(layer.bits, layer.channelwise(module.weight, False), layer.init, ctx.seed,
                             importance.get(f"{name}.weight"))
             gram, mean = input_statistics(model, module, module.weight[0].numel(), batches,
                                           positions=self.positions, seed=ctx.seed)

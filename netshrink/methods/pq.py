@@ -28,15 +28,15 @@ its users.
 
 Sub-vector length: `conv_d` for k x k convolutions (9 = one 3x3 kernel, 18 = two neighbouring
 in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `depthwise_d` (0: the
-whole kernel) for depthwise convolutions, `per_layer_d` / `per_layer_k` override by fnmatch pattern.
-Embedding tables have no input activations to weigh by: they are clustered by weight.
+whole kernel) for depthwise convolutions, or `d` for every layer; `d` and `k` can differ per layer
+(`overrides: {"layer1.*": {d: 3}}`). Embedding tables have no input activations to weigh by: they
+are clustered by weight.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -50,12 +50,10 @@ from netshrink.calibration.error_feedback import feedback_assign_vectors
 from netshrink.calibration.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
                                             groups_of, input_grams, recalibrate_batchnorms, row_groups,
                                             unblock_labels)
-from netshrink.training.retraining import (ReassignHook, RetrainSettings, SharedValueHook, scalar_labels,
-                                          store_shared)
+from netshrink.training.retraining import (ReassignHook, RetrainingStep, RetrainSettings, SharedValueHook,
+                                          scalar_labels, store_shared)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
-from netshrink.select import per_layer
-from netshrink.training.loop import TrainConfig
+from netshrink.recipe import StepContext, register_step
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +62,23 @@ MAX_K = 256
 
 @register_step("pq")
 @dataclass(frozen=True)
-class OutputAwarePQ(RetrainSettings, LayerStep):
-    """PQ codebooks per layer (output-aware or by weight), then distillation fine-tuning of the codewords."""
+class OutputAwarePQ(RetrainingStep):
+    """PQ codebooks per layer (output-aware or by weight), then distillation fine-tuning of the codewords.
+
+    Fine-tuning (`epochs` at the end, default 1; `lr` 1e-3; `distill` kl; ...: `RetrainSettings`,
+    flat in a recipe). Per layer: `d`, `k`, in `overrides`.
+    """
 
     layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear, nn.Embedding)
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("d", "k")
 
+    train: RetrainSettings = RetrainSettings(epochs=1.0, lr=1e-3, distill="kl")
     conv_d: int = 9
     pointwise_d: int = 4
     depthwise_d: int = 0
-    per_layer_d: dict[str, int] = field(default_factory=dict)
+    #: One sub-vector length for every layer, in place of conv_d / pointwise_d / depthwise_d.
+    d: int | None = None
     k: int = 256
-    per_layer_k: dict[str, int] = field(default_factory=dict)
     objective: Literal["output", "weights"] = "output"
     covariance: Literal["block", "pooled"] = "block"
     calibration: int = 1024
@@ -87,21 +91,15 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
     recalibrate_bn: bool = True
     share_codebook: bool = False
     reassign_every: int = 0
-    distill: Literal["kl", "mse", "ce"] = "kl"
     stage_epochs: float = 0.0
     stage_depth: int = 1
-    epochs: float = 1.0
-    lr: float = 1e-3
-    optimizer: Literal["sgd", "adam"] = "sgd"
     reduce: Literal["sum", "mean"] = "sum"
 
-    def __post_init__(self) -> None:
-        RetrainSettings.__post_init__(self)
-        for k in (self.k, *self.per_layer_k.values()):
-            if isinstance(k, bool) or not 1 <= k <= MAX_K:
-                raise ValueError(f"k must be in [1, {MAX_K}] (indices are at most 8 bits), got {k}")
-        if any(d < 1 for d in (self.conv_d, self.pointwise_d, *self.per_layer_d.values())) or self.depthwise_d < 0:
-            raise ValueError("conv_d, pointwise_d and per_layer_d must be >= 1, depthwise_d >= 0 (0: whole kernel)")
+    def validate(self) -> None:
+        if isinstance(self.k, bool) or not 1 <= self.k <= MAX_K:
+            raise ValueError(f"k must be in [1, {MAX_K}] (indices are at most 8 bits), got {self.k}")
+        if min(self.conv_d, self.pointwise_d, self.d or 1) < 1 or self.depthwise_d < 0:
+            raise ValueError("conv_d, pointwise_d and d must be >= 1, depthwise_d >= 0 (0: whole kernel)")
         if min(self.calibration, self.calibration_batch, self.positions, self.stage_depth) < 1:
             raise ValueError("calibration, calibration_batch, positions and stage_depth must be >= 1")
         if self.stage_epochs < 0 or self.ridge < 0 or self.kmeans_iters < 0:
@@ -112,41 +110,40 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             raise ValueError("share_codebook and feedback cannot be combined (feedback re-assigns each layer alone)")
 
     @property
-    def needs_data(self) -> bool:  # type: ignore[override]
+    def needs_data(self) -> bool:
         """Calibration (objective: output) and fine-tuning need the training split; plain PQ does not."""
-        return self.objective == "output" or self.epochs > 0 or self.stage_epochs > 0
+        return self.objective == "output" or self.train.epochs > 0 or self.stage_epochs > 0
 
     # ------------------------------------------------------------------ settings per layer
 
     def d_for(self, name: str, module: nn.Module) -> int:
-        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-            default = self.depthwise_d or row_length(module.weight.shape)
-        elif isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
-            default = self.conv_d
-        else:
-            default = self.pointwise_d
-        d = per_layer(name, default, self.per_layer_d)
+        """The sub-vector length of layer `name`; it must divide the layer's rows."""
+        d = self.for_layer(name).d or self.default_d(module)
         length = row_length(module.weight.shape)
         if length % d:
             divisors = [v for v in range(1, min(length, 64) + 1) if length % v == 0]
             raise RecipeError(f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
-                              f"(weight {tuple(module.weight.shape)}); use per_layer_d with one of {divisors}")
+                              f"(weight {tuple(module.weight.shape)}); set its d (overrides) to one of {divisors}")
         return d
 
-    def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
-        return dataclasses.replace(super().train_config(ctx, epochs, lr), optimizer=self.optimizer)
+    def default_d(self, module: nn.Module) -> int:
+        """The length by layer kind: depthwise_d (0: the whole kernel), conv_d or pointwise_d."""
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            return self.depthwise_d or row_length(module.weight.shape)
+        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            return self.conv_d
+        return self.pointwise_d
 
     # ------------------------------------------------------------------ the step
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         layers = dict(self.layers(model))
-        settings = {name: (self.d_for(name, module), per_layer(name, self.k, self.per_layer_k))
-                    for name, module in layers.items()}
+        settings = {name: (self.d_for(name, module), self.for_layer(name).k) for name, module in layers.items()}
         if self.needs_data and ctx.data is None:
             raise DataError("step pq needs training data for calibration and fine-tuning "
                             "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
-        if self.epochs or self.stage_epochs:
-            self.freeze_teacher(model, ctx)  # before any layer is quantized
+        if self.train.epochs or self.stage_epochs:
+            self.train.freeze_teacher(model, ctx)  # before any layer is quantized
         samples = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
             if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn) else None
         calibration = samples if self.objective == "output" else None
@@ -169,7 +166,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
                     recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
                     self._finetune(model, ctx, labels, shared, d_of, self.stage_epochs, f"distill after {stage[-1]}")
-        self._finetune(model, ctx, labels, shared, d_of, self.epochs, "distill (global)")
+        self._finetune(model, ctx, labels, shared, d_of, self.train.epochs, "distill (global)")
         for book in books:
             store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
 
@@ -194,7 +191,7 @@ class OutputAwarePQ(RetrainSettings, LayerStep):
             books.setdefault(settings[name][0], []).append(name)
         for book in books.values():
             if len({settings[name][1] for name in book}) > 1:
-                raise RecipeError(f"step pq: layers {book} share a codebook (share_codebook) but per_layer_k gives "
+                raise RecipeError(f"step pq: layers {book} share a codebook (share_codebook) but overrides give "
                                   "them different k; give the layers of a stage one k")
         return list(books.values())
 

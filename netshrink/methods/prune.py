@@ -9,7 +9,7 @@ the masks held comes with the retraining methods; this module also provides the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -45,26 +45,49 @@ def _keep_largest(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
+def prune_in_place(state: dict[str, torch.Tensor], sparsities: dict[str, float],
+                   scope: str = "layer") -> dict[str, torch.Tensor]:
+    """Zero the smallest weights of each tensor `state[name]` to its sparsity (one threshold over all of
+    them for "global", which takes one sparsity); returns the keep-masks."""
+    if scope == "global":
+        (level,) = set(sparsities.values())
+        masks = magnitude_masks({n: state[n] for n in sparsities}, level, "global")
+    else:
+        masks = {n: magnitude_masks({n: state[n]}, s, "layer")[n] for n, s in sparsities.items()}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            state[name].mul_(mask)
+    return masks
+
+
 @register_step("prune")
 @dataclass(frozen=True)
 class MagnitudePrune(LayerStep):
-    """Zero the smallest weights; the survivors are stored sparse (values + gap positions)."""
+    """Zero the smallest weights; the survivors are stored sparse (values + gap positions).
 
+    Per layer (scope "layer" only): `sparsity`, in `overrides`.
+    """
+
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("sparsity",)
     sparsity: float = 0.5
     scope: Literal["layer", "global"] = "layer"
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+    def validate(self) -> None:
+        check_sparsity(self.sparsity, self.scope, self.overrides)
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
-        state = model.state_dict()
-        names = self.weight_names(model)
-        masks = magnitude_masks({n: state[n] for n in names}, self.sparsity, self.scope)
-        for name in names:
-            with torch.no_grad():
-                state[name].mul_(masks[name])
+        targets = {f"{name}.weight": self.for_layer(name).sparsity for name, _ in self.layers(model)}
+        prune_in_place(model.state_dict(), targets, self.scope)
+        for name in targets:
             plan.assign(model, name, sparse_of(plan.codec_for(name)))
+
+
+def check_sparsity(sparsity: float, scope: str, overrides: dict) -> None:
+    """A sparsity is a fraction below 1; one threshold over all layers ("global") has no per-layer values."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if scope == "global" and overrides:
+        raise ValueError("per-layer sparsities (overrides) need scope 'layer' (global scope uses one threshold)")
 
 
 def sparse_of(codec) -> Sparse:

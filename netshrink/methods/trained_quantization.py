@@ -11,42 +11,56 @@ it is our default here. After retraining, the plan re-encodes each layer: a tens
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from torch import nn
 
 from netshrink.format.codecs import Palette
-from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
+from netshrink.training.retraining import (MaskHook, RetrainingStep, RetrainSettings, SharedValueHook, nonzero_masks,
+                                           value_labels)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
-from netshrink.select import per_layer
+from netshrink.recipe import StepContext, register_step
+from netshrink.training.loop import TrainHook
 
 
 @register_step("trained_quantization")
 @dataclass(frozen=True)
-class TrainedQuantization(RetrainSettings, LayerStep):
-    """Palette-cluster the selected layers (`bits`, per layer `per_layer_bits`), then fine-tune centroids."""
+class TrainedQuantization(RetrainingStep):
+    """Palette-cluster the selected layers into 2^`bits` values, then fine-tune the centroids.
 
+    Per layer: `bits`, `init` (in `overrides`). Retraining: `epochs`, `lr` (default 1e-4), ... as
+    in `RetrainSettings`, written flat in a recipe. Runs from your own training loop too:
+    `session = step.prepare(model)` (see training/session.py).
+    """
+
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "init")
+    train: RetrainSettings = RetrainSettings(lr=1e-4)
     bits: int = 5
-    per_layer_bits: dict[str, int] = field(default_factory=dict)
     init: Literal["optimal", "linear", "density", "random"] = "linear"
     reduce: Literal["sum", "mean"] = "sum"
-    lr: float = 1e-4
 
-    def __post_init__(self) -> None:
-        RetrainSettings.__post_init__(self)
-        for bits in (self.bits, *self.per_layer_bits.values()):
-            Palette(bits, init=self.init)  # validates
+    def validate(self) -> None:
+        Palette(self.bits, init=self.init)  # validates
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
-        names = {f"{name}.weight": per_layer(name, self.bits, self.per_layer_bits) for name, _ in self.layers(model)}
-        for name, bits in names.items():
-            plan.assign(model, name, plan.codec_for(name).with_inner(Palette(bits, init=self.init, seed=ctx.seed)))
+        hooks = self.prepare_training(model, plan, ctx)
+        self.retrain(model, ctx, hooks, desc="trained quantization")
+        self.finalize_training(model, plan, ctx)
+
+    def prepare_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> list[TrainHook]:
+        """Cluster each selected layer; the hooks that move each cluster as one value and hold the
+        weights earlier steps pruned at zero."""
+        names = {f"{name}.weight": self.for_layer(name) for name, _ in self.layers(model)}
+        for name, layer in names.items():
+            palette = Palette(layer.bits, init=layer.init, seed=ctx.seed)
+            plan.assign(model, name, plan.codec_for(name).with_inner(palette))
         state = model.state_dict()
         labels = {name: value_labels(state[name]) for name in names}
         others = [n for n, p in model.named_parameters() if n not in names and plan.codec_for(n).name == "sparse"]
-        hooks = [SharedValueHook(labels, self.reduce), MaskHook(nonzero_masks(model, others))]
-        self.retrain(model, ctx, hooks, desc="trained quantization")
-        for name in names:  # store the trained centroids (at most 2^bits distinct values: exact)
+        return [SharedValueHook(labels, self.reduce), MaskHook(nonzero_masks(model, others))]
+
+    def finalize_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        """Store the trained centroids: at most 2^bits distinct values per layer, so exactly."""
+        for name in self.weight_names(model):
             plan.assign(model, name, plan.codec_for(name))

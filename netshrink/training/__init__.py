@@ -1,2 +1,3 @@
-"""Retraining: the one training loop (`loop`), its hooks and retraining settings (`retraining`),
-and distillation from a frozen teacher (`distill`)."""
+"""Retraining: the one training loop (`loop`), the hooks of retraining methods and the session that
+drives them from any training loop (`session`), retraining settings and hooks (`retraining`), and
+distillation from a frozen teacher (`distill`)."""

@@ -1,9 +1,6 @@
-"""The one training loop. Methods that retrain plug into it through hooks.
-
-A `TrainHook` has the coremltools-style life: `prepare(model)` before the first step, then per step
-`loss(model)` (an extra term such as a regulariser), `after_backward(model)` (edit gradients: hold
-pruning masks, share centroid gradients) and `after_step(model, step)` (re-project, refresh state),
-and `finalize(model)` at the end. No method owns a copy of the epoch loop.
+"""The one training loop. Methods that retrain plug into it through hooks (`TrainHook`), driven by a
+`TrainingSession` (training/session.py), as the caller's own loop would drive them. No method owns a
+copy of the epoch loop.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from tqdm import tqdm
 
 from netshrink.data import ArrayDataset
 from netshrink.errors import NetshrinkError
+from netshrink.training.session import TrainHook, TrainingSession
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +31,6 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
-
-
-class TrainHook:
-    """No-op base: override the phases a method needs."""
-
-    def prepare(self, model: nn.Module) -> None:
-        pass
-
-    def loss(self, model: nn.Module) -> torch.Tensor | None:
-        return None
-
-    def after_backward(self, model: nn.Module) -> None:
-        pass
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        pass
-
-    def finalize(self, model: nn.Module) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -117,19 +96,17 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config))
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(call_model(m, x), y, label_smoothing=config.label_smoothing))
     targets = _imagenet_targets(model, data)
-    for hook in hooks:
-        hook.prepare(model)
+    session = TrainingSession(model, hooks)
     model.train()
     result, step = TrainResult(total), 0
     with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:
         while step < total:
             for x, y in loader:
-                loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], hooks, optimizer)
+                loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], session, optimizer)
                 if not math.isfinite(loss):
                     raise NetshrinkError(f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)")
                 scheduler.step()
-                for hook in hooks:
-                    hook.after_step(model, step)
+                session.after_step()
                 result.losses.append(loss)
                 step += 1
                 bar.update(1)
@@ -137,8 +114,7 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
                     bar.set_postfix(loss=f"{sum(result.losses[-20:]) / 20:.4f}")
                 if step >= total:
                     break
-    for hook in hooks:
-        hook.finalize(model)
+    session.finalize()
     model.eval()
     return result
 
@@ -158,16 +134,11 @@ def _imagenet_targets(model: nn.Module, data: ArrayDataset) -> torch.Tensor | No
 
 
 def _train_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                hooks: Sequence[TrainHook], optimizer: torch.optim.Optimizer) -> float:
+                session: TrainingSession, optimizer: torch.optim.Optimizer) -> float:
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, x, y)
-    for hook in hooks:
-        extra = hook.loss(model)
-        if extra is not None:
-            loss = loss + extra
+    loss = session.loss(loss_fn(model, x, y))
     loss.backward()
-    for hook in hooks:
-        hook.after_backward(model)
+    session.after_backward()
     optimizer.step()
     return float(loss.detach())
 

@@ -1,15 +1,19 @@
 """What every retraining method shares: its settings in a recipe, the call into the one training
-loop, and the hook that keeps pruned weights at zero.
+loop, the own-loop entry point, and the hooks that keep pruned weights at zero and shared weights
+shared.
 
-A retraining step mixes `RetrainSettings` into its config dataclass, so every such step reads the
-same fields from YAML (`epochs`, `lr`, `batch_size`, ...) and trains through `train.fit` with its
-own hooks; none owns an epoch loop.
+A retraining step derives from `TrainingStep` (a layer step from `RetrainingStep`): its `train`
+field (`RetrainSettings`: `epochs`, `lr`, `batch_size`, `momentum`, `weight_decay`, `optimizer`,
+`distill`, `temperature`) is one value, validated once, and written flat in a recipe beside the
+step's own fields (`epochs: 3, lr: 0.01`; the mapping is netshrink/config.py's). Each step
+trains through `fit` with its own hooks; none owns an epoch loop. A step that retrains in one
+phase also runs from the caller's loop: `step.prepare(model)` (see training/session.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
@@ -19,15 +23,16 @@ from netshrink.cluster import assign_nearest
 from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
 from netshrink.training.distill import DISTILL_KINDS, DistillationLoss
-from netshrink.errors import DataError
+from netshrink.errors import DataError, RecipeError
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext
+from netshrink.recipe import LayerStep, Recipe, StepContext
 from netshrink.training.loop import TrainConfig, TrainHook, TrainResult, fit
+from netshrink.training.session import TrainingSession
 
 
 @dataclass(frozen=True)
 class RetrainSettings:
-    """Recipe fields of a retraining step (SGD + Nesterov momentum, cosine schedule).
+    """How a step retrains (SGD + Nesterov momentum or Adam, cosine schedule).
 
     `distill` picks the loss of every retraining the step runs: `ce` (labels, the default), or `kl` /
     `mse` against the recipe's uncompressed network (`StepContext.teacher`). A heavily pruned or
@@ -35,13 +40,12 @@ class RetrainSettings:
     (Hinton et al. 2015; Stock et al. 2020 fine-tune this way).
     """
 
-    needs_data: ClassVar[bool] = True
-
     epochs: float = 2.0
     lr: float = 0.01
     batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    optimizer: Literal["sgd", "adam"] = "sgd"
     distill: Literal["kl", "mse", "ce"] = "ce"
     temperature: float = 1.0
 
@@ -51,6 +55,8 @@ class RetrainSettings:
         if self.distill not in DISTILL_KINDS or self.temperature <= 0:
             raise ValueError(f"distill must be one of {', '.join(DISTILL_KINDS)} and temperature > 0, "
                              f"got {self.distill!r} and {self.temperature}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
 
     def freeze_teacher(self, model: nn.Module, ctx: StepContext) -> None:
         """Fix the teacher now, before this step changes the model (a no-op when `compress` already has)."""
@@ -66,8 +72,8 @@ class RetrainSettings:
     def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
         return TrainConfig(epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
                            lr=self.lr if lr is None else lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, augment=DEFAULT_AUGMENTATION.get(ctx.dataset or ""),
-                           seed=ctx.seed)
+                           weight_decay=self.weight_decay, optimizer=self.optimizer,
+                           augment=DEFAULT_AUGMENTATION.get(ctx.dataset or ""), seed=ctx.seed)
 
     def retrain(self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str, *,
                 epochs: float | None = None, lr: float | None = None,
@@ -82,6 +88,58 @@ class RetrainSettings:
         config = self.train_config(ctx, epochs, lr)
         loss_fn = loss_fn or self.loss_for(model, ctx)
         return fit(model, ctx.data, config, hooks, progress=ctx.progress, desc=desc, params=params, loss_fn=loss_fn)
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """Base of steps that retrain the network: `train` says how (see `RetrainSettings`)."""
+
+    train: RetrainSettings = RetrainSettings()
+
+    @property
+    def needs_data(self) -> bool:
+        return True
+
+    @property
+    def distills(self) -> bool:
+        return self.train.distill != "ce"
+
+    def retrain(self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str,
+                **settings) -> TrainResult | None:
+        return self.train.retrain(model, ctx, hooks, desc, **settings)
+
+
+@dataclass(frozen=True)
+class RetrainingStep(TrainingStep, LayerStep):
+    """Base of layer steps that retrain the network (`train`, from `TrainingStep`).
+
+    A step that retrains in one phase splits `apply` into `prepare_training` (compress the layers,
+    return the hooks that hold the compression while training) and `finalize_training` (store the
+    trained result), so that `prepare` can hand the training to the caller's own loop.
+    """
+    def prepare(self, model: nn.Module, plan: CompressionPlan | None = None, *, seed: int = 0) -> TrainingSession:
+        """Start this step on `model` (changed in place) for the caller's own training loop; the
+        session's `finalize()` returns the `CompressedModel` (save it as a .nsk). `plan`: the plan of
+        earlier steps, e.g. `compress(...).plan` when the model was pruned first."""
+        from netshrink.api import CompressedModel, model_identity  # api -> methods -> here: import on use
+        from netshrink.report.sizes import original_size
+
+        plan, ctx = plan if plan is not None else CompressionPlan(), StepContext(seed=seed, progress=False)
+        identity = model_identity(model, original=original_size(model))
+        hooks = self.prepare_training(model, plan, ctx)
+
+        def finish() -> CompressedModel:
+            self.finalize_training(model, plan, ctx)
+            return CompressedModel(model.eval(), plan, Recipe(self.step_name, (self,)), identity)
+
+        return TrainingSession(model, hooks, finish)
+
+    def prepare_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> list[TrainHook]:
+        raise RecipeError(f"step {self.step_name} retrains in several phases, so it runs through netshrink.compress "
+                          "only; steps that run from your own loop: trained_quantization")
+
+    def finalize_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
+        pass
 
 
 def parameters_named(model: nn.Module, names) -> dict[str, nn.Parameter]:

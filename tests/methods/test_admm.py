@@ -85,7 +85,7 @@ def test_level_fitters_give_at_most_2_to_the_bits_levels(fit):
 
 
 def test_admm_iterations_shrink_the_residual(tiny_net, synthetic):
-    step = AdmmPrune(sparsity=0.9, **{**FAST, "epochs": 3, "rho_init": 1.0, "rho_max": 100.0})
+    step = recipe({"admm_prune": {**FAST, "sparsity": 0.9, "epochs": 3, "rho_init": 1.0, "rho_max": 100.0}}).steps[0]
     keep = step.keep_counts(tiny_net)
     hook = step.run_admm(tiny_net, StepContext(data=synthetic, progress=False),
                          {name: lambda w, k=k: project_sparse(w, k) for name, k in keep.items()}, "test")
@@ -96,9 +96,9 @@ def test_admm_iterations_shrink_the_residual(tiny_net, synthetic):
 
 
 def test_steps_put_zeros_where_the_projection_did_and_share_2_to_the_bits_values(tmp_path, tiny_net, synthetic):
-    prune = {"admm_prune": {**FAST, "sparsity": 0.8, "per_layer": {"conv": 0.5}}}
+    prune = {"admm_prune": {**FAST, "sparsity": 0.8, "overrides": {"conv": {"sparsity": 0.5}}}}
     no_retrain = {"admm_prune": {**prune["admm_prune"], "retrain_epochs": 0}}
-    quantize = {"admm_quantize": {**FAST, "bits": 2, "per_layer_bits": {"fc": 3}}}
+    quantize = {"admm_quantize": {**FAST, "bits": 2, "overrides": {"fc": {"bits": 3}}}}
     projected = netshrink.compress(tiny_net, recipe(no_retrain), synthetic, progress=False).model.state_dict()
     compressed = netshrink.compress(tiny_net, recipe(prune, quantize), synthetic, progress=False)
     state = compressed.model.state_dict()
@@ -114,9 +114,11 @@ def test_steps_put_zeros_where_the_projection_did_and_share_2_to_the_bits_values
 
 @pytest.mark.parametrize("step, settings, field", [
     ("admm_prune", {"sparsity": 1.5}, "sparsity"),
-    ("admm_prune", {"per_layer": {"fc": -0.1}}, "per_layer"),
+    ("admm_prune", {"overrides": {"fc": {"sparsity": -0.1}}}, "overrides 'fc': sparsity"),
+    ("admm_prune", {"overrides": {"fc": {"rho_max": 2.0}}}, "overrides 'fc': field 'rho_max' cannot differ per layer"),
     ("admm_quantize", {"bits": 0}, "bits"),
-    ("admm_quantize", {"per_layer_bits": {"conv": 17}}, "per_layer_bits"),
+    ("admm_quantize", {"overrides": {"conv": {"bits": 17}}}, "overrides 'conv': bits"),
+    ("admm_quantize", {"overrides": {"conv": {"bitz": 3}}}, "overrides 'conv': field 'bitz' is not a field"),
     ("admm_quantize", {"levels": "lloyd"}, "levels"),
     ("admm_quantize", {"reduce": "max"}, "reduce"),
     ("admm_quantize", {"rho_factor": 0.5}, "rho_factor"),
@@ -128,7 +130,7 @@ def test_bad_settings_name_the_field(step, settings, field):
 
 def test_per_layer_pattern_matching_no_layer_is_an_error(tiny_net, synthetic):
     with pytest.raises(RecipeError, match="'decoder'"):
-        AdmmPrune(per_layer={"decoder": 0.5}).apply(tiny_net, CompressionPlan(), StepContext(data=synthetic))
+        AdmmPrune(overrides={"decoder": {"sparsity": 0.5}}).apply(tiny_net, CompressionPlan(), StepContext(data=synthetic))
 
 
 @pytest.mark.parametrize("step", [AdmmPrune(), AdmmQuantize()])

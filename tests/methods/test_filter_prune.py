@@ -129,7 +129,7 @@ def test_least_sensitive_layer_goes_first():
     drops = sensitivities(model, {g: 1 for g in groups}, data)
     assert drops[groups[0]] == 0 and drops[groups[1]] > 0.3
     assert least_sensitive_first(drops) == [groups[0], groups[1]]
-    step = {"filter_prune": {"keep": {"fc*": 0.75}, "layers_per_round": 1, "max_rounds": 1, "epochs": 0, "holdout": 80}}
+    step = {"filter_prune": {"overrides": {"fc*": {"keep": 0.75}}, "layers_per_round": 1, "max_rounds": 1, "epochs": 0, "holdout": 80}}
     pruned = netshrink.compress(model, recipe(step), data, progress=False).model
     assert (pruned.fc1.out_features, pruned.fc2.out_features) == (3, 4)
 
@@ -153,7 +153,7 @@ def test_flops_target_is_met_and_file_reloads_into_the_smaller_lenet5(tmp_path):
 
 def test_resnet20_file_reloads_with_inner_widths(tmp_path):
     model = lively_resnet20()
-    step = {"filter_prune": {"keep": {"layer3.*": 0.5, "layer1.0.conv1": 0.75}, "epochs": 0, "holdout": 16,
+    step = {"filter_prune": {"overrides": {"layer3.*": {"keep": 0.5}, "layer1.0.conv1": {"keep": 0.75}}, "epochs": 0, "holdout": 16,
                              "layers_per_round": 4, "prune_fraction": 0.25}}
     compressed = netshrink.compress(model, recipe(step, {"cast": {}}), images(80, (3, 32, 32)), name="resnet20",
                                     progress=False)
@@ -166,9 +166,11 @@ def test_resnet20_file_reloads_with_inner_widths(tmp_path):
 
 @pytest.mark.parametrize("settings, field", [
     ({"target_flops_ratio": 0.5}, "target_flops_ratio"),
-    ({"target_flops_ratio": 2.0, "keep": {"conv1": 0.5}}, "target_flops_ratio"),
+    ({"target_flops_ratio": 2.0, "overrides": {"conv1": {"keep": 0.5}}}, "target_flops_ratio"),
     ({}, "target_flops_ratio"),
-    ({"keep": {"conv1": 1.5}}, "keep"),
+    ({"keep": 1.5}, "keep"),
+    ({"overrides": {"conv1": {"keep": 1.5}}}, "overrides 'conv1': keep"),
+    ({"keep": 0.5, "overrides": {"conv1": {"epochs": 1}}}, "overrides 'conv1': field 'epochs' cannot differ"),
     ({"target_flops_ratio": 2.0, "prune_fraction": 0}, "prune_fraction"),
     ({"target_flops_ratio": 2.0, "min_keep": 2}, "min_keep"),
     ({"target_flops_ratio": 2.0, "holdout": 0}, "holdout"),
@@ -184,11 +186,21 @@ def test_bad_settings_name_the_field(settings, field):
 def test_impossible_requests_are_recipe_errors():
     resnet, data = lively_resnet20(), images(40, (3, 32, 32))
     with pytest.raises(RecipeError, match="'conv1' cannot lose filters"):
-        netshrink.compress(resnet, recipe({"filter_prune": {"include": ["conv1"], "keep": {"*": 0.5}}}), data, progress=False)
-    with pytest.raises(RecipeError, match="keep pattern 'fc\\*' matches no prunable layer"):
-        netshrink.compress(resnet, recipe({"filter_prune": {"keep": {"fc*": 0.5}}}), data, progress=False)
+        netshrink.compress(resnet, recipe({"filter_prune": {"include": ["conv1"], "keep": 0.5}}), data, progress=False)
+    with pytest.raises(RecipeError, match="overrides pattern 'fc\\*' \\(field 'keep'\\) matches no selected layer"):
+        netshrink.compress(resnet, recipe({"filter_prune": {"overrides": {"fc*": {"keep": 0.5}}}}), data, progress=False)
+    with pytest.raises(RecipeError, match="overrides pattern 'conv1' \\(field 'keep'\\) matches no prunable layer"):
+        netshrink.compress(resnet, recipe({"filter_prune": {"overrides": {"conv1": {"keep": 0.5}}}}), data, progress=False)
     with pytest.raises(RecipeError, match="must come before"):
-        netshrink.compress(resnet, recipe({"cast": {}}, {"filter_prune": {"keep": {"*": 0.5}}}), data, progress=False)
+        netshrink.compress(resnet, recipe({"cast": {}}, {"filter_prune": {"keep": 0.5}}), data, progress=False)
+
+
+def test_text_training_data_is_refused_by_name():
+    from netshrink.data.text import SentencePairs
+
+    pairs = SentencePairs(torch.randint(1, 64, (20, 2, 6)), torch.rand(20) * 5)
+    with pytest.raises(RecipeError, match="filter_prune .* image models.*text"):
+        netshrink.compress(ThreeLayers(), recipe({"filter_prune": {"keep": 0.5, "epochs": 0}}), pairs, progress=False)
 
 
 @pytest.mark.parametrize("name", ["lenet5-compound", "resnet20-compound"])

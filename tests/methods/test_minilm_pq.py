@@ -72,7 +72,7 @@ def test_compressed_model_scores_on_pairs(compressed) -> None:
 @pytest.mark.parametrize("name", ["minilm-pq", "minilm-pq-weights"])
 def test_recipes_parse_and_differ_only_in_objective(name: str) -> None:
     steps = load_recipe(name).steps
-    assert steps[0].step_name == "pq" and steps[0].distill == "mse"
+    assert steps[0].step_name == "pq" and steps[0].train.distill == "mse"
     other = load_recipe("minilm-pq-weights" if name == "minilm-pq" else "minilm-pq")
     import dataclasses
     assert dataclasses.replace(steps[0], objective="output") == dataclasses.replace(other.steps[0], objective="output")

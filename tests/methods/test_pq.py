@@ -146,6 +146,15 @@ def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
     assert len(torch.unique(subvectors(compressed.model.state_dict()["conv.weight"], 9), dim=0)) <= 4
 
 
+def test_d_and_k_per_layer_in_overrides(tiny_net):
+    step = {"pq": {"objective": "weights", "epochs": 0, "k": 4, "d": 3, "overrides": {"fc": {"d": 8, "k": 2}}}}
+    state = netshrink.compress(tiny_net, recipe(step), progress=False).model.state_dict()
+    assert len(torch.unique(subvectors(state["conv.weight"], 3), dim=0)) <= 4
+    assert len(torch.unique(subvectors(state["fc.weight"], 8), dim=0)) <= 2
+    with pytest.raises(RecipeError, match=r"pq overrides 'fc': field 'conv_d' cannot differ per layer"):
+        recipe({"pq": {"overrides": {"fc": {"conv_d": 3}}}})
+
+
 class TinySentenceEncoder(nn.Module):
     """Embedding + Linear, mean-pooled over the mask: the call shape of the sentence model."""
 
@@ -220,7 +229,7 @@ def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tin
                                                                             reassign):
     torch.manual_seed(0)
     model = TwoConvStage().eval()
-    pq = {"objective": objective, "k": 8, "per_layer_k": {"fc": 4}, "pointwise_d": 4, "calibration": 64,
+    pq = {"objective": objective, "k": 8, "overrides": {"fc": {"k": 4}}, "pointwise_d": 4, "calibration": 64,
           "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True,
           "reassign_every": reassign}
     compressed = netshrink.compress(model, recipe({"pq": pq}), data=tiny_images, progress=False)
@@ -241,7 +250,7 @@ def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tin
 
 
 def test_shared_codebook_needs_one_k_per_stage(tiny_images):
-    pq = {"k": 8, "per_layer_k": {"stage.b": 4}, "calibration": 64, "epochs": 0, "share_codebook": True}
+    pq = {"k": 8, "overrides": {"stage.b": {"k": 4}}, "calibration": 64, "epochs": 0, "share_codebook": True}
     with pytest.raises(RecipeError, match="share a codebook"):
         netshrink.compress(TwoConvStage(), recipe({"pq": pq}), data=tiny_images, progress=False)
     with pytest.raises(RecipeError, match="feedback"):

@@ -56,7 +56,7 @@ def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, ti
 
 
 def test_iterative_prune_reaches_per_layer_targets_and_holds_zeros(tiny_net, tiny_images):
-    steps = recipe({"iterative_prune": {"sparsity": 0.8, "per_layer": {"conv": 0.5}, "rounds": 2, "epochs": 0.5,
+    steps = recipe({"iterative_prune": {"sparsity": 0.8, "overrides": {"conv": {"sparsity": 0.5}}, "rounds": 2, "epochs": 0.5,
                                         "batch_size": 32}})
     pruned = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False).model.state_dict()
     assert float((pruned["conv.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
@@ -70,7 +70,9 @@ def test_retraining_recipe_without_data_is_a_clear_error(tiny_net):
 
 
 @pytest.mark.parametrize("settings, field", [({"sparsity": 1.2}, "sparsity"), ({"rounds": 0}, "rounds"),
-                                            ({"per_layer": {"fc": 2.0}}, "per_layer"), ({"epochs": -1}, "epochs")])
+                                            ({"overrides": {"fc": {"sparsity": 2.0}}}, "overrides 'fc': sparsity"),
+                                            ({"epochs": -1}, "epochs"),
+                                            ({"scope": "global", "overrides": {"fc": {"sparsity": 0.5}}}, "scope 'layer'")])
 def test_bad_iterative_prune_settings_name_the_field(settings, field):
     with pytest.raises(RecipeError, match=field):
         recipe({"iterative_prune": settings})
