@@ -16,6 +16,7 @@ from typing import Literal
 
 from torch import nn
 
+from netshrink.cluster.kmeans1d import KMeans1DInit
 from netshrink.format.codecs import Palette
 from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
 from netshrink.plan import CompressionPlan
@@ -30,7 +31,7 @@ class TrainedQuantization(RetrainSettings, LayerStep):
 
     bits: int = 5
     per_layer_bits: dict[str, int] = field(default_factory=dict)
-    init: Literal["optimal", "linear", "density", "random"] = "linear"
+    init: KMeans1DInit = "linear"
     reduce: Literal["sum", "mean"] = "sum"
     lr: float = 1e-4
 
