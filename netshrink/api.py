@@ -21,7 +21,7 @@ from torch import nn
 
 import netshrink.methods  # noqa: F401  (registers the recipe steps)
 from netshrink.format.codecs import decode
-from netshrink.errors import FormatError, ModelError, NetshrinkError
+from netshrink.errors import DATA_HINT, FormatError, ModelError, NetshrinkError
 from netshrink.format.container import NskFile, TensorRecord, read_nsk, write_nsk
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import Recipe, StepContext, load_recipe
@@ -62,7 +62,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if recipe.needs_data and data is None:
-        raise NetshrinkError(f"recipe {recipe.name} needs training data: pass data= (CLI: --dataset/--data-dir)")
+        raise NetshrinkError(f"recipe {recipe.name} needs training data {DATA_HINT}")
     model = model if inplace else copy.deepcopy(model)
     original = original_size(model)
     torch.manual_seed(seed)

@@ -54,6 +54,10 @@ class DataError(NetshrinkError):
     """A data set is missing or malformed; the message says where to put it."""
 
 
+#: How to give a flow its training data, for the messages of steps that need it.
+DATA_HINT = "(CLI: --dataset; API: data=)"
+
+
 class ModelError(NetshrinkError):
     """A model name, checkpoint or layer is unknown or unsupported."""
 

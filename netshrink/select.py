@@ -24,6 +24,10 @@ from netshrink.errors import RecipeError
 #: Layers whose `weight` the weight-compressing steps act on.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)
 
+#: Layers whose weight is a matrix over their inputs (a Linear's features, a Conv2d's im2col patch),
+#: one row per output channel.
+MATRIX_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
 
 @dataclass(frozen=True)
 class Selection:

@@ -1,8 +1,17 @@
-"""What a layer sees: the second moments of its input blocks, for output-aware PQ (Stock et al. 2020).
+"""What a layer sees: statistics of its inputs on calibration data, from one pass machinery.
 
-For a layer y = x W^T with its weight rows cut into sub-vectors of d (codecs/pq.py), the error
-that replacing the sub-vector w_ob (output o, input block b) by a codeword c adds to output o is
-x_b (w_ob - c), x_b the d inputs that block b multiplies (for a convolution: d entries of the
+`run_passes` runs the model on calibration batches with a tap on each layer of interest; a tap
+gets the layer's inputs and keeps running sums only, so memory does not grow with the calibration
+set. A pass stops as soon as every tap has what it takes (`StopForward`), so calibrating early
+layers is cheap. Two statistics are taken this way:
+
+`channel_moments`: the mean and mean square of each input channel (feature, for a Linear), for
+the importance weights (calibration/importance.py) and the bias correction of the palette step.
+
+`patch_moments`: the second moments of a layer's input blocks, for output-aware PQ (Stock et al.
+2020). For a layer y = x W^T with its weight rows cut into sub-vectors of d (codecs/pq.py), the
+error that replacing the sub-vector w_ob (output o, input block b) by a codeword c adds to output
+o is x_b (w_ob - c), x_b the d inputs that block b multiplies (for a convolution: d entries of the
 im2col patch). Its mean square is (w_ob - c)^T G_b (w_ob - c) with
 
     G_b = E[x_b^T x_b],  the UNCENTRED second moment of block b's inputs
@@ -10,19 +19,19 @@ im2col patch). Its mean square is (w_ob - c)^T G_b (w_ob - c) with
 (uncentred because a mean error is not absorbed by anything: there is no bias correction). Summed
 over blocks this is the output error without the cross-block terms E[x_b^T x_b'], which PQ cannot
 act on one sub-vector at a time; Stock et al. go one step further and pool all blocks into one
-matrix (`covariance: pooled` in the pq step). Only the [blocks, d, d] sums are kept, accumulated
-batch by batch, so memory does not grow with the calibration set; a convolution contributes
-`positions` random output positions per image, gathered without building the full im2col.
-
-The input is taken exactly as the convolution computes with it: `_conv_forward` is wrapped for the
-duration of a pass, so padding done inside `forward` (TF "SAME" convolutions) is included. A pass
-stops as soon as the layer has been seen (`StopForward`), so calibrating early layers is cheap.
+matrix (`covariance: pooled` in the pq step). Only the [blocks, d, d] sums are kept; a convolution
+contributes `positions` random output positions per image, gathered without building the full
+im2col. The patch is taken exactly as the convolution computes with it: `_conv_forward` is wrapped
+for the duration of the passes, so padding done inside `forward` (TF "SAME" convolutions) is
+included.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -64,23 +73,88 @@ def unblock_labels(labels: torch.Tensor, groups: int) -> torch.Tensor:
     return labels.reshape(groups, blocks // groups, rows_per_group).permute(0, 2, 1).reshape(-1)
 
 
-def _calls(model: nn.Module, modules: dict[str, nn.Module], inputs: Any) -> list[tuple[str, nn.Module]]:
-    """(name, module) of each call of one of `modules` during a forward pass on `inputs`, in order."""
-    calls: list[tuple[str, nn.Module]] = []
-    handles = [module.register_forward_pre_hook(lambda m, _a, name=name: calls.append((name, m)))
-               for name, module in modules.items()]
-    try:
-        with torch.no_grad():
-            call_model(model.eval(), inputs)
-    finally:
-        for handle in handles:
+class InputTap:
+    """What calibration passes record at one layer: `add` receives each input the layer is called
+    with (with `conv_input`, a Conv2d's input as the convolution computes with it, after any padding
+    its `forward` does). With `every_call` false only the layer's first call in each pass counts."""
+
+    conv_input = False
+    every_call = True
+
+    def add(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def run_passes(model: nn.Module, taps: Sequence[tuple[nn.Module, InputTap]], batches: Iterable[Any]) -> None:
+    """Run `model` in eval mode (its mode restored after) on each of `batches` (model inputs: a
+    tensor, or a tuple / dict of tensors as `call_model` takes them), handing each tapped layer's
+    inputs to its tap. A pass stops (`StopForward`) once every tap has had all it takes of it."""
+    waiting: set[int] = set()
+    stops = not any(tap.every_call for _, tap in taps)
+
+    def seen(index: int, tap: InputTap, x: torch.Tensor) -> None:
+        if tap.every_call or index in waiting:
+            waiting.discard(index)
+            tap.add(x)
+            if stops and not waiting:
+                raise StopForward
+
+    was_training = model.training
+    with ExitStack() as stack:
+        for index, (module, tap) in enumerate(taps):
+            stack.enter_context(_tapped(module, tap.conv_input, partial(seen, index, tap)))
+        model.eval()
+        try:
+            for inputs in batches:
+                waiting.update(range(len(taps)))
+                try:
+                    call_model(model, inputs)
+                except StopForward:
+                    pass
+        finally:
+            model.train(was_training)
+
+
+@contextmanager
+def _tapped(module: nn.Module, conv_input: bool, seen: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    if conv_input and isinstance(module, nn.Conv2d):
+        had_own = "_conv_forward" in vars(module)
+        convolve = module._conv_forward
+
+        def capture(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            seen(x)
+            return convolve(x, weight, bias)
+
+        module._conv_forward = capture  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            if had_own:
+                module._conv_forward = convolve  # type: ignore[method-assign]
+            else:
+                del module._conv_forward  # the class's method is visible again
+    else:
+        handle = module.register_forward_pre_hook(lambda _module, args: seen(args[0]))
+        try:
+            yield
+        finally:
             handle.remove()
-    return calls
+
+
+class _CallRecorder(InputTap):
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def add(self, x: torch.Tensor) -> None:
+        self.calls.append(self.name)
 
 
 def forward_order(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> list[str]:
     """Names of `layers` in the order a forward pass on `inputs` first calls them (unused ones last)."""
-    seen = list(dict.fromkeys(name for name, _ in _calls(model, layers, inputs)))
+    calls: list[str] = []
+    run_passes(model, [(module, _CallRecorder(name, calls)) for name, module in layers.items()], [inputs])
+    seen = list(dict.fromkeys(calls))
     return seen + [name for name in layers if name not in seen]
 
 
@@ -94,130 +168,90 @@ def calibration_batches(data: Any, n: int, batch_size: int, seed: int, step: str
     return batches
 
 
-@torch.no_grad()
-def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any]) -> int:
-    """Re-estimate every BatchNorm's running mean and variance on `batches` (equal-weight average
-    over the batches, the rest of the model in eval mode: no dropout or drop-connect noise). After
-    a layer's weights are replaced, the statistics of everything after it are stale; fresh ones
-    remove most of the damage before any training (BN re-estimation). Returns how many norms."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return 0
-    was_training = model.training
-    saved = [(m, m.momentum) for m in norms]
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-        norm.train()
-    try:
-        for inputs in batches:
-            call_model(model, inputs)
-    finally:
-        for norm, momentum in saved:
-            norm.momentum = momentum
-        model.train(was_training)
-    return len(norms)
+@dataclass(frozen=True)
+class ChannelMoments:
+    """Per input channel (conv) or input feature (linear): the mean and the mean square."""
+
+    mean: torch.Tensor
+    square: torch.Tensor
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.square - self.mean.pow(2)).clamp_min(0)
 
 
-def following_batchnorms(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, nn.Module]:
-    """layer name -> the BatchNorm (with running statistics, over the layer's outputs) called right
-    after it in a forward pass on `inputs`. Call order works where graph tracing does not (models
-    with data-dependent Python, e.g. TF-style "SAME" padding)."""
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    calls = _calls(model, {**layers, **norms}, inputs)
-    return {name: after for (name, module), (_, after) in zip(calls, calls[1:])
-            if name in layers and isinstance(after, nn.modules.batchnorm._BatchNorm)
-            and after.num_features == module.weight.shape[0] and after.running_var is not None}
+class _ChannelSums(InputTap):
+    def __init__(self, module: nn.Module) -> None:
+        self.channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+        self.sums: torch.Tensor | int = 0
+        self.squares: torch.Tensor | int = 0
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().movedim(self.channel_dim, -1)
+        x = x.reshape(-1, x.shape[-1])
+        self.sums = self.sums + x.sum(0)
+        self.squares = self.squares + x.pow(2).sum(0)
+        self.count += x.shape[0]
 
 
-def batchnorm_scales(model: nn.Module, layers: dict[str, nn.Module], inputs: Any) -> dict[str, torch.Tensor]:
-    """gamma^2 / (running_var + eps) per output channel of each layer directly followed by a
-    BatchNorm over its outputs: at inference BN multiplies channel o by gamma_o / sigma_o, so an error
-    in row o reaches the next layer scaled by that much (the weighting the pq step gives each row)."""
-    scales = {}
-    for name, norm in following_batchnorms(model, layers, inputs).items():
-        gamma = norm.weight.detach() if norm.affine else torch.ones(norm.num_features)
-        scales[name] = (gamma.double() ** 2 / (norm.running_var.double() + norm.eps)).clamp_min(1e-12)
-    return scales
+def channel_moments(model: nn.Module, names: Iterable[str], batches: Iterable[Any]) -> dict[str, ChannelMoments]:
+    """layer name -> mean and mean square of its inputs per channel over `batches`, every call of
+    the layer counted (layers never called are left out)."""
+    modules = dict(model.named_modules())
+    taps = {name: _ChannelSums(modules[name]) for name in names}
+    run_passes(model, [(modules[name], tap) for name, tap in taps.items()], batches)
+    return {name: ChannelMoments(tap.sums / tap.count, tap.squares / tap.count)
+            for name, tap in taps.items() if tap.count}
 
 
-def input_grams(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
-                seed: int = 0) -> torch.Tensor:
-    """E[x_b^T x_b] per input block b of `module` ([groups * blocks_per_row, d, d], float64) over the
-    calibration `batches` (inputs of the whole model), running the model in eval mode."""
-    return input_statistics(model, module, d, batches, positions=positions, seed=seed)[0]
+@dataclass(frozen=True)
+class PatchMoments:
+    """Of a layer's input patches (im2col rows; features for a Linear): `gram` E[x_b^T x_b] per
+    input block b of d entries ([groups * blocks_per_row, d, d], float64) and `mean` E[x] per entry
+    ([groups * row_length]; for a padded convolution it counts the zeros at the border)."""
+
+    gram: torch.Tensor
+    mean: torch.Tensor
 
 
-def input_statistics(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E[x_b^T x_b] [blocks, d, d], E[x] [blocks * d]) of `module`'s input patches (see `input_grams`).
-    The mean is per im2col entry, so for a padded convolution it counts the zeros at the border."""
-    accumulator = _GramAccumulator(module, d, positions, torch.Generator().manual_seed(seed))
-    with accumulator.capturing(), torch.no_grad():
-        model.eval()
-        for inputs in batches:
-            try:
-                call_model(model, inputs)
-            except StopForward:
-                pass
-    return accumulator.result(), accumulator.mean()
+def patch_moments(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
+                  seed: int = 0) -> PatchMoments:
+    """`PatchMoments` of `module`'s inputs over the calibration `batches` (inputs of the whole model),
+    from `positions` random output positions per image of a convolution."""
+    sums = _PatchSums(module, d, positions, torch.Generator().manual_seed(seed))
+    run_passes(model, [(module, sums)], batches)
+    if sums.grams is None or sums.count == 0:
+        raise RuntimeError("the calibration passes never reached the layer")
+    return PatchMoments(sums.grams / sums.count, sums.totals / sums.count)
 
 
-class _GramAccumulator:
+class _PatchSums(InputTap):
+    conv_input = True
+    every_call = False
+
     def __init__(self, module: nn.Module, d: int, positions: int, generator: torch.Generator) -> None:
         self.module, self.d, self.positions, self.generator = module, d, positions, generator
-        self.sums: torch.Tensor | None = None
+        self.grams: torch.Tensor | None = None
         self.totals: torch.Tensor | None = None
         self.count = 0
 
-    @contextmanager
-    def capturing(self) -> Iterator[None]:
-        module = self.module
-        if isinstance(module, nn.Conv2d):
-            original = module._conv_forward
-
-            def capture(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-                self.add(_conv_patches(module, x, self.positions, self.generator))
-                raise StopForward
-
-            module._conv_forward = capture  # type: ignore[method-assign]
-            try:
-                yield
-            finally:
-                del module._conv_forward  # the class's method is visible again
+    def add(self, x: torch.Tensor) -> None:
+        """One row per sampled input patch (or token): [rows, groups * row_length]."""
+        if isinstance(self.module, nn.Conv2d):
+            features = _conv_patches(self.module, x, self.positions, self.generator)
         else:
-            def pre_hook(_module: nn.Module, args: tuple) -> None:
-                self.add(args[0].detach().reshape(-1, args[0].shape[-1]).float())
-                raise StopForward
-
-            handle = module.register_forward_pre_hook(pre_hook)
-            try:
-                yield
-            finally:
-                handle.remove()
-
-    def add(self, features: torch.Tensor) -> None:
-        """features [rows, groups * row_length]: one row per sampled input patch (or token)."""
+            features = x.detach().reshape(-1, x.shape[-1]).float()
         blocks = features.shape[1] // self.d
-        if self.sums is None:
-            self.sums = torch.zeros(blocks, self.d, self.d, dtype=torch.float64)
+        if self.grams is None:
+            self.grams = torch.zeros(blocks, self.d, self.d, dtype=torch.float64)
             self.totals = torch.zeros(features.shape[1], dtype=torch.float64)
         self.totals += features.sum(0).double()
         step = max(1, _FEATURE_BLOCK // max(1, features.shape[1]))
         for first in range(0, features.shape[0], step):
             part = features[first:first + step].reshape(-1, blocks, self.d)
-            self.sums += torch.einsum("rbi,rbj->bij", part, part).double()
+            self.grams += torch.einsum("rbi,rbj->bij", part, part).double()
         self.count += features.shape[0]
-
-    def result(self) -> torch.Tensor:
-        if self.sums is None or self.count == 0:
-            raise RuntimeError("the calibration passes never reached the layer")
-        return self.sums / self.count
-
-    def mean(self) -> torch.Tensor:
-        self.result()  # the same check
-        return self.totals / self.count
 
 
 def _conv_patches(module: nn.Conv2d, x: torch.Tensor, positions: int, generator: torch.Generator) -> torch.Tensor:

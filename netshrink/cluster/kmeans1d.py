@@ -23,17 +23,19 @@ centroid initialisations followed by plain Lloyd, kept for the ablation of its f
 from __future__ import annotations
 
 import functools
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import numpy as np
 
 from netshrink.cluster.dp1d import optimal_partition
 from netshrink.errors import CodecError
 
-__all__ = ["kmeans_1d", "kmeans_1d_exact", "kmeans_sse", "assign_nearest_1d", "INITS"]
+__all__ = ["kmeans_1d", "kmeans_1d_exact", "kmeans_sse", "assign_nearest_1d", "INITS", "KMeans1DInit"]
 
 #: The centroid initialisations `kmeans_1d` accepts (the last three are Han et al. 2016, sec. 3.2).
-INITS = ("optimal", "linear", "density", "random")
+KMeans1DInit = Literal["optimal", "linear", "density", "random"]
+INITS: tuple[str, ...] = typing.get_args(KMeans1DInit)
 
 #: Below this many points `assign_nearest_1d` uses a plain searchsorted (no lookup table).
 _TABLE_MIN_POINTS = 1 << 16

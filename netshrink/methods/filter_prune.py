@@ -29,16 +29,16 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from netshrink.data import ArrayDataset
-from netshrink.errors import DataError, ModelError, RecipeError
+from netshrink.errors import DATA_HINT, DataError, ModelError, RecipeError
 from netshrink.evaluate import evaluate
 from netshrink.flops import flops
 from netshrink.training.retraining import RetrainingStep
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext, register_step
+from netshrink.select import MATRIX_LAYERS
 
 log = logging.getLogger(__name__)
 
-LAYERS = (nn.Conv2d, nn.Linear)
 _CHANNELWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout,
                         nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _CHANNELWISE_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout}
@@ -75,7 +75,7 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
 
 
 def _is_plain_layer(module: nn.Module) -> bool:
-    return isinstance(module, LAYERS) and getattr(module, "groups", 1) == 1
+    return isinstance(module, MATRIX_LAYERS) and getattr(module, "groups", 1) == 1
 
 
 def _follow(start: fx.Node, modules: dict[str, nn.Module], single: set[str]) -> ChannelGroup | None:
@@ -252,7 +252,7 @@ class FilterPrune(RetrainingStep):
     from the `layers_per_round` least sensitive ones. Per layer: `keep`, `min_keep`.
     """
 
-    layer_types: ClassVar[tuple[type[nn.Module], ...]] = LAYERS
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = MATRIX_LAYERS
     per_layer_fields: ClassVar[tuple[str, ...]] = ("keep", "min_keep")
     target_flops_ratio: float | None = None
     keep: float | None = None
@@ -312,7 +312,7 @@ class FilterPrune(RetrainingStep):
     def split_data(self, ctx: StepContext) -> tuple[StepContext, ArrayDataset]:
         """(context whose data excludes the held-out slice, the held-out slice)."""
         if ctx.data is None:
-            raise DataError("filter_prune measures layer sensitivity on training data (CLI: --dataset; API: data=)")
+            raise DataError(f"filter_prune measures layer sensitivity on training data {DATA_HINT}")
         size = min(self.holdout, len(ctx.data) // 5)  # never more than a fifth of what there is to train on
         if size < 1:
             raise DataError(f"filter_prune needs at least 5 training samples to hold some out, got {len(ctx.data)}")

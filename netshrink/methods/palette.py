@@ -17,15 +17,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from netshrink.cluster.kmeans1d import KMeans1DInit
 from netshrink.format.codecs import Encoded, Palette
-from netshrink.errors import DataError, RecipeError
-from netshrink.calibration.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
-                                  norm_scale, weight_importance)
+from netshrink.errors import DATA_HINT, DataError, RecipeError
+from netshrink.calibration.batchnorm import batchnorm_scale, following_batchnorms
+from netshrink.calibration.bias_correction import correct_bias
+from netshrink.calibration.importance import weight_importance
 from netshrink.calibration.error_feedback import feedback_assign, refit_values
-from netshrink.calibration.layer_inputs import (calibration_batches, following_batchnorms, forward_order, groups_of,
-                                            input_statistics, row_groups)
+from netshrink.calibration.layer_inputs import (ChannelMoments, calibration_batches, channel_moments, forward_order,
+                                            groups_of, patch_moments, row_groups)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.select import MATRIX_LAYERS
 
 
 @register_step("palette")
@@ -45,7 +48,7 @@ class WeightSharing(LayerStep):
     per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "per_channel", "init")
     bits: int = 5
     per_channel: bool | Literal["auto"] = False
-    init: Literal["optimal", "linear", "density", "random"] = "optimal"
+    init: KMeans1DInit = "optimal"
     weighting: Literal["none", "norm", "activation"] = "none"
     calibration: int = 512
     compensate: bool = False
@@ -68,7 +71,8 @@ class WeightSharing(LayerStep):
             return self.apply_with_feedback(model, plan, ctx)
         state = model.state_dict()
         moments = self.calibrate(model, self.calibration_batches(ctx)) if self.weighting == "activation" else {}
-        importance = self.importances(model, moments, following_norm_scales(model) if self.weighting != "none" else {})
+        norms = following_batchnorms(model) if self.weighting != "none" else {}
+        importance = self.importances(model, moments, {name: batchnorm_scale(norm) for name, norm in norms.items()})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
         for module_name, _ in tqdm(self.layers(model), desc=f"palette {self.bits}b", disable=not ctx.progress,
                                    leave=False):
@@ -80,22 +84,22 @@ class WeightSharing(LayerStep):
             codec = Palette(layer.bits, layer.channelwise(state[name], current.name == "sparse"), layer.init, ctx.seed,
                             importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
-        norms = following_norms(model) if moments else {}
+        modules = dict(model.named_modules())
         for name, original in originals.items():
-            correct_mean_shift(model, name, original, moments[name].mean, norms)
+            correct_bias(modules[name], original, moments[name].mean, norms.get(name))
 
-    def calibrate(self, model: nn.Module, batches: list) -> dict[str, InputMoments]:
+    def calibrate(self, model: nn.Module, batches: list) -> dict[str, ChannelMoments]:
         """Per-channel input moments of the selected layers, for weighting "activation"."""
-        return input_moments(model, [name for name, _ in self.layers(model)], batches)
+        return channel_moments(model, [name for name, _ in self.layers(model)], batches)
 
     def calibration_batches(self, ctx: StepContext) -> list:
         """`calibration` training samples in batches, kept for every pass over them."""
         if ctx.data is None:
             what = "compensate" if self.compensate else "weighting 'activation'"
-            raise DataError(f"palette {what} measures inputs on training samples (CLI: --dataset; API: data=)")
+            raise DataError(f"palette {what} measures inputs on training samples {DATA_HINT}")
         return calibration_batches(ctx.data, self.calibration, 64, ctx.seed, "palette")
 
-    def importances(self, model: nn.Module, moments: dict[str, InputMoments],
+    def importances(self, model: nn.Module, moments: dict[str, ChannelMoments],
                     scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """weight name -> importance per weight (empty for weighting "none"); `scales`: |g / sigma|
         per output channel of the BatchNorm after each layer."""
@@ -111,27 +115,27 @@ class WeightSharing(LayerStep):
         layers = dict(self.layers(model))
         for name, module in layers.items():
             codec = plan.codec_for(f"{name}.weight").name
-            if not isinstance(module, (nn.Conv2d, nn.Linear)) or codec != "dense":
+            if not isinstance(module, MATRIX_LAYERS) or codec != "dense":
                 raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
                                   f"{'pruned ' if codec == 'sparse' else ''}{type(module).__name__}; "
                                   "exclude it or use compensate: false")
         batches = self.calibration_batches(ctx)
-        probe = batches[0]
-        norms = following_batchnorms(model, layers, probe)
-        scales = {name: norm_scale(norm) for name, norm in norms.items()}
+        norms = following_batchnorms(model)
+        scales = {name: batchnorm_scale(norm) for name, norm in norms.items()}
         moments = self.calibrate(model, batches) if self.weighting == "activation" else {}
         importance = self.importances(model, moments, scales)
-        for name in tqdm(forward_order(model, layers, probe), desc=f"palette {self.bits}b (feedback)",
+        for name in tqdm(forward_order(model, layers, batches[0]), desc=f"palette {self.bits}b (feedback)",
                          disable=not ctx.progress, leave=False):
             module, layer = layers[name], self.for_layer(name)
             codec = Palette(layer.bits, layer.channelwise(module.weight, False), layer.init, ctx.seed,
                             importance.get(f"{name}.weight"))
-            gram, mean = input_statistics(model, module, module.weight[0].numel(), batches,
-                                          positions=self.positions, seed=ctx.seed)
-            encoded = assign_layer_with_feedback(module, codec, gram, scales[name].pow(2) if name in scales else None)
+            inputs = patch_moments(model, module, module.weight[0].numel(), batches, positions=self.positions,
+                                   seed=ctx.seed)
+            encoded = assign_layer_with_feedback(module, codec, inputs.gram,
+                                                 scales[name].pow(2) if name in scales else None)
             original = module.weight.detach().clone()
             plan.set_encoded(model, f"{name}.weight", codec, encoded, Palette.decode(encoded))
-            cancel_output_shift(module, original, mean, norms.get(name))
+            correct_bias(module, original, inputs.mean, norms.get(name))
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
         """per_channel "auto": one palette per output channel exactly when a channel has no more
@@ -160,19 +164,3 @@ def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Te
     elif groups == 1:
         values = refit_values(weight, labels, values, gram[0], row_scale)
     return codec.encode_assigned(values, labels, tuple(module.weight.shape))
-
-
-@torch.no_grad()
-def cancel_output_shift(module: nn.Module, original: torch.Tensor, patch_mean: torch.Tensor,
-                        norm: nn.Module | None) -> None:
-    """Remove the mean output change (Q - W) E[x] (x: the im2col patch, borders included) in the
-    layer's bias, or else in the running mean of the BatchNorm after it (Nagel et al. 2019)."""
-    rows = module.weight.shape[0]
-    groups = groups_of(module)
-    delta = (module.weight.detach() - original).reshape(rows, -1).double()
-    means = patch_mean.reshape(groups, -1).repeat_interleave(rows // groups, 0)
-    shift = (delta * means).sum(1)
-    if module.bias is not None:
-        module.bias -= shift.to(module.bias.dtype)
-    elif norm is not None:
-        norm.running_mean += shift.to(norm.running_mean.dtype)

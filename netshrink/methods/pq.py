@@ -3,7 +3,7 @@
 Each selected layer's weight rows are cut into sub-vectors of d (codecs/pq.py) sharing one
 codebook of k fp16 codewords. With `objective: output` the codebook minimises the error of the
 layer's OUTPUT on calibration inputs, sum_b (w_b - c)^T G_b (w_b - c) with G_b the uncentred second
-moment of the inputs of block b (methods/layer_inputs.py): k-means in that metric, closed-form
+moment of the inputs of block b (calibration/layer_inputs.py): k-means in that metric, closed-form
 codeword update (cluster/kmeans.py: `kmeans_metric`). With `objective: weights` it is plain PQ
 (Euclidean k-means of the weights, the ablation). Layers are quantized one at a time in forward
 order; each layer's inputs come from the network whose earlier layers are already quantized, so a
@@ -45,15 +45,16 @@ from tqdm import tqdm
 
 from netshrink.cluster import assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
 from netshrink.format.codecs.pq import PQ, row_length, subvectors
-from netshrink.errors import DataError, RecipeError
+from netshrink.errors import DATA_HINT, DataError, RecipeError
+from netshrink.calibration.batchnorm import batchnorm_scales, recalibrate_batchnorms
 from netshrink.calibration.error_feedback import feedback_assign_vectors
-from netshrink.calibration.layer_inputs import (batchnorm_scales, block_points, calibration_batches, forward_order,
-                                            groups_of, input_grams, recalibrate_batchnorms, row_groups,
-                                            unblock_labels)
+from netshrink.calibration.layer_inputs import (block_points, calibration_batches, forward_order, groups_of,
+                                            patch_moments, row_groups, unblock_labels)
 from netshrink.training.retraining import (ReassignHook, RetrainingStep, RetrainSettings, SharedValueHook,
                                           scalar_labels, store_shared)
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext, register_step
+from netshrink.select import MATRIX_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class OutputAwarePQ(RetrainingStep):
     flat in a recipe). Per layer: `d`, `k`, in `overrides`.
     """
 
-    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (nn.Conv2d, nn.Linear, nn.Embedding)
+    layer_types: ClassVar[tuple[type[nn.Module], ...]] = (*MATRIX_LAYERS, nn.Embedding)
     per_layer_fields: ClassVar[tuple[str, ...]] = ("d", "k")
 
     train: RetrainSettings = RetrainSettings(epochs=1.0, lr=1e-3, distill="kl")
@@ -140,15 +141,18 @@ class OutputAwarePQ(RetrainingStep):
         layers = dict(self.layers(model))
         settings = {name: (self.d_for(name, module), self.for_layer(name).k) for name, module in layers.items()}
         if self.needs_data and ctx.data is None:
-            raise DataError("step pq needs training data for calibration and fine-tuning "
-                            "(CLI: --dataset; API: data=); or use objective: weights with epochs: 0")
+            raise DataError(f"step pq needs training data for calibration and fine-tuning {DATA_HINT}; "
+                            "or use objective: weights with epochs: 0")
         if self.train.epochs or self.stage_epochs:
             self.train.freeze_teacher(model, ctx)  # before any layer is quantized
         samples = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
             if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn) else None
         calibration = samples if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
-        row_scales = batchnorm_scales(model, layers, calibration[0]) if calibration and self.weigh_by_norm else {}
+        row_scales: dict[str, torch.Tensor] = {}
+        if calibration and self.weigh_by_norm:  # an error in row o reaches the next layer scaled by g_o / sigma_o
+            row_scales = {name: scale.double().pow(2).clamp_min(1e-12)
+                          for name, scale in batchnorm_scales(model).items()}
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
         books_of = [self._codebook_groups(stage, settings) for stage in stages]
@@ -205,8 +209,8 @@ class OutputAwarePQ(RetrainingStep):
         if calibration is None or isinstance(module, nn.Embedding):
             plan.assign(model, weight_name, codec)
         else:
-            full = input_grams(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
-                               positions=self.positions, seed=seed)
+            full = patch_moments(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
+                                 positions=self.positions, seed=seed).gram
             grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
             points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
             result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams.float(),
@@ -237,8 +241,8 @@ class OutputAwarePQ(RetrainingStep):
         for index, name in enumerate(names):
             module, lender = layers[name], names[0] if index else ""
             if by_output:  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
-                grams = problems[0][1] if index == 0 else \
-                    self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+                grams = problems[0][1] if index == 0 else self._metric(
+                    patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
                 encoded = _metric_encoding(module, d, codebook, grams, codebook_of=lender)
             else:
                 fp16 = codebook.to(torch.float16)
@@ -251,7 +255,7 @@ class OutputAwarePQ(RetrainingStep):
     def _metric_problem(self, model: nn.Module, module: nn.Module, d: int, calibration: list[Any],
                         row_scales: torch.Tensor | None, seed: int):
         """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n]."""
-        grams = self._metric(input_grams(model, module, d, calibration, positions=self.positions, seed=seed))
+        grams = self._metric(patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
         points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales)
         return points, grams.float(), weights
 
@@ -326,7 +330,7 @@ def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
 
 def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
     """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
-    second moment of each group's inputs (methods/error_feedback.py), so that later sub-vectors of
+    second moment of each group's inputs (calibration/error_feedback.py), so that later sub-vectors of
     a row absorb the output error of earlier ones."""
     codebook, _ = PQ.codebook_and_labels(encoded)
     weight = module.weight.detach().reshape(module.weight.shape[0], -1)

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
+from netshrink.cluster.kmeans1d import KMeans1DInit
 from netshrink.format.codecs import Palette
 from netshrink.training.retraining import (MaskHook, RetrainingStep, RetrainSettings, SharedValueHook, nonzero_masks,
                                            value_labels)
@@ -37,7 +38,7 @@ class TrainedQuantization(RetrainingStep):
     per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "init")
     train: RetrainSettings = RetrainSettings(lr=1e-4)
     bits: int = 5
-    init: Literal["optimal", "linear", "density", "random"] = "linear"
+    init: KMeans1DInit = "linear"
     reduce: Literal["sum", "mean"] = "sum"
 
     def validate(self) -> None:

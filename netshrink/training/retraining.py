@@ -23,7 +23,7 @@ from netshrink.cluster import assign_nearest
 from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
 from netshrink.training.distill import DISTILL_KINDS, DistillationLoss
-from netshrink.errors import DataError, RecipeError
+from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, Recipe, StepContext
 from netshrink.training.loop import TrainConfig, TrainHook, TrainResult, fit
@@ -82,7 +82,7 @@ class RetrainSettings:
         """Train `model` on the step's data with `hooks`; zero epochs means no training. `loss_fn`
         replaces the loss `distill` picks (see `loss_for`)."""
         if ctx.data is None:
-            raise DataError(f"{desc} retrains the model and needs training data (CLI: --dataset; API: data=)")
+            raise DataError(f"{desc} retrains the model and needs training data {DATA_HINT}")
         if (self.epochs if epochs is None else epochs) == 0:
             return None
         config = self.train_config(ctx, epochs, lr)

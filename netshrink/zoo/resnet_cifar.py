@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from netshrink.errors import ModelError
+from netshrink.select import MATRIX_LAYERS
 from netshrink.zoo.normalize import imagenet_normalize
 
 
@@ -105,7 +106,7 @@ class CifarResNet(nn.Module):
     def _init_weights(self) -> None:
         # He et al. 2015 initialisation, as used to train the published checkpoint.
         for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, MATRIX_LAYERS):
                 nn.init.kaiming_normal_(module.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

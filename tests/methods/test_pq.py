@@ -1,4 +1,4 @@
-"""Output-aware PQ step (Stock et al. 2020): layer-input moments, output error vs weight-only PQ,
+"""Output-aware PQ step (Stock et al. 2020): block layout, output error vs weight-only PQ,
 end-to-end compression with distillation, BN statistics through the file, clear setting errors."""
 
 from __future__ import annotations
@@ -6,37 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import netshrink
 from netshrink.format.codecs.pq import PQ, subvectors
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
-from netshrink.calibration.layer_inputs import (batchnorm_scales, block_points, forward_order, input_grams,
-                                            recalibrate_batchnorms, unblock_labels)
+from netshrink.calibration.layer_inputs import block_points, forward_order, unblock_labels
 from netshrink.recipe import parse_recipe
-from netshrink.zoo.efficientnet_lite import SameConv2d
 
 
 def recipe(*steps):
     return parse_recipe({"name": "test", "steps": list(steps)})
-
-
-def unfold_grams(conv: nn.Conv2d, x: torch.Tensor, d: int) -> torch.Tensor:
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)   # [n, C*kh*kw, L]
-    rows = cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).reshape(-1, cols.shape[1] // d, d).double()
-    return torch.einsum("rbi,rbj->bij", rows, rows) / rows.shape[0]
-
-
-@pytest.mark.parametrize("conv, pad, d", [
-    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1, 1, 1, 1), 9),
-    (nn.Conv2d(4, 4, 3, padding=1, groups=4), (1, 1, 1, 1), 9),      # depthwise: one block per channel
-    (SameConv2d(4, 6, 3, stride=2), (0, 1, 0, 1), 18),              # TF "SAME": padded inside forward
-])
-def test_input_grams_are_the_im2col_second_moments(conv, pad, d):
-    x = torch.randn(3, 4, 10, 10)
-    grams = input_grams(conv, conv, d, [x], positions=10**6)
-    torch.testing.assert_close(grams, unfold_grams(conv, F.pad(x, pad), d), rtol=1e-5, atol=1e-6)
 
 
 def test_block_layout_round_trips_to_subvector_order():
@@ -92,14 +72,6 @@ def test_feedback_lowers_the_output_error_with_the_same_codebook():
             errors[feedback] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
     assert torch.equal(books[True], books[False])  # only the assignment changes
     assert errors[True] < 0.8 * errors[False]
-
-
-def test_batchnorm_scales_pair_each_layer_with_the_norm_after_it(tiny_net):
-    scales = batchnorm_scales(tiny_net, {"conv": tiny_net.conv, "fc": tiny_net.fc}, torch.rand(2, 3, 8, 8))
-    bn = tiny_net.bn
-    expected = bn.weight.detach().double() ** 2 / (bn.running_var.double() + bn.eps)
-    assert set(scales) == {"conv"}  # fc is not followed by a norm
-    torch.testing.assert_close(scales["conv"], expected)
 
 
 def test_forward_order_follows_the_calls(tiny_net):
@@ -187,17 +159,6 @@ def test_text_batches_calibrate_and_distill_with_mse(tmp_path):
     loaded = netshrink.load(tmp_path / "text.nsk", model=TinySentenceEncoder())
     ids, mask = tokens[:4, 0], (tokens[:4, 0] != 0).long()
     torch.testing.assert_close(loaded(ids, mask), compressed.model.eval()(ids, mask))
-
-
-def test_batchnorm_recalibration_gives_the_exact_statistics_and_restores_the_modes(tiny_net):
-    batches = [torch.rand(16, 3, 8, 8) for _ in range(3)]
-    features = torch.cat([tiny_net.conv(x) for x in batches]).detach()   # what bn sees
-    momentum = tiny_net.bn.momentum
-    assert recalibrate_batchnorms(tiny_net, batches) == 1
-    torch.testing.assert_close(tiny_net.bn.running_mean, features.mean((0, 2, 3)))
-    per_batch_var = torch.stack([f.var((0, 2, 3)) for f in features.split(16)])  # unbiased, averaged
-    torch.testing.assert_close(tiny_net.bn.running_var, per_batch_var.mean(0))
-    assert tiny_net.bn.momentum == momentum and not tiny_net.training and not tiny_net.bn.training
 
 
 @pytest.mark.parametrize("recalibrate", [True, False])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from netshrink.cluster import assign_nearest_1d, kmeans_1d
+from netshrink.cluster.kmeans1d import INITS
 from netshrink.format.codecs.base import (
     Codec,
     Encoded,
@@ -28,7 +29,6 @@ from netshrink.format.codecs.dense import bytes_to_tensor, tensor_to_bytes
 from netshrink.format.entropy import decode_symbols, encode_symbols
 from netshrink.errors import CodecError, FormatError
 
-INITS = ("optimal", "linear", "density", "random")
 MAX_BITS = 16
 
 
