@@ -72,6 +72,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     for index, step in enumerate(recipe.steps, 1):
         log.info("recipe %s step %d/%d: %s", recipe.name, index, len(recipe.steps), step.step_name)
         step.apply(model, plan, ctx)
+        plan.refresh(model)  # tensors a step retrained after an earlier one coded them: coded again
     ident = dict(identity) if identity is not None else model_identity(model, name)
     if ctx.arch:
         ident["arch"] = {**(ident.get("arch") or {}), **ctx.arch}

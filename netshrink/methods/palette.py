@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.format.codecs import Encoded, Palette
+from netshrink.format.codecs import Dense, Encoded, Palette, Sparse
 from netshrink.errors import DataError, RecipeError
 from netshrink.calibration.importance import (InputMoments, correct_mean_shift, following_norm_scales, following_norms, input_moments,
                                   norm_scale, weight_importance)
@@ -72,11 +72,11 @@ class WeightSharing(LayerStep):
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
         for name in tqdm(self.weight_names(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False):
             current = plan.codec_for(name)
-            if name in importance and current.name == "sparse":
+            pruned = isinstance(current, Sparse)
+            if name in importance and pruned:
                 raise RecipeError(f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
                                   "use weighting: none after pruning")
-            codec = Palette(self.bits, self.channelwise(state[name], current.name == "sparse"), self.init, ctx.seed,
-                            importance.get(name))
+            codec = Palette(self.bits, self.channelwise(state[name], pruned), self.init, ctx.seed, importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
         norms = following_norms(model) if moments else {}
         for name, original in originals.items():
@@ -108,10 +108,10 @@ class WeightSharing(LayerStep):
         layers before it produce (as output-aware PQ does), so it also absorbs their errors."""
         layers = dict(self.layers(model))
         for name, module in layers.items():
-            codec = plan.codec_for(f"{name}.weight").name
-            if not isinstance(module, (nn.Conv2d, nn.Linear)) or codec != "dense":
+            codec = plan.codec_for(f"{name}.weight")
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or not isinstance(codec, Dense):
                 raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
-                                  f"{'pruned ' if codec == 'sparse' else ''}{type(module).__name__}; "
+                                  f"{'pruned ' if isinstance(codec, Sparse) else ''}{type(module).__name__}; "
                                   "exclude it or use compensate: false")
         batches = self.calibration_batches(ctx)
         probe = batches[0]
@@ -128,7 +128,7 @@ class WeightSharing(LayerStep):
                                           positions=self.positions, seed=ctx.seed)
             encoded = assign_layer_with_feedback(module, codec, gram, scales[name].pow(2) if name in scales else None)
             original = module.weight.detach().clone()
-            plan.set_encoded(model, f"{name}.weight", codec, encoded, Palette.decode(encoded))
+            plan.set_encoded(model, f"{name}.weight", codec, encoded)
             cancel_output_shift(module, original, mean, norms.get(name))
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
@@ -146,8 +146,7 @@ def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Te
     """The layer's palette: the codec's k-means values, labels by error feedback under each group's
     input second moment `gram` [groups, cols, cols], values refit for the output error."""
     weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
-    values, _ = Palette.codebook_and_labels(codec.encode(module.weight))
-    values = values.double()
+    values = codec.fit(module.weight).values.double()
     groups = groups_of(module)
     parts = row_groups(weight.shape[0], groups)
     row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values

@@ -16,7 +16,7 @@ from typing import Literal
 
 from torch import nn
 
-from netshrink.format.codecs import Palette
+from netshrink.format.codecs import Palette, Sparse
 from netshrink.training.retraining import MaskHook, RetrainSettings, SharedValueHook, nonzero_masks, value_labels
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import LayerStep, StepContext, register_step
@@ -45,7 +45,7 @@ class TrainedQuantization(RetrainSettings, LayerStep):
             plan.assign(model, name, plan.codec_for(name).with_inner(Palette(bits, init=self.init, seed=ctx.seed)))
         state = model.state_dict()
         labels = {name: value_labels(state[name]) for name in names}
-        others = [n for n, p in model.named_parameters() if n not in names and plan.codec_for(n).name == "sparse"]
+        others = [n for n, p in model.named_parameters() if n not in names and isinstance(plan.codec_for(n), Sparse)]
         hooks = [SharedValueHook(labels, self.reduce), MaskHook(nonzero_masks(model, others))]
         self.retrain(model, ctx, hooks, desc="trained quantization")
         for name in names:  # store the trained centroids (at most 2^bits distinct values: exact)
