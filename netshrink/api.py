@@ -40,6 +40,9 @@ class CompressedModel:
     identity: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> FileReport:
+        """Write the .nsk file. Coded tensors changed since `compress` (say, by the user's own
+        training loop) are first coded again with their codebooks, and the model takes those values:
+        the file and `model` stay the same network."""
         nsk = NskFile(self.plan.encode_all(self.model), self.identity, self.recipe.to_dict() if self.recipe else None)
         write_nsk(path, nsk)
         return file_report(path)

@@ -10,7 +10,8 @@ shared or fine-tuned, gives the changed tensor new codes, and the model takes th
 
 Tensors that share storage (an embedding tied to the output layer: two state-dict names, one
 tensor) are stored once, under the first name; the others become tied records. Tensors encoded with
-the same `Codebook` object share it: the first in the file stores it, the others borrow its stream.
+the same `Codebook` object (their own, not a nested codec's) share it: the first in the file stores
+it, the others borrow its stream.
 """
 
 from __future__ import annotations

@@ -114,6 +114,12 @@ class Encoded:
                 totals[kind] += nbytes
         return totals
 
+    def written_by(self, kinds: type["Codec"] | tuple[type["Codec"], ...]) -> bool:
+        """Whether a codec of class `kinds` wrote this encoding (found by its name in the registry of
+        codecs, so that a reader of a file's codec tree asks about classes, not names)."""
+        cls = _REGISTRY.get(self.codec)
+        return cls is not None and issubclass(cls, kinds)
+
     def borrowing_codebook(self, lender: str) -> "Encoded":
         """This encoding with its codebook stream stored by the earlier tensor `lender`, which holds
         the same codebook (the file keeps one copy); its label says the codebook is shared."""
