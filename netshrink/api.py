@@ -40,6 +40,9 @@ class CompressedModel:
     identity: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> FileReport:
+        """Write the .nsk file. Coded tensors changed since `compress` (say, by the user's own
+        training loop) are first coded again with their codebooks, and the model takes those values:
+        the file and `model` stay the same network."""
         nsk = NskFile(self.plan.encode_all(self.model), self.identity, self.recipe.to_dict() if self.recipe else None)
         write_nsk(path, nsk)
         return file_report(path)
@@ -72,6 +75,7 @@ def compress(model: nn.Module, recipe: Recipe | str | Path, data: Any = None, *,
     for index, step in enumerate(recipe.steps, 1):
         log.info("recipe %s step %d/%d: %s", recipe.name, index, len(recipe.steps), step.step_name)
         step.apply(model, plan, ctx)
+        plan.refresh(model)  # tensors a step retrained after an earlier one coded them: coded again
     ident = dict(identity) if identity is not None else model_identity(model, name)
     if ctx.arch:
         ident["arch"] = {**(ident.get("arch") or {}), **ctx.arch}

@@ -1,25 +1,34 @@
 """The compression plan: which codec stores each tensor of a model, and its encoded form.
 
-Steps of a recipe assign codecs through `CompressionPlan.assign`, which encodes the tensor, writes the
-decoded value back into the model, and caches the encoding. So the model in memory is always exactly
-the model the file will load, and accuracy measured on it is the accuracy of the file. When a later
-step (retraining) changes a tensor, its cached encoding no longer matches the tensor's fingerprint
-and `encode_all` encodes it afresh with the same codec.
+Steps of a recipe assign codecs through `CompressionPlan.assign` (the codec fits its state, e.g. a
+codebook, and encodes the tensor) or hand over codes they chose themselves through `set_encoded`;
+either way the plan decodes the encoding itself and writes the decoded value back into the model.
+So the model in memory is exactly the model the file will load, and accuracy measured on it is the
+accuracy of the file. When a later step (retraining) changes a coded tensor, `refresh` (run after
+every step, and before saving) encodes it again with its codec's current state: the same codebook,
+shared or fine-tuned, gives the changed tensor new codes, and the model takes the decoded value.
 
 Tensors that share storage (an embedding tied to the output layer: two state-dict names, one
-tensor) are stored once, under the first name; the others become tied records.
+tensor) are stored once, under the first name; the others become tied records. Tensors encoded with
+the same `Codebook` object (their own, not a nested codec's) share it: the first in the file stores
+it, the others borrow its stream.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from netshrink.format.codecs import Codec, Dense, Encoded
+from netshrink.errors import CodecError
+from netshrink.format.codecs import Codebook, Codec, Dense, Encoded, decode
 from netshrink.format.container import TensorRecord
+
+log = logging.getLogger(__name__)
 
 EXACT = Dense("exact")
 
@@ -35,8 +44,13 @@ def fingerprint(tensor: torch.Tensor) -> bytes:
 @dataclass
 class PlanEntry:
     codec: Codec
-    encoded: Encoded | None = None
-    digest: bytes | None = None
+    encoded: Encoded
+    digest: bytes
+
+    @property
+    def state(self) -> Any:
+        """The codec state the tensor was encoded with (its codebook), to encode it again with."""
+        return self.encoded.state
 
 
 class CompressionPlan:
@@ -49,48 +63,81 @@ class CompressionPlan:
         entry = self.entries.get(name)
         return entry.codec if entry else EXACT
 
-    def assign(self, model: nn.Module, name: str, codec: Codec) -> torch.Tensor:
-        """Store tensor `name` with `codec`: encode it, write the decoded value back, cache both."""
+    def assign(self, model: nn.Module, name: str, codec: Codec, state: Any = None) -> torch.Tensor:
+        """Store tensor `name` with `codec`: encode it with `state` (None: the codec fits its state on
+        the tensor; give a `Codebook` to share it with other tensors) and load the decoded value."""
+        return self.set_encoded(model, name, codec, codec.encode(model.state_dict()[name], state))
+
+    def set_encoded(self, model: nn.Module, name: str, codec: Codec, encoded: Encoded) -> torch.Tensor:
+        """Record `codec`'s encoding of tensor `name` (codes a method chose itself, e.g. by output
+        error or error feedback) and load its decoded value into the model."""
         tensor = model.state_dict()[name]
-        encoded, decoded = codec.round_trip(tensor)
+        if tuple(encoded.shape) != tuple(tensor.shape):
+            raise CodecError(f"an encoding of shape {tuple(encoded.shape)} cannot store {name!r} of shape "
+                             f"{tuple(tensor.shape)}")
         with torch.no_grad():
-            tensor.copy_(decoded)
+            tensor.copy_(decode(encoded).to(tensor.dtype))
         self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
         return tensor
 
-    def set_encoded(self, model: nn.Module, name: str, codec: Codec, encoded: Encoded, decoded: torch.Tensor) -> None:
-        """Record an encoding a method built itself (e.g. fine-tuned centroids) and load its value."""
-        tensor = model.state_dict()[name]
-        with torch.no_grad():
-            tensor.copy_(decoded.reshape(tensor.shape))
-        self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
+    def refresh(self, model: nn.Module) -> list[str]:
+        """Encode again, with their codec's current state, the tensors changed since they were
+        encoded, and load the decoded values. Returns the names of the tensors re-encoded."""
+        state = model.state_dict()
+        first_of = tied_names(state)
+        changed = []
+        for name, tensor in state.items():
+            names = self._assigned(name, first_of)
+            if names and first_of.get(name, name) == name and self._cached(tensor, names) is None:
+                entry = self.entries[names[-1]]  # several names of one tensor: the last assigned codec
+                self.set_encoded(model, names[-1], entry.codec, entry.codec.encode(tensor, entry.state))
+                changed.append(name)
+        if changed:
+            log.info("%d coded tensors changed since they were encoded; encoded again with their codebooks: %s",
+                     len(changed), ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+        return changed
 
     def encode_all(self, model: nn.Module) -> list[TensorRecord]:
-        """Every state-dict tensor as a TensorRecord, re-encoding those changed since assignment;
-        a tensor tied to an earlier one is recorded as tied to it, with no bytes of its own."""
+        """Every state-dict tensor as a TensorRecord, after `refresh`. A tensor tied to an earlier one
+        is recorded as tied to it, with no bytes of its own; a tensor encoded with the codebook of an
+        earlier one borrows that tensor's codebook stream."""
+        self.refresh(model)
         owners = _module_types(model)
         state = model.state_dict()
         first_of = tied_names(state)
-        records, stored = [], {}
+        records, stored, lenders = [], {}, {}
         for name, tensor in state.items():
             source = first_of.get(name, name)
             if source != name:
                 records.append(TensorRecord(name, stored[source], owners.get(name, ""), tied_to=source))
                 continue
-            group = [other for other, first in first_of.items() if first == name] or [name]
-            stored[name] = self._encode(tensor, group)
+            names = self._assigned(name, first_of)
+            stored[name] = _lent(self._cached(tensor, names) if names else EXACT.encode(tensor), name, lenders)
             records.append(TensorRecord(name, stored[name], owners.get(name, "")))
         return records
 
-    def _encode(self, tensor: torch.Tensor, names: list[str]) -> Encoded:
-        """The encoding of a tensor known under `names`: a cached one still valid, else the codec a
-        step assigned to any of its names (the last name's, if several), else exact storage."""
-        entries = [self.entries[n] for n in names if n in self.entries]
-        if not entries:
-            return EXACT.encode(tensor)
+    def _assigned(self, name: str, first_of: dict[str, str]) -> list[str]:
+        """The names of tensor `name` (several when tied) that a step gave a codec, in state-dict order."""
+        group = [other for other, first in first_of.items() if first == name] or [name]
+        return [n for n in group if n in self.entries]
+
+    def _cached(self, tensor: torch.Tensor, names: list[str]) -> Encoded | None:
+        """The encoding of a tensor known under `names` that still matches its values (the last
+        name's, if several do), or None."""
         digest = fingerprint(tensor)
-        valid = [e for e in entries if e.encoded is not None and e.digest == digest]
-        return valid[-1].encoded if valid else entries[-1].codec.encode(tensor)
+        return next((self.entries[n].encoded for n in reversed(names) if self.entries[n].digest == digest), None)
+
+
+def _lent(encoded: Encoded, name: str, lenders: dict[Codebook, str]) -> Encoded:
+    """`encoded`, borrowing its codebook stream from the first tensor (in `lenders`) that holds the
+    same Codebook; else `name` becomes that codebook's lender."""
+    book = encoded.state if isinstance(encoded.state, Codebook) else None
+    if book is None:
+        return encoded
+    if book in lenders:
+        return encoded.borrowing_codebook(lenders[book])
+    lenders[book] = name
+    return encoded
 
 
 def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:

@@ -71,9 +71,7 @@ def _mixed_model():
 
     from netshrink import zoo
     from netshrink.api import CompressedModel, model_identity
-    from netshrink.cluster.kmeans import assign_nearest
     from netshrink.format.codecs import PQ, Dense, LowRank, Palette, Sparse
-    from netshrink.format.codecs.dense import bytes_to_tensor
     from netshrink.plan import CompressionPlan
 
     torch.manual_seed(0)
@@ -82,13 +80,7 @@ def _mixed_model():
         model.fc1.bias[::2] = 0  # something for the sparse codec to skip
     plan = CompressionPlan()
     plan.assign(model, "conv1.weight", PQ(d=5, k=16))
-    lender = plan.entries["conv1.weight"].encoded
-    k, d = lender.params["k"], lender.params["d"]
-    book = bytes_to_tensor(lender.streams["codebook"].data, torch.float16, k * d).reshape(k, d)
-    weight = model.conv2.weight.detach()
-    labels, _ = assign_nearest(weight.float().reshape(-1, d), book.float())
-    shared = PQ.encode_assigned(book, labels, tuple(weight.shape), codebook_of="conv1.weight")
-    plan.set_encoded(model, "conv2.weight", PQ(d=5, k=16), shared, PQ.decode(shared))
+    plan.assign(model, "conv2.weight", PQ(d=5, k=16), plan.entries["conv1.weight"].state)  # one codebook
     plan.assign(model, "fc1.weight", LowRank(rank=4, inner=Dense("fp16")))
     plan.assign(model, "fc2.weight", Palette(bits=3, per_channel=True))
     plan.assign(model, "conv2.bias", Dense("fp16"))

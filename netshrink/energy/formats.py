@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netshrink.format.codecs.base import Encoded
+from netshrink.format.codecs import PQ, Dense, Encoded, Palette, Sparse
 from netshrink.format.codecs.dense import DTYPES
 
 
@@ -40,7 +40,7 @@ def weight_format(enc: Encoded) -> WeightFormat:
     """The format of an encoded weight, read from its codec tree (as written in the .nsk file)."""
     kinds = enc.bytes_by_kind()
     density, node = 1.0, enc
-    if enc.codec == "sparse" and "values" in enc.children:
+    if enc.written_by(Sparse) and "values" in enc.children:
         node = enc.children["values"]
         density = node.numel / enc.numel if enc.numel else 1.0
     value_bits, shared = _value_bits(node)
@@ -49,9 +49,9 @@ def weight_format(enc: Encoded) -> WeightFormat:
 
 def _value_bits(enc: Encoded) -> tuple[int, bool]:
     """(bits of a decoded weight value, whether decoding is a codebook look-up)."""
-    if enc.codec in ("palette", "pq"):
+    if enc.written_by((Palette, PQ)):
         return 16, True  # both store fp16 codebooks (codecs/palette.py, codecs/pq.py)
-    if enc.codec == "dense":
+    if enc.written_by(Dense):
         dtype = DTYPES.get(enc.params.get("dtype"), torch.float32)
         return 8 * torch.empty((), dtype=dtype).element_size(), False
     children = list(enc.children.values())

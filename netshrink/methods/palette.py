@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from netshrink.cluster.kmeans1d import KMeans1DInit
-from netshrink.format.codecs import Encoded, Palette
+from netshrink.format.codecs import Dense, Encoded, Palette, Sparse
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.calibration.batchnorm import batchnorm_scale, following_batchnorms
 from netshrink.calibration.bias_correction import correct_bias
@@ -78,10 +78,11 @@ class WeightSharing(LayerStep):
                                    leave=False):
             name, layer = f"{module_name}.weight", self.for_layer(module_name)
             current = plan.codec_for(name)
-            if name in importance and current.name == "sparse":
+            pruned = isinstance(current, Sparse)
+            if name in importance and pruned:
                 raise RecipeError(f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
                                   "use weighting: none after pruning")
-            codec = Palette(layer.bits, layer.channelwise(state[name], current.name == "sparse"), layer.init, ctx.seed,
+            codec = Palette(layer.bits, layer.channelwise(state[name], pruned), layer.init, ctx.seed,
                             importance.get(name))
             plan.assign(model, name, current.with_inner(codec))
         modules = dict(model.named_modules())
@@ -114,10 +115,10 @@ class WeightSharing(LayerStep):
         layers before it produce (as output-aware PQ does), so it also absorbs their errors."""
         layers = dict(self.layers(model))
         for name, module in layers.items():
-            codec = plan.codec_for(f"{name}.weight").name
-            if not isinstance(module, MATRIX_LAYERS) or codec != "dense":
+            codec = plan.codec_for(f"{name}.weight")
+            if not isinstance(module, MATRIX_LAYERS) or not isinstance(codec, Dense):
                 raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
-                                  f"{'pruned ' if codec == 'sparse' else ''}{type(module).__name__}; "
+                                  f"{'pruned ' if isinstance(codec, Sparse) else ''}{type(module).__name__}; "
                                   "exclude it or use compensate: false")
         batches = self.calibration_batches(ctx)
         norms = following_batchnorms(model)
@@ -134,7 +135,7 @@ class WeightSharing(LayerStep):
             encoded = assign_layer_with_feedback(module, codec, inputs.gram,
                                                  scales[name].pow(2) if name in scales else None)
             original = module.weight.detach().clone()
-            plan.set_encoded(model, f"{name}.weight", codec, encoded, Palette.decode(encoded))
+            plan.set_encoded(model, f"{name}.weight", codec, encoded)
             correct_bias(module, original, inputs.mean, norms.get(name))
 
     def channelwise(self, weight: torch.Tensor, sparse: bool) -> bool:
@@ -152,8 +153,7 @@ def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Te
     """The layer's palette: the codec's k-means values, labels by error feedback under each group's
     input second moment `gram` [groups, cols, cols], values refit for the output error."""
     weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
-    values, _ = Palette.codebook_and_labels(codec.encode(module.weight))
-    values = values.double()
+    values = codec.fit(module.weight).values.double()
     groups = groups_of(module)
     parts = row_groups(weight.shape[0], groups)
     row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values

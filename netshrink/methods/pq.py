@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.cluster import assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.cluster import assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.format.codecs import Codebook, Encoded
 from netshrink.format.codecs.pq import PQ, row_length, subvectors
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.calibration.batchnorm import batchnorm_scales, recalibrate_batchnorms
@@ -215,10 +216,10 @@ class OutputAwarePQ(RetrainingStep):
             points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
             result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams.float(),
                                    iters=self.kmeans_iters, seed=seed, point_weights=weights)
-            encoded = _metric_encoding(module, d, result.centroids, grams)
+            encoded = _metric_encoding(module, d, Codebook.fp16(result.centroids), grams)
             if self.feedback:
                 encoded = _with_feedback(module, encoded, full)
-            plan.set_encoded(model, weight_name, codec, encoded, PQ.decode(encoded))
+            plan.set_encoded(model, weight_name, codec, encoded)
         return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
 
     def _quantize_shared(self, model: nn.Module, plan: CompressionPlan, names: list[str],
@@ -237,18 +238,17 @@ class OutputAwarePQ(RetrainingStep):
         else:
             vectors = torch.cat([subvectors(layers[name].weight.detach().float(), d) for name in names])
             codebook = kmeans(vectors, min(k, vectors.shape[0]), iters=self.kmeans_iters, seed=seed).centroids
+        book = Codebook.fp16(codebook)  # one object for all the layers: the file stores it once
         labels = {}
         for index, name in enumerate(names):
-            module, lender = layers[name], names[0] if index else ""
+            module = layers[name]
             if by_output:  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
                 grams = problems[0][1] if index == 0 else self._metric(
                     patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
-                encoded = _metric_encoding(module, d, codebook, grams, codebook_of=lender)
+                encoded = _metric_encoding(module, d, book, grams)
             else:
-                fp16 = codebook.to(torch.float16)
-                assigned, _ = assign_nearest(subvectors(module.weight.detach().float(), d), fp16.float())
-                encoded = PQ.encode_assigned(fp16, assigned, tuple(module.weight.shape), codebook_of=lender)
-            plan.set_encoded(model, f"{name}.weight", codec, encoded, PQ.decode(encoded))
+                encoded = codec.encode(module.weight, book)
+            plan.set_encoded(model, f"{name}.weight", codec, encoded)
             labels[f"{name}.weight"] = scalar_labels(encoded, d)
         return labels
 
@@ -295,13 +295,13 @@ def metric_points(weight: torch.Tensor, d: int, groups: int,
     return points, per_group.reshape(points.shape[:2])
 
 
-def _metric_encoding(module: nn.Module, d: int, centroids: torch.Tensor, grams: torch.Tensor, codebook_of: str = ""):
-    """The layer's sub-vectors assigned to the fp16 codewords (what the file holds) in their blocks' metrics."""
-    codebook = centroids.to(torch.float16)
+def _metric_encoding(module: nn.Module, d: int, book: Codebook, grams: torch.Tensor) -> Encoded:
+    """The layer's sub-vectors assigned to the fp16 codewords of `book` (what the file holds) in
+    their blocks' metrics."""
     groups = groups_of(module)
     points = block_points(module.weight.detach().float(), d, groups)
-    labels, _ = assign_nearest_metric(points, codebook.float(), grams.float())
-    return PQ.encode_assigned(codebook, unblock_labels(labels, groups), tuple(module.weight.shape), codebook_of)
+    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float())
+    return PQ.encode_assigned(book, unblock_labels(labels, groups), tuple(module.weight.shape))
 
 
 def _joined(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
@@ -328,14 +328,14 @@ def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
     return tiles[:, index, :, index, :].permute(1, 0, 2, 3).reshape(groups * blocks, d, d)
 
 
-def _with_feedback(module: nn.Module, encoded, grams: torch.Tensor):
+def _with_feedback(module: nn.Module, encoded: Encoded, grams: torch.Tensor) -> Encoded:
     """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
     second moment of each group's inputs (calibration/error_feedback.py), so that later sub-vectors of
     a row absorb the output error of earlier ones."""
-    codebook, _ = PQ.codebook_and_labels(encoded)
+    book = encoded.state
     weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-    labels = torch.cat([feedback_assign_vectors(weight[rows], codebook.float(), grams[g])
+    labels = torch.cat([feedback_assign_vectors(weight[rows], book.values.float(), grams[g])
                         for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))])
-    return PQ.encode_assigned(codebook, labels.reshape(-1), tuple(module.weight.shape))
+    return PQ.encode_assigned(book, labels.reshape(-1), tuple(module.weight.shape))
 
 

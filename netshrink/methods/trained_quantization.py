@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 from torch import nn
 
 from netshrink.cluster.kmeans1d import KMeans1DInit
-from netshrink.format.codecs import Palette
+from netshrink.format.codecs import Palette, Sparse
 from netshrink.training.retraining import (MaskHook, RetrainingStep, RetrainSettings, SharedValueHook, nonzero_masks,
                                            value_labels)
 from netshrink.plan import CompressionPlan
@@ -58,7 +58,7 @@ class TrainedQuantization(RetrainingStep):
             plan.assign(model, name, plan.codec_for(name).with_inner(palette))
         state = model.state_dict()
         labels = {name: value_labels(state[name]) for name in names}
-        others = [n for n, p in model.named_parameters() if n not in names and plan.codec_for(n).name == "sparse"]
+        others = [n for n, p in model.named_parameters() if n not in names and isinstance(plan.codec_for(n), Sparse)]
         return [SharedValueHook(labels, self.reduce), MaskHook(nonzero_masks(model, others))]
 
     def finalize_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import nn
 
-from netshrink.format.codecs.base import Encoded
+from netshrink.format.codecs.base import Codebook, Encoded
 from netshrink.cluster import assign_nearest
 from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
@@ -270,18 +270,19 @@ def per_vector_labels(labels: torch.Tensor, d: int) -> torch.Tensor:
 
 def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], labels: dict[str, torch.Tensor],
                  d: int) -> None:
-    """Record the fine-tuned codewords of tensors `names` sharing one codebook (fp16 in the file, so
-    the model is reloaded with them); the file stores the codebook once, with the first of them."""
+    """Record the fine-tuned codewords of tensors `names` as the ONE codebook they share (fp16 in the
+    file, so the model is reloaded with them), with each tensor's codes as trained: the file stores
+    the codebook once, and a later change to these tensors is coded with it again."""
     state = model.state_dict()
     vector_labels = {name: per_vector_labels(labels[name], d) for name in names}
     k = max(int(v.max()) + 1 for v in vector_labels.values())
-    codebook = torch.zeros(k, d)
+    codewords = torch.zeros(k, d)
     for name in names:  # members of a cluster are identical: any one is its centre
-        codebook[vector_labels[name]] = subvectors(state[name], d).float()
-    for index, name in enumerate(names):
-        encoded = PQ.encode_assigned(codebook, vector_labels[name], tuple(state[name].shape),
-                                     codebook_of=names[0] if index else "")
-        plan.set_encoded(model, name, plan.codec_for(name), encoded, PQ.decode(encoded))
+        codewords[vector_labels[name]] = subvectors(state[name], d).float()
+    book = Codebook.fp16(codewords)
+    for name in names:
+        plan.set_encoded(model, name, plan.codec_for(name),
+                         PQ.encode_assigned(book, vector_labels[name], tuple(state[name].shape)))
 
 
 class ReassignHook(TrainHook):

@@ -233,7 +233,7 @@ def _shared_codebook_file() -> "NskFile":
 
     book = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
     first = PQ.encode_assigned(book, torch.tensor([0, 1, 1]), (3, 2))
-    second = PQ.encode_assigned(book, torch.tensor([1, 1, 0, 0]), (2, 4), codebook_of="a")
+    second = PQ.encode_assigned(book, torch.tensor([1, 1, 0, 0]), (2, 4)).borrowing_codebook("a")
     return NskFile([TensorRecord("a", first), TensorRecord("b", second)])
 
 

@@ -1,10 +1,16 @@
 """The per-tensor codec abstraction every method writes through.
 
-A `Codec` is a frozen, validated config (how to store one tensor). `codec.encode(tensor)` gives an
-`Encoded` value: named byte streams (codebook, indices, positions, values), small JSON parameters
-and, for nesting codecs (sparse of palette, low-rank of fp16), child `Encoded` values.
-`Encoded.nbits()` is exactly the number of payload bits the tensor occupies in the .nsk file, so a
-size in a report is the size on disk by construction (faiss's `code_size`, in spirit).
+A codec has the life of a faiss quantizer. `fit(tensor)` learns its state (a `Codebook`: palette
+values, PQ codewords; None for codecs that have none); `encode(tensor, state)` assigns the tensor's
+codes with that state and gives an `Encoded` value: named byte streams (codebook, indices,
+positions, values), small JSON parameters and, for nesting codecs (sparse of palette, low-rank of
+fp16), child `Encoded` values; `decode(encoded)` rebuilds the tensor. `Encoded.nbits()` is exactly
+the number of payload bits the tensor occupies in the .nsk file, so a size in a report is the size
+on disk by construction (faiss's `code_size`, in spirit).
+
+The state is kept apart from the codes so that a tensor a later step retrains is re-encoded with
+the same, possibly fine-tuned, codebook (new codes, same values), and so that several tensors can
+share one codebook: they hold the same `Codebook` object, and the file stores it once.
 
 `decode(encoded)` dispatches on the codec name through a registry filled by `@register_codec`, so a
 new codec touches no central if/elif (the torchao pattern). Decoders treat everything as untrusted
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -49,15 +55,38 @@ class Stream:
             raise ValueError(f"unknown stream kind {self.kind!r}")
 
 
+@dataclass(eq=False)
+class Codebook:
+    """The values a weight-sharing codec assigns codes to, as the file stores them (fp16): [rows, k]
+    for a palette, [k, d] for PQ. It is compared by identity: tensors encoded with the same object
+    share it, and the file stores it once, with the first of them."""
+
+    values: torch.Tensor
+
+    @classmethod
+    def fp16(cls, values: torch.Tensor) -> "Codebook":
+        """`values` rounded to the fp16 the file stores (a codebook is always used as stored, so
+        the model holds exactly what the file decodes to)."""
+        book = values.detach().to(torch.float16)
+        if not torch.isfinite(book).all():
+            raise CodecError("codebook values exceed the fp16 range (|w| > 65504); rescale the weights first")
+        return cls(book)
+
+
 @dataclass
 class Encoded:
-    """A tensor in compressed form: what a codec writes and its decoder reads back."""
+    """A tensor in compressed form: what a codec writes and its decoder reads back.
+
+    `state` is the codec state it was encoded with (its `Codebook`, or the nested codec's state),
+    in memory only: the file holds its bytes, and an Encoded read from a file has none.
+    """
 
     codec: str
     shape: tuple[int, ...]
     params: dict[str, Any] = field(default_factory=dict)
     streams: dict[str, Stream] = field(default_factory=dict)
     children: dict[str, "Encoded"] = field(default_factory=dict)
+    state: Any = field(default=None, compare=False, repr=False)
 
     @property
     def numel(self) -> int:
@@ -85,6 +114,20 @@ class Encoded:
                 totals[kind] += nbytes
         return totals
 
+    def written_by(self, kinds: type["Codec"] | tuple[type["Codec"], ...]) -> bool:
+        """Whether a codec of class `kinds` wrote this encoding (found by its name in the registry of
+        codecs, so that a reader of a file's codec tree asks about classes, not names)."""
+        cls = _REGISTRY.get(self.codec)
+        return cls is not None and issubclass(cls, kinds)
+
+    def borrowing_codebook(self, lender: str) -> "Encoded":
+        """This encoding with its codebook stream stored by the earlier tensor `lender`, which holds
+        the same codebook (the file keeps one copy); its label says the codebook is shared."""
+        stream = self.streams["codebook"]
+        label = self.params.get("label", self.codec)
+        return replace(self, params={**self.params, "label": f"{label} shared"},
+                       streams={**self.streams, "codebook": Stream(stream.kind, stream.data, borrowed_from=lender)})
+
     def describe(self) -> str:
         """Short human-readable codec description, e.g. 'sparse(palette(5b))'."""
         inner = ",".join(child.describe() for child in self.children.values())
@@ -98,18 +141,23 @@ class Codec(ABC):
 
     name: ClassVar[str]
 
+    def fit(self, tensor: torch.Tensor) -> Any:
+        """The state this codec learns from `tensor` (a `Codebook`); None for codecs without one."""
+        return None
+
     @abstractmethod
-    def encode(self, tensor: torch.Tensor) -> Encoded:
-        """Compress `tensor`; raise CodecError if these settings cannot encode it."""
+    def encode(self, tensor: torch.Tensor, state: Any = None) -> Encoded:
+        """The codes of `tensor` under `state` (a state `fit` returned; None: fitted on `tensor`
+        itself); raise CodecError if these settings cannot encode it."""
 
     @classmethod
     @abstractmethod
     def decode(cls, enc: Encoded) -> torch.Tensor:
         """Rebuild the tensor from `enc` (untrusted: validate, raise FormatError)."""
 
-    def round_trip(self, tensor: torch.Tensor) -> tuple[Encoded, torch.Tensor]:
+    def round_trip(self, tensor: torch.Tensor, state: Any = None) -> tuple[Encoded, torch.Tensor]:
         """Encode then decode: the value a model will hold once loaded from the file."""
-        enc = self.encode(tensor)
+        enc = self.encode(tensor, state)
         return enc, decode(enc).to(tensor.dtype).reshape(tensor.shape)
 
     def with_inner(self, inner: "Codec") -> "Codec":

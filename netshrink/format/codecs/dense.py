@@ -6,7 +6,7 @@ Biases, norm parameters and buffers are stored this way (exact) unless a recipe 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ class Dense(Codec):
             return tensor.dtype
         return DTYPES[self.dtype]
 
-    def encode(self, tensor: torch.Tensor) -> Encoded:
+    def encode(self, tensor: torch.Tensor, state: Any = None) -> Encoded:
         dtype = self.storage_dtype(tensor)
         data = tensor_to_bytes(tensor.to(dtype))
         params = {"dtype": _NAMES[dtype], "label": _NAMES[dtype]}

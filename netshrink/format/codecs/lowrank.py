@@ -4,13 +4,15 @@ W (out x in; conv weights are viewed as out x in*kh*kw) is stored as two factors
 V (r x in) with W ~= U V, each factor encoded by an inner codec (fp32 by default, fp16 or a palette
 to nest with weight sharing). The singular values are split evenly, U = U_r sqrt(S), V = sqrt(S) V_r^T,
 so both factors have the same scale and survive 16-bit storage equally well. The rank is given, or
-chosen as the smallest that keeps a fraction `energy` of sum(sigma^2).
+chosen as the smallest that keeps a fraction `energy` of sum(sigma^2). The codec's state is that
+rank and the states of the factors' codec: a tensor a later step retrains is factorised again at
+the same rank, its factors coded with the same codebooks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,6 +28,15 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
         return 1
     kept = torch.cumsum(power, 0) / power.sum()
     return int(torch.searchsorted(kept, torch.tensor(energy, dtype=kept.dtype)).item()) + 1
+
+
+@dataclass(eq=False)
+class LowRankState:
+    """The rank, and the states of the inner codec for each factor."""
+
+    rank: int
+    u: Any = None
+    v: Any = None
 
 
 @register_codec
@@ -49,20 +60,29 @@ class LowRank(Codec):
     def with_inner(self, inner: Codec) -> Codec:
         return replace(self, inner=self.inner.with_inner(inner))
 
-    def encode(self, tensor: torch.Tensor) -> Encoded:
+    def fit(self, tensor: torch.Tensor) -> LowRankState:
+        """The rank (given, or by energy) and the inner codec fitted on each factor."""
+        left, right = self._factors(tensor, self.rank)
+        return LowRankState(left.shape[1], self.inner.fit(left), self.inner.fit(right))
+
+    def encode(self, tensor: torch.Tensor, state: LowRankState | None = None) -> Encoded:
+        """The factors at the state's rank, each by the inner codec with its state."""
+        state = self.fit(tensor) if state is None else state
+        left, right = self._factors(tensor, state.rank)
+        params = {"rank": left.shape[1], "label": f"lowrank{left.shape[1]}"}
+        children = {"u": self.inner.encode(left, state.u), "v": self.inner.encode(right, state.v)}
+        return Encoded(self.name, tuple(tensor.shape), params, {}, children, state=state)
+
+    def _factors(self, tensor: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """U_r sqrt(S) and sqrt(S) V_r^T at `rank` (None: the rank keeping `energy`)."""
         require_float_tensor(tensor, self.name)
         if tensor.dim() < 2:
             raise CodecError(f"lowrank needs a matrix or conv weight, got shape {tuple(tensor.shape)}")
         matrix = tensor.detach().double().reshape(tensor.shape[0], -1)
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        rank = self.rank if self.rank is not None else rank_for_energy(s, float(self.energy))
-        rank = min(rank, s.numel())
+        rank = min(rank if rank is not None else rank_for_energy(s, float(self.energy)), s.numel())
         root = s[:rank].sqrt()
-        left = (u[:, :rank] * root).float()
-        right = (root[:, None] * vh[:rank]).float()
-        params = {"rank": rank, "label": f"lowrank{rank}"}
-        children = {"u": self.inner.encode(left), "v": self.inner.encode(right)}
-        return Encoded(self.name, tuple(tensor.shape), params, {}, children)
+        return (u[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
 
     @classmethod
     def decode(cls, enc: Encoded) -> torch.Tensor:

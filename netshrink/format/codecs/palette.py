@@ -1,8 +1,9 @@
 """Palette codec: scalar weight sharing (Deep Compression, Han et al. 2016, sec. 3).
 
 The weights of a tensor (or of each output channel) are clustered by 1-D k-means into 2^bits
-shared values. The file holds the codebook in 16-bit floats and, per weight, the index of its
-centroid, entropy coded (rANS): skewed index histograms cost fewer bits than `bits`.
+shared values (`fit`: the codebook, the codec's state); `encode` gives each weight the index of its
+nearest value. The file holds the codebook in 16-bit floats and the indices entropy coded (rANS):
+skewed index histograms cost fewer bits than `bits`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from netshrink.cluster import assign_nearest_1d, kmeans_1d
 from netshrink.cluster.kmeans1d import INITS
 from netshrink.format.codecs.base import (
+    Codebook,
     Codec,
     Encoded,
     Stream,
@@ -61,43 +63,62 @@ class Palette(Codec):
         if self.init not in INITS:
             raise CodecError(f"palette init must be one of {', '.join(INITS)}, got {self.init!r}")
 
-    def encode(self, tensor: torch.Tensor) -> Encoded:
-        require_float_tensor(tensor, self.name)
-        if self.per_channel and tensor.dim() < 2:
-            raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
-        n_rows = tensor.shape[0] if self.per_channel else 1
-        rows = tensor.detach().float().reshape(n_rows, -1)
-        weights = self._importance_rows(tensor, n_rows)
+    def fit(self, tensor: torch.Tensor) -> Codebook:
+        """The fp16 values of each row (the tensor, or each output channel) by 1-D k-means, padded
+        to the same count per row (importance-weighted when the codec has an `importance`)."""
+        rows = self._rows(tensor)
+        weights = self._importance_rows(tensor, rows.shape[0])
         k = book_size(self.bits, rows.shape[1])
-        codebooks, labels = (zip(*(self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
-                                   for i, row in enumerate(rows))) if rows.numel() else ((), ()))
-        codebook = torch.from_numpy(np.stack(codebooks)) if codebooks else torch.zeros(0, k, dtype=torch.float16)
-        indices = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
-        return self._encoded(codebook, indices, tuple(tensor.shape))
+        if not rows.numel():
+            return Codebook(torch.zeros(0, k, dtype=torch.float16))
+        books = [self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
+                 for i, row in enumerate(rows)]
+        return Codebook(torch.from_numpy(np.stack(books)))
 
-    def encode_assigned(self, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]) -> Encoded:
+    def encode(self, tensor: torch.Tensor, state: Codebook | None = None) -> Encoded:
+        """Each weight coded by the index of its nearest value in its row of `state`."""
+        state = self.fit(tensor) if state is None else state
+        rows = self._rows(tensor)
+        if rows.numel() and (state.values.dim() != 2 or state.values.shape[0] != rows.shape[0]):
+            raise CodecError(f"palette codebook has {state.values.shape[0]} rows, the tensor {rows.shape[0]}")
+        if not rows.numel():
+            return self._encoded(state, np.zeros(0, dtype=np.int64), tuple(tensor.shape))
+        labels = [nearest_entry(row.numpy(), book.numpy()) for row, book in zip(rows, state.values)]
+        return self._encoded(state, np.concatenate(labels), tuple(tensor.shape))
+
+    def encode_assigned(self, codebook: Codebook | torch.Tensor, labels: torch.Tensor,
+                        shape: tuple[int, ...]) -> Encoded:
         """Store a given codebook [rows, k] (rounded to fp16) and per-weight labels without
         clustering: for methods that choose the assignment themselves (error feedback, fine-tuning)."""
+        values = codebook.values if isinstance(codebook, Codebook) else codebook
         rows = shape[0] if self.per_channel else 1
-        if codebook.dim() != 2 or codebook.shape[0] != rows or not codebook.is_floating_point():
-            raise CodecError(f"palette codebook must be a float [{rows}, k] tensor, got {tuple(codebook.shape)}")
-        k = codebook.shape[1]
+        if values.dim() != 2 or values.shape[0] != rows or not values.is_floating_point():
+            raise CodecError(f"palette codebook must be a float [{rows}, k] tensor, got {tuple(values.shape)}")
+        k = values.shape[1]
         if not 1 <= k <= (1 << self.bits) or labels.numel() != math.prod(shape):
             raise CodecError(f"palette{self.bits} cannot store {k} values per row for {labels.numel()} labels of "
                              f"shape {tuple(shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise CodecError(f"palette labels must lie in 0..{k - 1}")
-        return self._encoded(codebook.detach().to(torch.float16), labels.reshape(-1).numpy().astype(np.int64), shape)
+        book = codebook if isinstance(codebook, Codebook) else Codebook.fp16(values)
+        return self._encoded(book, labels.reshape(-1).numpy().astype(np.int64), shape)
 
-    def _encoded(self, codebook: torch.Tensor, indices: np.ndarray, shape: tuple[int, ...]) -> Encoded:
-        rows, k = codebook.shape
+    def _encoded(self, book: Codebook, indices: np.ndarray, shape: tuple[int, ...]) -> Encoded:
+        rows, k = book.values.shape
         params = {"bits": self.bits, "rows": rows, "book": k,
                   "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
         streams = {
-            "codebook": Stream("codebook", tensor_to_bytes(codebook)),
+            "codebook": Stream("codebook", tensor_to_bytes(book.values)),
             "indices": Stream("indices", encode_symbols(indices, k)),
         }
-        return Encoded(self.name, shape, params, streams)
+        return Encoded(self.name, shape, params, streams, state=book)
+
+    def _rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor as rows that each have their own values: one row, or one per output channel."""
+        require_float_tensor(tensor, self.name)
+        if self.per_channel and tensor.dim() < 2:
+            raise CodecError("palette per_channel needs a tensor with an output-channel dimension (>= 2-D)")
+        return tensor.detach().float().reshape(tensor.shape[0] if self.per_channel else 1, -1)
 
     def _importance_rows(self, tensor: torch.Tensor, n_rows: int) -> torch.Tensor | None:
         if self.importance is None:
@@ -107,19 +128,17 @@ class Palette(Codec):
                              f"{tuple(tensor.shape)}; give one importance per weight")
         return self.importance.detach().double().reshape(n_rows, -1)
 
-    def _cluster_row(self, row: np.ndarray, k: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Cluster one row; return its fp16 codebook padded to k entries and the indices into it."""
+    def _cluster_row(self, row: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+        """One row's fp16 values, sorted, padded to k entries by repeating the largest."""
         if row.size == 0:
-            return np.zeros(k, dtype=np.float16), np.zeros(0, dtype=np.int64)
+            return np.zeros(k, dtype=np.float16)
         if weights is not None and not weights.any():  # an unused row (e.g. a dead channel): plain k-means
             weights = None
         centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
-        # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): assign each weight to
-        # the nearest *stored* value so the file decodes to exactly what the model was evaluated with.
+        # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): `encode` assigns each
+        # weight to the nearest *stored* value, so the file decodes to exactly what the model was evaluated with.
         book = np.unique(centroids.astype(np.float16))
-        labels = assign_nearest_1d(row, book.astype(np.float64))
-        padded = np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
-        return padded, labels.astype(np.int64)
+        return np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
 
     @classmethod
     def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,3 +164,10 @@ class Palette(Codec):
 
     def describe(self) -> str:
         return f"palette{self.bits}" + ("c" if self.per_channel else "")
+
+
+def nearest_entry(row: np.ndarray, book: np.ndarray) -> np.ndarray:
+    """For each value of `row`, the index in `book` (any order, repeats allowed: the first of equal
+    entries) of its nearest entry."""
+    values, first = np.unique(book.astype(np.float64), return_index=True)
+    return first[assign_nearest_1d(row, values)].astype(np.int64)

@@ -5,9 +5,10 @@ The tensor is viewed as rows (shape[0], -1) and every row is cut into contiguous
 length d. For a conv weight (O, I, KH, KW), d = KW gives one vector per kernel row (Deep k-Means'
 row-wise sharing), d = KH*KW one per kernel, d = 2*KH*KW two neighbouring in-channel kernels
 (Stock et al.); for a Linear (O, I) the vectors run along the input. All sub-vectors share one
-codebook of k codewords found by `netshrink.cluster.kmeans`. The file holds the codebook in fp16
-and, per sub-vector, its codeword index, entropy coded (rANS). Several tensors may share one
-codebook (`encode_assigned(..., codebook_of=...)`): the file stores it once.
+codebook of k codewords (`fit`: k-means by `netshrink.cluster.kmeans`, the codec's state);
+`encode` gives each sub-vector the index of its nearest codeword. The file holds the codebook in
+fp16 and the indices entropy coded (rANS). Several tensors may share one codebook (they are
+encoded with the same `Codebook` object): the file stores it once, with the first of them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from netshrink.cluster import assign_nearest, kmeans
 from netshrink.format.codecs.base import (
+    Codebook,
     Codec,
     Encoded,
     Stream,
@@ -94,38 +96,47 @@ class PQ(Codec):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise CodecError(f"pq {key} must be an integer in [{low}, {high}], got {value!r}")
 
-    def encode(self, tensor: torch.Tensor) -> Encoded:
-        require_float_tensor(tensor, self.name)
-        vectors = subvectors(tensor.detach().float(), self.d)
+    def fit(self, tensor: torch.Tensor) -> Codebook:
+        """min(k, sub-vectors) codewords by k-means of the tensor's sub-vectors, in fp16."""
+        vectors = self._vectors(tensor)
         if vectors.shape[0] == 0:
-            return PQ.encode_assigned(torch.zeros(0, self.d), torch.zeros(0, dtype=torch.int64), tensor.shape)
-        result = kmeans(vectors, min(self.k, vectors.shape[0]), iters=self.iters, seed=self.seed)
-        # The codebook is stored in fp16: assign each sub-vector to its nearest *stored* codeword,
-        # so the file decodes to exactly what the model was evaluated with.
-        codebook = _to_fp16(result.centroids)
-        labels, _ = assign_nearest(vectors, codebook.float())
-        return PQ.encode_assigned(codebook, labels, tensor.shape)
+            return Codebook(torch.zeros(0, self.d, dtype=torch.float16))
+        return Codebook.fp16(kmeans(vectors, min(self.k, vectors.shape[0]), iters=self.iters, seed=self.seed).centroids)
+
+    def encode(self, tensor: torch.Tensor, state: Codebook | None = None) -> Encoded:
+        """Each sub-vector coded by its nearest codeword of `state`. The codewords are the stored
+        fp16 ones, so the file decodes to exactly what the model was evaluated with."""
+        state = self.fit(tensor) if state is None else state
+        vectors = self._vectors(tensor)
+        if vectors.shape[0] == 0:
+            return PQ.encode_assigned(state, torch.zeros(0, dtype=torch.int64), tensor.shape)
+        labels, _ = assign_nearest(vectors, state.values.float())
+        return PQ.encode_assigned(state, labels, tensor.shape)
+
+    def _vectors(self, tensor: torch.Tensor) -> torch.Tensor:
+        require_float_tensor(tensor, self.name)
+        return subvectors(tensor.detach().float(), self.d)
 
     @classmethod
-    def encode_assigned(
-        cls, codebook: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...] | torch.Size,
-        codebook_of: str = "",
-    ) -> Encoded:
+    def encode_assigned(cls, codebook: Codebook | torch.Tensor, labels: torch.Tensor,
+                        shape: tuple[int, ...] | torch.Size) -> Encoded:
         """Store a given codebook [k, d] (rounded to fp16) and labels [n] without clustering: for
-        methods that fine-tune the codewords by gradient (Stock et al. 2020, sec. 3.3).
-        `codebook_of` names an earlier tensor of the file holding the same codebook: the file then
-        stores it once, there (one codebook shared by several layers)."""
-        if codebook.dim() != 2 or not codebook.is_floating_point():
-            raise CodecError(f"pq codebook must be a float [k, d] tensor, got {codebook.dtype} {tuple(codebook.shape)}")
-        k, d = codebook.shape
+        methods that choose the codes themselves (in a layer's output metric) or fine-tune the
+        codewords by gradient (Stock et al. 2020, sec. 3.3). Tensors given the same `Codebook`
+        share it: the file stores it once."""
+        values = codebook.values if isinstance(codebook, Codebook) else codebook
+        if values.dim() != 2 or not values.is_floating_point():
+            raise CodecError(f"pq codebook must be a float [k, d] tensor, got {values.dtype} {tuple(values.shape)}")
+        k, d = values.shape
         _check_d(tuple(shape), d)
         labels = _checked_labels(labels, math.prod(shape) // d, k)
-        params = {"d": d, "k": k, "label": f"pq d={d} k={k}" + (" shared" if codebook_of else "")}
+        book = codebook if isinstance(codebook, Codebook) else Codebook.fp16(values)
+        params = {"d": d, "k": k, "label": f"pq d={d} k={k}"}
         streams = {
-            "codebook": Stream("codebook", tensor_to_bytes(_to_fp16(codebook.detach())), borrowed_from=codebook_of),
+            "codebook": Stream("codebook", tensor_to_bytes(book.values)),
             "indices": Stream("indices", encode_symbols(labels.numpy(), max(k, 1))),
         }
-        return Encoded(cls.name, tuple(shape), params, streams)
+        return Encoded(cls.name, tuple(shape), params, streams, state=book)
 
     @classmethod
     def decode(cls, enc: Encoded) -> torch.Tensor:
@@ -153,13 +164,6 @@ class PQ(Codec):
 
     def describe(self) -> str:
         return f"pq d={self.d} k={self.k}"
-
-
-def _to_fp16(codebook: torch.Tensor) -> torch.Tensor:
-    book = codebook.to(torch.float16)
-    if not torch.isfinite(book).all():
-        raise CodecError("pq codewords exceed the fp16 range (|w| > 65504); rescale the weights first")
-    return book
 
 
 def _checked_labels(labels: torch.Tensor, n: int, k: int) -> torch.Tensor:

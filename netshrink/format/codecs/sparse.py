@@ -6,13 +6,15 @@ of M symbols is written as the "filler" symbol M-1, which skips M-1 zeros and ca
 (Deep Compression pads with a zero weight instead; a pure skip symbol costs no value slot). The gap
 stream goes through the shared entropy coder; M is picked per tensor as the cheapest of a few sizes.
 The nonzero values form a 1-D tensor encoded by any inner codec: `Sparse(Palette(5))` is pruning
-followed by weight sharing of the survivors.
+followed by weight sharing of the survivors. The codec's state is which weights survive and the
+inner codec's state: a pruned tensor that a later step retrains is re-encoded with the same
+positions (a weight pruned stays pruned) and the same values' codebook.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,9 +31,17 @@ from netshrink.format.codecs.base import (
 )
 from netshrink.format.codecs.dense import Dense
 from netshrink.format.entropy import decode_symbols, encode_symbols
-from netshrink.errors import FormatError
+from netshrink.errors import CodecError, FormatError
 
 GAP_ALPHABETS = (4, 16, 64, 256, 4096, 65536)
+
+
+@dataclass(eq=False)
+class SparseState:
+    """The flat positions of the weights that survive (ascending) and the state of their values' codec."""
+
+    positions: np.ndarray
+    values: Any = None
 
 
 def gaps_from_positions(positions: np.ndarray, alphabet: int) -> np.ndarray:
@@ -67,15 +77,25 @@ class Sparse(Codec):
     def with_inner(self, inner: Codec) -> Codec:
         return replace(self, inner=self.inner.with_inner(inner))
 
-    def encode(self, tensor: torch.Tensor) -> Encoded:
+    def fit(self, tensor: torch.Tensor) -> SparseState:
+        """The nonzero weights' positions, and the inner codec fitted on their values."""
         flat = tensor.detach().reshape(-1)
         positions = torch.nonzero(flat, as_tuple=True)[0].numpy().astype(np.int64)
-        values = self.inner.encode(flat[torch.from_numpy(positions)])
+        return SparseState(positions, self.inner.fit(flat[torch.from_numpy(positions)]))
+
+    def encode(self, tensor: torch.Tensor, state: SparseState | None = None) -> Encoded:
+        """The weights at the state's positions, by the inner codec with its state (the others: zero)."""
+        state = self.fit(tensor) if state is None else state
+        flat = tensor.detach().reshape(-1)
+        if state.positions.size and state.positions[-1] >= flat.numel():
+            raise CodecError(f"sparse positions reach {state.positions[-1]}, the tensor has {flat.numel()} weights")
+        values = self.inner.encode(flat[torch.from_numpy(state.positions)], state.values)
         alphabet, stream, count = min(
-            (self._gap_stream(positions, m) for m in GAP_ALPHABETS), key=lambda option: len(option[1])
+            (self._gap_stream(state.positions, m) for m in GAP_ALPHABETS), key=lambda option: len(option[1])
         )
         params = {"alphabet": alphabet, "symbols": count, "label": "sparse"}
-        return Encoded(self.name, tuple(tensor.shape), params, {"positions": Stream("positions", stream)}, {"values": values})
+        return Encoded(self.name, tuple(tensor.shape), params, {"positions": Stream("positions", stream)},
+                       {"values": values}, state=state)
 
     @staticmethod
     def _gap_stream(positions: np.ndarray, alphabet: int) -> tuple[int, bytes, int]:
