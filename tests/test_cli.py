@@ -90,13 +90,15 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command loads a model, reads data or trains before refusing its arguments."""
-    from netshrink import commands
+    from netshrink.api import flows, models, targets
 
     def started(*_args, **_kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for name in ("resolve_model", "load_dataset", "fit", "_embedded_default", "_initial_model"):
-        monkeypatch.setattr(commands, name, started)
+    for module in (flows, models, targets):
+        for name in ("resolve", "load_dataset", "fit", "_embedded_default", "initial_model", "open_module"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, started)
 
 
 @pytest.mark.parametrize("option", ["--target-ratio", "--target-energy"])
