@@ -41,6 +41,11 @@ def decode_file(path: str | Path, module: nn.Module | None = None, *, max_bytes:
     nsk, identity = read_file(path, max_bytes)
     if module is not None:
         check_matches(module, nsk.tensors, path)
+    return decoded(nsk, identity, path)
+
+
+def decoded(nsk: NskFile, identity: ModelIdentity, path: str | Path) -> DecodedFile:
+    """Every tensor of a file already read (and checked against its model), decoded."""
     return DecodedFile(Path(path), nsk, identity, decode_state(nsk, path))
 
 
@@ -100,7 +105,7 @@ def open_module(path: str | Path, model: nn.Module | None = None, *,
     nsk, identity = read_file(path, max_bytes)
     module = model if model is not None else zoo_module(identity, nsk.tensors, path)
     check_matches(module, nsk.tensors, path)
-    return loaded(module, DecodedFile(Path(path), nsk, identity, decode_state(nsk, path))), identity
+    return loaded(module, decoded(nsk, identity, path)), identity
 
 
 def loaded(module: nn.Module, decoded: DecodedFile) -> nn.Module:

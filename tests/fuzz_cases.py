@@ -70,10 +70,11 @@ def _mixed_model():
     import torch
 
     from netshrink import zoo
-    from netshrink.api import CompressedModel, model_identity
+    from netshrink.api import CompressedModel
     from netshrink.cluster.kmeans import assign_nearest
     from netshrink.format.codecs import PQ, Dense, LowRank, Palette, Sparse
     from netshrink.format.codecs.dense import bytes_to_tensor
+    from netshrink.identity import ModelIdentity
     from netshrink.plan import CompressionPlan
 
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def _mixed_model():
     plan.assign(model, "conv2.bias", Dense("fp16"))
     plan.assign(model, "fc1.bias", Sparse(Palette(bits=2)))
     plan.assign(model, "fc2.bias", Dense("bf16"))  # conv1.bias stays exact fp32
-    return CompressedModel(model, plan, None, model_identity(model, "lenet5"))
+    return CompressedModel(model, plan, None, ModelIdentity.of(model, "lenet5"))
 
 
 # --- the container, taken apart and put back together ------------------------------------------

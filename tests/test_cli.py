@@ -117,6 +117,16 @@ def test_output_path_is_checked_before_training(capsys, no_work):
                                 "does not exist\n"
 
 
+def test_a_wrong_output_path_fails_before_torch_is_imported(tmp_path):
+    """A fresh process: arguments and output paths are checked before the seconds PyTorch takes to import."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "netshrink.cli", "train", "lenet5", "-o", "/nonexistent/x.nsk"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert time.perf_counter() - started < 1.5
+    assert proc.returncode == 2 and proc.stderr == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: " \
+                                                   "folder /nonexistent does not exist\n"
+
+
 @pytest.fixture
 def read_only_folder(tmp_path, monkeypatch):
     """A folder no file can be created in: mode 0o555, and, as root (who may write there anyway),

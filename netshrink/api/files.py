@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from netshrink.api.compressed import CompressedModel
-from netshrink.decoding import DecodedFile, check_matches, decode_state, load_module, loaded, read_file, zoo_module
+from netshrink.decoding import check_matches, decoded, load_module, loaded, read_file, zoo_module
 from netshrink.energy.files import energy_summary, stored_formats
 from netshrink.errors import ModelError
 from netshrink.format.container import NskFile
@@ -67,10 +67,10 @@ def open_file(path: str | Path, model: nn.Module | None = None, *, require_model
     module, why = _module_for(nsk, identity, path, model)
     if module is None and require_model:
         raise ModelError(why)
-    decoded = DecodedFile(Path(path), nsk, identity, decode_state(nsk, path))
-    report = report_of(decoded)
+    contents = decoded(nsk, identity, path)
+    report = report_of(contents)
     if module is not None:
-        loaded(module, decoded)
+        loaded(module, contents)
     report.energy = energy_summary(path, module, identity, stored_formats(nsk.tensors), why)
     return OpenedFile(report, module)
 

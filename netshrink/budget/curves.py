@@ -92,7 +92,7 @@ class SensitivityResult:
         """The FORMAT object, in the order files have always had."""
         return {"format": FORMAT, "key": self.key, "model": self.model.to_json(), "dataset": self.dataset,
                 "split": self.split, "samples": self.samples, "settings": self.settings,
-                "baseline": asdict(self.baseline), "layers": [asdict(layer) for layer in self.layers],
+                "baseline": asdict(self.baseline), "layers": [_layer_json(layer) for layer in self.layers],
                 "cached": self.cached}
 
     @classmethod
@@ -134,6 +134,11 @@ class SensitivityResult:
             values = [t.kl for t in layer.bits + layer.sparsity]
             lines.append(f"{layer.name:<{width}}  " + " ".join(f"{v:>8.4f}" for v in values))
         return "\n".join(lines)
+
+
+def _layer_json(layer: LayerSensitivity) -> dict[str, Any]:
+    return {"name": layer.name, "tensor": layer.tensor, "numel": layer.numel, "fp32_bytes": layer.fp32_bytes,
+            **{axis: [asdict(t) for t in getattr(layer, axis)] for axis in (*AXES, "combined")}}
 
 
 def _layer(data: dict[str, Any]) -> LayerSensitivity:

@@ -225,8 +225,9 @@ def measure(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *,
     steps = len(tensors) * (len(config.bits) + len(config.sparsity))
     with tqdm(total=steps, desc="sensitivity", unit="trial", disable=not progress) as bar:
         layers = tuple(measure_layer(model, name, config, scorer, bar) for name in tensors)
+    settings = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
     return SensitivityResult(cache_key(model, config, dataset), identity or ModelIdentity(), dataset, scorer.n,
-                             asdict(config), scorer.score(model), layers)
+                             settings, scorer.score(model), layers)
 
 
 def sensitivity(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *, dataset: str,
