@@ -2,7 +2,7 @@
 
 For each model and each uniform bit width b: the uniform file is `palette: {bits: b, per_channel:
 auto}` + `cast: fp16` (what `oneshot-palette5` does at 5 bits); its whole-file ratio R is the
-target of `netshrink.budget.allocation.compress_to_ratio` (per-layer bits and sparsity chosen from the
+target of `netshrink.compress_to_target` (per-layer bits and sparsity chosen from the
 model's sensitivity, measured on a held-out slice of the TRAINING split), so the automatic file
 is never larger than the uniform one. Both files are saved, loaded back and scored on the full
 held-out split (CIFAR-10 test / Imagenette val, 1000-way). Then both get the same short
@@ -32,10 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netshrink import api  # noqa: E402
+from netshrink.api.models import Source, resolve  # noqa: E402
 from netshrink.budget.allocation import (  # noqa: E402
-    BudgetResult, LayerOption, budget_recipe, compress_to_ratio, file_bytes, original_bytes_of, predicted_damage,
-    uniform_choice)
-from netshrink.commands import ResolvedModel, resolve_model  # noqa: E402
+    LayerOption, budget_recipe, original_bytes_of, predicted_damage, uniform_choice)
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.training.retraining import MaskHook, SharedValueHook, nonzero_masks, value_labels  # noqa: E402
@@ -58,12 +57,13 @@ def finetune(compressed: api.CompressedModel, train, dataset: str, epochs: float
         plan.assign(model, name, entry.codec)
 
 
-def score(compressed: api.CompressedModel, resolved: ResolvedModel, dataset: str, data_dir: str | None,
+def score(compressed: api.CompressedModel, resolved: Source, dataset: str, data_dir: str | None,
           limit: int | None) -> tuple[float, int, float]:
     """(top-1 of the loaded file on the held-out split, file bytes on disk, ratio)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = compressed.save(Path(tmp) / "m.nsk")
-        loaded = api.load(report.file, model=None) if resolved.name else api.load(report.file, model=resolved.module)
+        zoo_model = resolved.identity is not None and resolved.identity.name
+        loaded = api.load(report.file, model=None) if zoo_model else api.load(report.file, model=resolved.module)
         top1 = evaluate(loaded, dataset, data_dir, limit=limit).value
     return top1, report.file_bytes, report.ratio
 
@@ -81,10 +81,9 @@ def bits_summary(choice: dict[str, LayerOption]) -> str:
 
 
 def run_model(args: argparse.Namespace, out: Path, result: dict[str, Any]) -> None:
-    resolved = resolve_model(args.model, args.data_dir)
-    dataset = args.dataset or resolved.dataset
-    identity = {**resolved.identity, "name": resolved.name, "dataset": dataset}
-    label = resolved.name or Path(args.model).stem
+    resolved = resolve(args.model, dataset=args.dataset, data_dir=args.data_dir)
+    dataset, identity = resolved.require_dataset(), resolved.identity
+    label = identity.name or Path(args.model).stem
     result["rows"] = [r for r in result["rows"] if r["model"] != label]  # a re-run replaces this model's rows
     train = load_dataset(dataset, "train", args.data_dir)
     config = SensitivityConfig(bits=tuple(args.sens_bits), sparsity=tuple(args.sens_sparsity), samples=args.samples)
@@ -93,16 +92,16 @@ def run_model(args: argparse.Namespace, out: Path, result: dict[str, Any]) -> No
                        path=RESULTS / f"budget-sensitivity-{label}.json")
     base = evaluate(resolved.module, dataset, args.data_dir, limit=args.limit).value
     result["models"][label] = {"model": args.model, "dataset": dataset, "top1_original": base,
-                               "sensitivity_seconds": time.perf_counter() - started, "sensitivity_cached": sens["cached"],
-                               "calibration_samples": sens["samples"], "settings": sens["settings"]}
+                               "sensitivity_seconds": time.perf_counter() - started, "sensitivity_cached": sens.cached,
+                               "calibration_samples": sens.samples, "settings": sens.settings}
     original = original_bytes_of(resolved.module, identity)
     for bits in args.bits:
         choice = uniform_choice(sens, bits)
         uniform = api.compress(resolved.module, budget_recipe(choice, f"uniform-{bits}b", "uniform palette"),
                                identity=identity)
-        ratio = original / file_bytes(uniform)
-        auto: BudgetResult = compress_to_ratio(resolved.module, sens, ratio, identity=identity)
-        pair = {"uniform": (uniform, choice), "auto": (auto.compressed, auto.choice)}
+        ratio = original / uniform.nbytes()
+        auto = api.compress_to_target(resolved.module, ratio=ratio, sensitivity=sens, identity=identity)
+        pair = {"uniform": (uniform, choice), "auto": (auto, auto.budget.choice)}
         for kind, (compressed, chosen) in pair.items():
             record(out, result, label, bits, kind, "one-shot", compressed, chosen, resolved, dataset, args, base)
         if args.finetune_epochs > 0:
@@ -113,7 +112,7 @@ def run_model(args: argparse.Namespace, out: Path, result: dict[str, Any]) -> No
 
 
 def record(out: Path, result: dict[str, Any], label: str, bits: int, kind: str, stage: str,
-           compressed: api.CompressedModel, choice: dict[str, LayerOption], resolved: ResolvedModel, dataset: str,
+           compressed: api.CompressedModel, choice: dict[str, LayerOption], resolved: Source, dataset: str,
            args: argparse.Namespace, base: float) -> None:
     top1, nbytes, ratio = score(compressed, resolved, dataset, args.data_dir, args.limit)
     row = {"model": label, "size_of": f"uniform {bits}-bit", "allocation": kind, "stage": stage,

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import netshrink  # noqa: E402
 from netshrink import zoo  # noqa: E402
+from netshrink.identity import ModelIdentity  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
@@ -90,10 +91,10 @@ def variant(name: str, finetune: bool, quick: bool) -> Recipe:
 def baseline(model: Model, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any], str]:
     path = getattr(args, model.name, None)
     if path:
-        identity = netshrink.api.read_identity(path)
+        identity = netshrink.api.read_identity(path).to_json()
         return netshrink.load(path), identity, str(path)
     module = zoo.get_model(model.name, pretrained=True)
-    return module, netshrink.api.model_identity(module, model.name, dataset=model.dataset), f"zoo {model.name}"
+    return module, ModelIdentity.of(module, model.name, model.dataset).to_json(), f"zoo {model.name}"
 
 
 def run_row(model: Model, recipe: Recipe, base: torch.nn.Module, identity: dict[str, Any], data: dict[str, Any],

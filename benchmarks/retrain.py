@@ -116,7 +116,7 @@ def iterative_like_admm() -> Recipe:
 
 
 def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
-    identity = netshrink.api.read_identity(baseline)
+    identity = netshrink.api.read_identity(baseline).to_json()
     dataset = identity.get("dataset") or {"resnet20": "cifar10"}.get(job.model, "mnist")
     model = netshrink.load(baseline)
     test, train = load_dataset(dataset, "test"), load_dataset(dataset, "train")

@@ -1,7 +1,9 @@
 """Command line: `netshrink train | compress | sensitivity | eval | inspect | report | recipes`.
 
-A thin front end over the API. A user error (`NetshrinkError`) is printed as one line on stderr and
-exits with status 2; a traceback means a bug in netshrink.
+A thin front end over the API (`netshrink.api`): arguments are parsed and every output path checked
+before PyTorch is even imported, then one API call runs the command and its result is printed as
+text or JSON. A user error (`NetshrinkError`) is printed as one line on stderr and exits with
+status 2; a traceback means a bug in netshrink.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from netshrink.errors import NetshrinkError
+from netshrink.paths import check_output_path
 
-DEFAULT_RECIPE = "oneshot-prune50-palette5"
+DEFAULT_RECIPE = "oneshot-prune50-palette5"  # netshrink.api.DEFAULT_RECIPE, named here without importing torch
 log = logging.getLogger("netshrink")
 NO_COMMAND_HINT = ("netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
                    "`netshrink --help` lists every command")
@@ -57,6 +60,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
     return value
+
+
+def number_list(kind: type) -> Any:
+    """A --bits / --sparsity value: comma-separated numbers."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a comma-separated list of numbers, got {text!r}") from None
+
+    return parse
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -121,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
     sens.add_argument("model", help="zoo model name or .nsk file")
     _add_data_args(sens)
-    sens.add_argument("--bits", default="2,3,4,5,6", help="palette bit widths (default 2,3,4,5,6)")
-    sens.add_argument("--sparsity", default="0.3,0.5,0.7,0.9", help="magnitude sparsities (default 0.3,0.5,0.7,0.9)")
+    sens.add_argument("--bits", type=number_list(int), default=(2, 3, 4, 5, 6),
+                      help="palette bit widths (default 2,3,4,5,6)")
+    sens.add_argument("--sparsity", type=number_list(float), default=(0.3, 0.5, 0.7, 0.9),
+                      help="magnitude sparsities (default 0.3,0.5,0.7,0.9)")
     sens.add_argument("--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)")
     _add_seed_arg(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
@@ -156,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _check_arguments(parser, args)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a status, not an exception
         return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -164,9 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(NO_COMMAND_HINT, file=sys.stderr)
         return 2
     try:
-        from netshrink import commands
-
-        result = getattr(commands, f"run_{args.command}")(args)
+        _check_outputs(args)  # before PyTorch is imported: a wrong path fails in milliseconds
+        result = run(args)
     except NetshrinkError as exc:
         print(f"netshrink: error: {exc}", file=sys.stderr)
         return 2
@@ -180,12 +196,74 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express: a target generates its own recipe, and one target at a time."""
+    if args.command != "compress":
+        return
+    if args.recipe and _has_target(args):
+        parser.error("give either --recipe or a target (--target-ratio, --target-energy): a target generates "
+                     "its own recipe")
+    if args.target_ratio is not None and args.target_energy is not None:
+        parser.error("give one target at a time: --target-ratio or --target-energy")
+
+
+def _has_target(args: argparse.Namespace) -> bool:
+    return getattr(args, "target_ratio", None) is not None or getattr(args, "target_energy", None) is not None
+
+
+#: The files each command writes, by option, and what they are called in an error.
+OUTPUTS = {"train": (("output", "checkpoint"),), "compress": (("output", "output file"), ("report", "HTML report")),
+           "report": (("output", "HTML report"),), "sensitivity": (("output", "sensitivity JSON"),)}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every file the command will write, as named on the command line (the API checks them again,
+    with those it names itself)."""
+    outputs = [(getattr(args, option), what) for option, what in OUTPUTS.get(args.command, ())]
+    if args.command == "compress" and _has_target(args) and args.sensitivity and not os.path.isfile(args.sensitivity):
+        outputs.append((args.sensitivity, "sensitivity JSON"))  # measured, then written there
+    for path, what in outputs:
+        if path:
+            check_output_path(path, what)
+
+
+def run(args: argparse.Namespace) -> Any:
+    """The one API call of a command (imports PyTorch)."""
+    from netshrink import api
+
+    data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
+    if args.command == "train":
+        return api.train(args.model, args.output, **data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         from_pretrained=args.from_pretrained, seed=args.seed)
+    if args.command == "compress":
+        return _compress(api, args, data)
+    if args.command == "sensitivity":
+        return api.sensitivity(args.model, **data, bits=args.bits, sparsity=args.sparsity, samples=args.samples,
+                               seed=args.seed, output=args.output)
+    if args.command == "eval":
+        return api.evaluate(args.model, **data, limit=args.limit)
+    if args.command == "inspect":
+        return api.inspect(args.file)
+    if args.command == "report":
+        return api.write_report(args.file, args.output, runs=args.runs, sensitivity=args.sensitivity)
+    return api.recipes()
+
+
+def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
+    output = args.output or api.default_output(args.model)
+    common = dict(output=output, evaluate=not args.no_eval, report=args.report, runs=args.runs, seed=args.seed, **data)
+    if _has_target(args):
+        return api.compress_to_target(args.model, ratio=args.target_ratio, energy=args.target_energy,
+                                      sensitivity=args.sensitivity, **common)
+    return api.compress(args.model, args.recipe, sensitivity=args.sensitivity, **common)
+
+
 def _emit(result: Any, args: argparse.Namespace) -> None:
     """The result on stdout: JSON for scripts (--json), text for people."""
     if getattr(args, "json", False):
-        print(json.dumps(result.json, indent=2, default=str))
+        print(json.dumps(result.to_json(), indent=2, default=str))
     else:
-        print(result.text)
+        print(result.to_text())
 
 
 if __name__ == "__main__":

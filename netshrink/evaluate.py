@@ -7,8 +7,9 @@ accuracy, STS-B sentence pairs: Spearman correlation of cosine similarity with t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,14 +24,22 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EvalResult:
     """A score: `metric` names it ("top1" is a fraction in [0, 1], "spearman" a correlation in
-    [-1, 1]), `n` is the sample count."""
+    [-1, 1]), `n` is the sample count; `model` and `dataset` say what was scored on what."""
 
     metric: str
     value: float
     n: int
+    model: str = field(default="", compare=False)
+    dataset: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         return f"{self.metric} {self.show(self.value)} on {self.n} samples"
+
+    def to_text(self) -> str:
+        return f"{self.model} on {self.dataset}: {self}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "dataset": self.dataset, "metric": self.metric, "value": self.value, "n": self.n}
 
     def show(self, value: float) -> str:
         """`value` in this metric's usual form: accuracy as a percentage, correlations as numbers."""

@@ -1,12 +1,17 @@
-"""Output paths checked before any work starts: a user who typed a wrong path learns it at once,
-not after an hour of retraining."""
+"""Files a user names: output paths checked before any work starts (a user who typed a wrong path
+learns it at once, not after an hour of retraining), and JSON inputs read with one-line errors.
+
+Imports nothing heavy: the command line checks its paths here before it loads PyTorch.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
-from netshrink.errors import NetshrinkError
+from netshrink.errors import DataError, NetshrinkError
 
 
 def check_output_path(path: str | Path, what: str = "output file") -> Path:
@@ -40,3 +45,13 @@ def _read_only_fs(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parsed JSON of a file the user named; a one-line error when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file ({what})") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable JSON file ({what}): {exc}") from None

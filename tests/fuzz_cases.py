@@ -70,8 +70,9 @@ def _mixed_model():
     import torch
 
     from netshrink import zoo
-    from netshrink.api import CompressedModel, model_identity
+    from netshrink.api import CompressedModel
     from netshrink.format.codecs import PQ, Dense, LowRank, Palette, Sparse
+    from netshrink.identity import ModelIdentity
     from netshrink.plan import CompressionPlan
 
     torch.manual_seed(0)
@@ -86,7 +87,7 @@ def _mixed_model():
     plan.assign(model, "conv2.bias", Dense("fp16"))
     plan.assign(model, "fc1.bias", Sparse(Palette(bits=2)))
     plan.assign(model, "fc2.bias", Dense("bf16"))  # conv1.bias stays exact fp32
-    return CompressedModel(model, plan, None, model_identity(model, "lenet5"))
+    return CompressedModel(model, plan, None, ModelIdentity.of(model, "lenet5"))
 
 
 # --- the container, taken apart and put back together ------------------------------------------

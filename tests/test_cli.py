@@ -90,13 +90,15 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command loads a model, reads data or trains before refusing its arguments."""
-    from netshrink import commands
+    from netshrink.api import flows, models, targets
 
     def started(*_args, **_kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for name in ("resolve_model", "load_dataset", "fit", "_embedded_default", "_initial_model"):
-        monkeypatch.setattr(commands, name, started)
+    for module in (flows, models, targets):
+        for name in ("resolve", "load_dataset", "fit", "_embedded_default", "initial_model", "open_module"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, started)
 
 
 @pytest.mark.parametrize("option", ["--target-ratio", "--target-energy"])
@@ -113,6 +115,16 @@ def test_output_path_is_checked_before_training(capsys, no_work):
     assert time.perf_counter() - started < 2
     assert code == 2 and err == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: folder /nonexistent " \
                                 "does not exist\n"
+
+
+def test_a_wrong_output_path_fails_before_torch_is_imported(tmp_path):
+    """A fresh process: arguments and output paths are checked before the seconds PyTorch takes to import."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "netshrink.cli", "train", "lenet5", "-o", "/nonexistent/x.nsk"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert time.perf_counter() - started < 1.5
+    assert proc.returncode == 2 and proc.stderr == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: " \
+                                                   "folder /nonexistent does not exist\n"
 
 
 @pytest.fixture

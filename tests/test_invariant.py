@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import netshrink
-from netshrink.api import CompressedModel, model_identity
+from netshrink.api import CompressedModel
+from netshrink.identity import ModelIdentity
 from netshrink.data import ArrayDataset
 from netshrink.data.text import SentencePairs
 from netshrink.format.codecs import Encoded
@@ -118,7 +119,7 @@ def check_every_step(recipe: Recipe, kind: str, tmp_path) -> list[Path]:
         held = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         path = tmp_path / f"step{index}.nsk"
         paths.append(path)
-        CompressedModel(model, plan, recipe, model_identity(model)).save(path)
+        CompressedModel(model, plan, recipe, ModelIdentity.of(model)).save(path)
         loaded = netshrink.load(path, model=fresh_like(build, model))
         where = f"{recipe.name} step {index} ({step.step_name})"
         assert_same_state(loaded.state_dict(), held, where)

@@ -20,14 +20,16 @@ selected layer weight (biases, norm parameters, buffers in fp16, and the file he
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from netshrink.budget.curves import LayerSensitivity, Score, SensitivityResult, Trial
 from netshrink.format.codecs import Dense
 from netshrink.errors import NetshrinkError
+from netshrink.identity import ModelIdentity
 from netshrink.plan import EXACT
 from netshrink.recipe import Recipe, parse_recipe
 
@@ -58,22 +60,21 @@ class LayerOption:
     energy_pj: float = 0.0
 
 
-def _curve(points: list[dict[str, Any]], metric: str, baseline: dict[str, float]) -> dict[float, float]:
+def _curve(trials: tuple[Trial, ...], metric: str, baseline: Score) -> dict[float, float]:
     """setting -> predicted damage (>= 0): KL as measured, or loss above the uncompressed model's."""
-    base = 0.0 if metric == "kl" else baseline[metric]
-    return {p["setting"]: max(0.0, p[metric] - base) for p in points}
+    base = 0.0 if metric == "kl" else getattr(baseline, metric)
+    return {t.setting: max(0.0, getattr(t, metric) - base) for t in trials}
 
 
-def layer_options(layer: dict[str, Any], baseline: dict[str, float], metric: str = "kl",
+def layer_options(layer: LayerSensitivity, baseline: Score, metric: str = "kl",
                   prune: bool = True) -> list[LayerOption]:
     """Every measured (sparsity, bits) pair of one layer of a sensitivity result."""
-    bits = _curve(layer["bits"], metric, baseline)
-    options = [LayerOption(p["setting"], 0.0, p["bytes"], bits[p["setting"]], p.get("codebook_bytes", 0))
-               for p in layer["bits"]]
+    bits = _curve(layer.bits, metric, baseline)
+    options = [LayerOption(t.setting, 0.0, t.bytes, bits[t.setting], t.codebook_bytes) for t in layer.bits]
     if prune:
-        sparse = _curve(layer["sparsity"], metric, baseline)
-        options += [LayerOption(c["bits"], c["sparsity"], c["bytes"], bits[c["bits"]] + sparse[c["sparsity"]],
-                                c.get("codebook_bytes", 0)) for c in layer["combined"]]
+        sparse = _curve(layer.sparsity, metric, baseline)
+        options += [LayerOption(c.bits, c.sparsity, c.bytes, bits[c.bits] + sparse[c.sparsity], c.codebook_bytes)
+                    for c in layer.combined]
     return options
 
 
@@ -140,12 +141,12 @@ def best_ratio(options: dict[str, list[LayerOption]], original_bytes: int, fixed
     return original_bytes / (smallest + fixed_bytes)
 
 
-def choose_for_ratio(sens: dict[str, Any], model: nn.Module, ratio: float, original_bytes: int,
+def choose_for_ratio(sens: SensitivityResult, model: nn.Module, ratio: float, original_bytes: int,
                      header_bytes: int, metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
     """Per-layer settings whose file (original_bytes / ratio bytes in all) has the least predicted damage."""
     check_target(ratio, "--target-ratio")
-    options = {layer["name"]: layer_options(layer, sens["baseline"], metric, prune) for layer in sens["layers"]}
-    fixed = non_weight_bytes(model, [layer["tensor"] for layer in sens["layers"]]) + header_bytes
+    options = {layer.name: layer_options(layer, sens.baseline, metric, prune) for layer in sens.layers}
+    fixed = non_weight_bytes(model, layer_tensors(sens)) + header_bytes
     budget = int(original_bytes / ratio) - fixed
     reachable = best_ratio(options, original_bytes, fixed)
     if reachable < ratio:
@@ -181,76 +182,55 @@ def choice_table(choice: dict[str, LayerOption]) -> str:
     return "\n".join(lines)
 
 
-def uniform_choice(sens: dict[str, Any], bits: int) -> dict[str, LayerOption]:
+def uniform_choice(sens: SensitivityResult, bits: int) -> dict[str, LayerOption]:
     """Every layer at `bits` (palette only): the allocation a fixed rule would make, for comparison."""
     out = {}
-    for layer in sens["layers"]:
-        (option,) = [o for o in layer_options(layer, sens["baseline"], prune=False) if o.bits == bits]
-        out[layer["name"]] = option
+    for layer in sens.layers:
+        (option,) = [o for o in layer_options(layer, sens.baseline, prune=False) if o.bits == bits]
+        out[layer.name] = option
     return out
 
 
+def layer_tensors(sens: SensitivityResult) -> list[str]:
+    """The weights a budget chooses settings for: those the sensitivity run measured."""
+    return [layer.tensor for layer in sens.layers]
 
-# --- running it: the header is only known once the file is built, so solve, measure, re-solve ------
+
+
+# --- what a choice came to -------------------------------------------------------------------------
 
 
 @dataclass
-class BudgetResult:
-    """The compressed model, the chosen settings and the exact size of the file it will write."""
+class Budget:
+    """The per-layer settings chosen for a target and what they came to: the exact size of the file
+    they give and, for an energy target, its estimated energy ratio (original / compressed)."""
 
-    compressed: Any  # api.CompressedModel
     choice: dict[str, LayerOption]
     file_bytes: int
     target_bytes: int | None = None
-    energy_ratio: float | None = None  # estimated original / compressed energy (energy targets only)
+    energy_ratio: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: asdict(option) for name, option in self.choice.items()}
+
+    def to_text(self) -> str:
+        return choice_table(self.choice)
 
 
-def file_bytes(compressed: Any) -> int:
-    """The exact size `compressed.save()` will write, computed in memory."""
-    from netshrink.format.container import NskFile, serialize
-
-    recipe = compressed.recipe.to_dict() if compressed.recipe else None
-    return len(serialize(NskFile(compressed.plan.encode_all(compressed.model), compressed.identity, recipe)))
-
-
-def original_bytes_of(model: nn.Module, identity: dict[str, Any] | None) -> int:
+def original_bytes_of(model: nn.Module, identity: ModelIdentity | None) -> int:
     """fp32 bytes of the original model: the header's record (a re-compressed checkpoint) or this model's."""
     from netshrink.report.sizes import original_size
 
-    recorded = ((identity or {}).get("original") or {}).get("fp32_bytes")
-    return int(recorded) if recorded else original_size(model)["fp32_bytes"]
+    recorded = identity.original.fp32_bytes if identity is not None and identity.original else 0
+    return recorded or original_size(model).fp32_bytes
 
 
-def compress_to_ratio(model: nn.Module, sens: dict[str, Any], ratio: float, *, identity: dict[str, Any] | None = None,
-                      metric: str = "kl", prune: bool = True, seed: int = 0, progress: bool = True,
-                      attempts: int = 4) -> BudgetResult:
-    """Choose, compress, measure the real file; if the header pushed it over, shrink the budget by that much."""
-    from netshrink import api
-
-    check_target(ratio, "--target-ratio")
-    original = original_bytes_of(model, identity)
-    target, header = int(original / ratio), 0
-    fixed = non_weight_bytes(model, [layer["tensor"] for layer in sens["layers"]])
-    for attempt in range(attempts):
-        choice = choose_for_ratio(sens, model, ratio, original, header, metric, prune)
-        recipe = budget_recipe(choice, f"auto-ratio-{ratio:g}x",
-                               _description(sens, f"a whole-file ratio of {ratio:g}x", metric, prune))
-        compressed = api.compress(model, recipe, seed=seed, progress=progress, identity=identity)
-        size = file_bytes(compressed)
-        if size <= target:
-            return BudgetResult(compressed, choice, size, target)
-        # What is neither a layer weight nor another tensor is the header (its recipe text changes a
-        # little with the choice: keep a small margin that grows with each attempt).
-        header = max(header, size - _total(choice) - fixed) + 64 * attempt
-    raise BudgetError(f"target ratio {ratio:g}x: the file stays {size - target:,} bytes over its "
-                      f"{target:,}-byte target after {attempts} attempts; try a slightly lower ratio")
-
-
-def _description(sens: dict[str, Any], target: str, metric: str, prune: bool) -> str:
+def budget_description(sens: SensitivityResult, target: str, metric: str, prune: bool) -> str:
+    """What a generated recipe says it is: the target, and the sensitivity run it was chosen from."""
     what = "bits and sparsity" if prune else "bits"
     return (f"automatic per-layer {what} for {target}: least summed single-layer "
-            f"{metric} on {sens['samples']} held-out training samples of {sens['dataset']} "
-            f"(sensitivity {sens['key']})")
+            f"{metric} on {sens.samples} held-out training samples of {sens.dataset} "
+            f"(sensitivity {sens.key})")
 
 
 # --- energy targets: the same knapsack with each option's estimated energy as its cost ----------------
@@ -265,7 +245,7 @@ def option_energy(shapes: list[Any], tensor: str, numel: int, option: LayerOptio
     return estimate([s for s in shapes if s.weight_name == tensor], {tensor: fmt}, config).total()
 
 
-def choose_for_energy(sens: dict[str, Any], model: nn.Module, energy_ratio: float, input_shape: tuple[int, ...],
+def choose_for_energy(sens: SensitivityResult, model: nn.Module, energy_ratio: float, input_shape: tuple[int, ...],
                       metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
     """Per-layer settings whose estimated energy is at most original / energy_ratio, least predicted damage."""
     from netshrink.energy import EnergyConfig, WeightFormat, estimate
@@ -273,10 +253,10 @@ def choose_for_energy(sens: dict[str, Any], model: nn.Module, energy_ratio: floa
 
     check_target(energy_ratio, "--target-energy")
     config, shapes = EnergyConfig(), layer_shapes(model, input_shape)
-    options = {layer["name"]: [replace(o, energy_pj=option_energy(shapes, layer["tensor"], layer["numel"], o, config))
-                               for o in layer_options(layer, sens["baseline"], metric, prune)]
-               for layer in sens["layers"]}
-    chosen = {layer["tensor"] for layer in sens["layers"]}
+    options = {layer.name: [replace(o, energy_pj=option_energy(shapes, layer.tensor, layer.numel, o, config))
+                            for o in layer_options(layer, sens.baseline, metric, prune)]
+               for layer in sens.layers}
+    chosen = set(layer_tensors(sens))
     others = [s for s in shapes if s.weight_name not in chosen]  # stored fp16 by the recipe's cast step
     fixed = estimate(others, {s.weight_name: WeightFormat.dense(s.weight_numel, 16) for s in others}, config).total()
     original = estimate(shapes, {}, config).total("original")
@@ -285,23 +265,3 @@ def choose_for_energy(sens: dict[str, Any], model: nn.Module, energy_ratio: floa
         raise BudgetError(f"target energy ratio {energy_ratio:g}x cannot be met: the smallest measured settings "
                           f"reach {reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)")
     return allocate(options, original / energy_ratio - fixed, cost="energy_pj")
-
-
-def compress_to_energy(model: nn.Module, sens: dict[str, Any], energy_ratio: float, *,
-                       identity: dict[str, Any] | None = None, input_shape: tuple[int, ...] | None = None,
-                       metric: str = "kl", prune: bool = True, seed: int = 0, progress: bool = True) -> BudgetResult:
-    """Choose for an energy target, compress, and estimate the energy of what the file stores."""
-    from netshrink import api
-    from netshrink.energy import energy_of_model, weight_format, zoo_input_shape
-
-    check_target(energy_ratio, "--target-energy")
-    shape = input_shape or zoo_input_shape(identity or {})
-    if shape is None:
-        raise BudgetError("an energy target needs the model's input shape: use a zoo model or a checkpoint of one")
-    choice = choose_for_energy(sens, model, energy_ratio, tuple(shape), metric, prune)
-    recipe = budget_recipe(choice, f"auto-energy-{energy_ratio:g}x",
-                           _description(sens, f"an estimated energy ratio of {energy_ratio:g}x", metric, prune))
-    compressed = api.compress(model, recipe, seed=seed, progress=progress, identity=identity)
-    formats = {name: weight_format(entry.encoded) for name, entry in compressed.plan.entries.items() if entry.encoded}
-    achieved = energy_of_model(compressed.model, tuple(shape), formats).ratio
-    return BudgetResult(compressed, choice, file_bytes(compressed), energy_ratio=achieved)

@@ -28,7 +28,8 @@ JSON format (`FORMAT`), kept flat for plotting:
                  "combined": [{"sparsity": 0.3, "bits": 2, "bytes": ..., "codebook_bytes": ...}, ...]}, ...]}
 
 Results are cached: a JSON file whose "key" matches the model's tensors and the settings is
-reused instead of measured again.
+reused instead of measured again. In memory a result is a `curves.SensitivityResult`, which owns
+the JSON reading and writing.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from netshrink.budget.curves import FORMAT, CombinedSize, LayerSensitivity, Score, SensitivityResult, Trial
 from netshrink.format.codecs import Codec, Dense, Encoded, Palette, Sparse
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError
+from netshrink.identity import ModelIdentity
 from netshrink.methods.prune import magnitude_masks
 from netshrink.methods.palette import WeightSharing
 from netshrink.methods.filter_prune import holdout_split
@@ -56,7 +59,6 @@ from netshrink.plan import fingerprint
 from netshrink.select import WEIGHT_LAYERS, Selection, select_modules
 
 log = logging.getLogger(__name__)
-FORMAT = "netshrink-sensitivity/2"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ class SensitivityConfig:
             raise ValueError(f"sparsities must be in (0, 1), got {list(self.sparsity)}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+
+    @classmethod
+    def of(cls, result: SensitivityResult) -> SensitivityConfig:
+        """The settings a result was measured with."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in result.settings.items()})
 
 
 # --- calibration data and scoring --------------------------------------------------------------------
@@ -106,7 +113,7 @@ class CalibrationScorer:
             for x, _ in self.batches:
                 yield model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x).float()
 
-    def score(self, model: nn.Module) -> dict[str, float]:
+    def score(self, model: nn.Module) -> Score:
         """top1 (fraction), loss (mean cross-entropy) and kl (mean KL(p_ref || p), nats)."""
         correct, loss, kl = 0, 0.0, 0.0
         for logits, ref, (_, y) in zip(self._logits(model), self.ref_logp, self.batches):
@@ -115,7 +122,7 @@ class CalibrationScorer:
             correct += int((logits.argmax(1) == target).sum())
             loss += float(F.nll_loss(logp, target, reduction="sum"))
             kl += float(F.kl_div(logp, ref, log_target=True, reduction="sum"))
-        return {"top1": correct / self.n, "loss": loss / self.n, "kl": max(kl, 0.0) / self.n}
+        return Score(correct / self.n, loss / self.n, max(kl, 0.0) / self.n)
 
 
 # --- trials: one layer changed, everything else exact --------------------------------------------------
@@ -131,13 +138,13 @@ def pruned(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return weight * magnitude_masks({"w": weight}, sparsity)["w"]
 
 
-def sizes(encoded: Encoded) -> dict[str, int]:
+def sizes(encoded: Encoded) -> tuple[int, int]:
     """Bytes in the file, and how many of them are codebooks (the energy model needs the split)."""
-    return {"bytes": encoded.nbits() // 8, "codebook_bytes": encoded.bytes_by_kind()["codebook"]}
+    return encoded.nbits() // 8, encoded.bytes_by_kind()["codebook"]
 
 
-def trial_weights(weight: torch.Tensor, config: SensitivityConfig) -> Iterator[tuple[str, float, torch.Tensor, dict]]:
-    """(kind, setting, decoded weight, sizes) for every setting of one layer, through the real codecs."""
+def trial_weights(weight: torch.Tensor, config: SensitivityConfig) -> Iterator[tuple[str, float, torch.Tensor, tuple]]:
+    """(axis, setting, decoded weight, sizes) for every setting of one layer, through the real codecs."""
     for bits in config.bits:
         encoded, decoded = palette_codec(bits, weight, config.seed).round_trip(weight)
         yield "bits", bits, decoded, sizes(encoded)
@@ -146,35 +153,34 @@ def trial_weights(weight: torch.Tensor, config: SensitivityConfig) -> Iterator[t
         yield "sparsity", sparsity, decoded, sizes(encoded)
 
 
-def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> list[dict[str, Any]]:
+def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> tuple[CombinedSize, ...]:
     """Bytes of prune-to-s then palettize-the-survivors-at-b (one palette for a sparse tensor)."""
     out = []
     for sparsity in config.sparsity:
         survivors = pruned(weight, sparsity)
         for bits in config.bits:
             codec: Codec = Sparse(Palette(bits, False, "optimal", config.seed))
-            out.append({"sparsity": sparsity, "bits": bits, **sizes(codec.encode(survivors))})
-    return out
+            out.append(CombinedSize(sparsity, bits, *sizes(codec.encode(survivors))))
+    return tuple(out)
 
 
 def measure_layer(model: nn.Module, tensor: str, config: SensitivityConfig, scorer: CalibrationScorer,
-                  bar: tqdm) -> dict[str, Any]:
+                  bar: tqdm) -> LayerSensitivity:
     """Every setting of one layer, restoring its exact weight afterwards."""
     weight = model.state_dict()[tensor]
     original = weight.detach().clone()
-    row: dict[str, Any] = {"name": tensor.rsplit(".", 1)[0], "tensor": tensor, "numel": original.numel(),
-                           "fp32_bytes": 4 * original.numel(), "bits": [], "sparsity": []}
+    trials: dict[str, list[Trial]] = {"bits": [], "sparsity": []}
     try:
-        for kind, setting, decoded, size in trial_weights(original, config):
+        for axis, setting, decoded, (size, codebook) in trial_weights(original, config):
             with torch.no_grad():
                 weight.copy_(decoded)
-            row[kind].append({"setting": setting, **scorer.score(model), **size})
+            trials[axis].append(Trial(setting, **asdict(scorer.score(model)), bytes=size, codebook_bytes=codebook))
             bar.update(1)
     finally:
         with torch.no_grad():
             weight.copy_(original)
-    row["combined"] = combined_bytes(original, config)
-    return row
+    return LayerSensitivity(tensor.rsplit(".", 1)[0], tensor, original.numel(), 4 * original.numel(),
+                            tuple(trials["bits"]), tuple(trials["sparsity"]), combined_bytes(original, config))
 
 
 # --- the whole model, with the cache ------------------------------------------------------------------
@@ -200,17 +206,17 @@ def default_cache_path(key: str) -> Path:
     return root / "sensitivity" / f"{key}.json"
 
 
-def read_cached(path: Path, key: str) -> dict[str, Any] | None:
+def read_cached(path: Path, key: str) -> SensitivityResult | None:
     """The cached result at `path` if it was measured for exactly this key."""
     try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
+        cached = SensitivityResult.read(path)
+    except DataError:
         return None
-    return cached if isinstance(cached, dict) and cached.get("key") == key else None
+    return cached if cached.key == key else None
 
 
 def measure(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *, dataset: str,
-            identity: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+            identity: ModelIdentity | None = None, progress: bool = True) -> SensitivityResult:
     """Measure every selected layer at every setting (no cache; see `sensitivity`)."""
     model = model.eval().to(memory_format=torch.channels_last)
     calibration = calibration_split(train, config.samples, config.seed)
@@ -218,56 +224,35 @@ def measure(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *,
     tensors = layer_tensors(model, config)
     steps = len(tensors) * (len(config.bits) + len(config.sparsity))
     with tqdm(total=steps, desc="sensitivity", unit="trial", disable=not progress) as bar:
-        layers = [measure_layer(model, name, config, scorer, bar) for name in tensors]
-    return {"format": FORMAT, "key": cache_key(model, config, dataset), "model": identity or {},
-            "dataset": dataset, "split": "train-holdout", "samples": scorer.n,
-            "settings": asdict(config), "baseline": scorer.score(model), "layers": layers}
+        layers = tuple(measure_layer(model, name, config, scorer, bar) for name in tensors)
+    settings = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
+    return SensitivityResult(cache_key(model, config, dataset), identity or ModelIdentity(), dataset, scorer.n,
+                             settings, scorer.score(model), layers)
 
 
 def sensitivity(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *, dataset: str,
-                path: str | Path | None = None, identity: dict[str, Any] | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                path: str | Path | None = None, identity: ModelIdentity | None = None,
+                progress: bool = True) -> SensitivityResult:
     """Cached `measure`: reuse `path` (default: the user cache) when its key matches, else measure and write it."""
     key = cache_key(model, config, dataset)
     target = Path(path) if path is not None else default_cache_path(key)
     cached = read_cached(target, key)
     if cached is not None:
         log.info("sensitivity: reusing %s", target)
-        cached["cached"] = True
         return cached
     result = measure(model, train, config, dataset=dataset, identity=identity, progress=progress)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, target)
-    result["cached"] = False
+    result.write(target)
     return result
 
 
-def load_for_model(path: str | Path, model: nn.Module) -> dict[str, Any]:
+def load_for_model(path: str | Path, model: nn.Module) -> SensitivityResult:
     """A sensitivity JSON given by the user, checked to be of this very model (its key recomputed)."""
+    result = SensitivityResult.read(path)
     try:
-        result = json.loads(Path(path).read_text())
-        config = SensitivityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["settings"].items()})
-        key = cache_key(model, config, result["dataset"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        key = cache_key(model, SensitivityConfig.of(result), result.dataset)
+    except (ValueError, TypeError) as exc:
         raise DataError(f"{path} is not a netshrink sensitivity JSON ({type(exc).__name__}: {exc})") from None
-    if result.get("key") != key:
+    if result.key != key:
         raise DataError(f"{path} was measured on another model or data set than this one; re-run "
                         "`netshrink sensitivity` on this model")
     return result
-
-
-def summary_table(result: dict[str, Any]) -> str:
-    """Per layer, the KL from the uncompressed model at every setting (the full record is the JSON)."""
-    layers = result["layers"]
-    width = max([len(layer["name"]) for layer in layers] + [5])
-    heads = [f"{p['setting']}b" for p in layers[0]["bits"]] + [f"s{p['setting']:g}" for p in layers[0]["sparsity"]]
-    lines = [f"KL(reference || compressed) per layer, nats, on {result['samples']} held-out training samples of "
-             f"{result['dataset']} (baseline top-1 {result['baseline']['top1']:.2%})"
-             + (" [cached]" if result.get("cached") else ""),
-             f"{'layer':<{width}}  " + " ".join(f"{h:>8}" for h in heads)]
-    for layer in layers:
-        values = [p["kl"] for p in layer["bits"] + layer["sparsity"]]
-        lines.append(f"{layer['name']:<{width}}  " + " ".join(f"{v:>8.4f}" for v in values))
-    return "\n".join(lines)

@@ -36,6 +36,7 @@ from netshrink.training.retraining import RetrainingStep
 from netshrink.plan import CompressionPlan
 from netshrink.recipe import StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
+from netshrink.zoo.protocols import DescribesArch
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +232,8 @@ def require_no_codecs(plan: CompressionPlan, step: str) -> None:
 
 def record_arch(model: nn.Module, ctx: StepContext, step: str) -> None:
     """Put the model's new shape in ctx.arch, so `netshrink.load` rebuilds the changed module."""
-    options = getattr(model, "arch_options", None)
-    if callable(options):
-        ctx.arch.update(options())
+    if isinstance(model, DescribesArch):
+        ctx.arch.update(model.arch_options())
     else:
         log.warning("%s: %s has no arch_options(); load the file with netshrink.load(path, model=...) given a "
                     "module of the new shape", step, type(model).__name__)

@@ -3,8 +3,8 @@
 The FC layer after a flatten holds most of a small CNN's weights (LeNet-5: 400 K of 431 K, all in
 fc1) because it has one weight per input position. Pooling over positions first (Lin et al. 2014,
 "Network in Network", sec. 3.2) drops that factor. How the head is rebuilt is the model's own
-business: a zoo model that can switch exposes `to_gap_head()` and records the change in its
-`arch_options()`, so the saved file reloads into the new module. A model already ending in global
+business: a model that can switch has the members of `zoo.GapHeadSwitch` (`to_gap_head()`, and
+`arch_options()` recording the change, so the saved file reloads into the new module). A model already ending in global
 average pooling + linear (ResNet-20: `head = "gap"`) has nothing to replace; the step says so.
 """
 
@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from netshrink import zoo
 from netshrink.errors import RecipeError
 from netshrink.training.retraining import TrainingStep
 from netshrink.methods.filter_prune import record_arch, require_no_codecs
@@ -35,13 +36,13 @@ class GapHead(TrainingStep):
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         name = type(model).__name__
-        if getattr(model, "head", None) == "gap":
+        if isinstance(model, zoo.HasHead) and model.head == "gap":
             log.warning("gap_head: %s already ends in global average pooling + linear; nothing to replace, "
                         "step skipped", name)
             return
-        if not callable(getattr(model, "to_gap_head", None)):
+        if not isinstance(model, zoo.GapHeadSwitch):
             raise RecipeError(f"step gap_head: {name} has no global-average-pooling head option (to_gap_head); "
-                              "zoo models with one: lenet5")
+                              f"zoo models with one: {', '.join(zoo.models_with(zoo.GapHeadSwitch))}")
         require_no_codecs(plan, self.step_name)
         model.to_gap_head()
         record_arch(model, ctx, self.step_name)

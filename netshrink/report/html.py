@@ -92,10 +92,10 @@ def render_html(report: FileReport, extras: ReportExtras) -> str:
 
 
 def _model_line(report: FileReport) -> str:
-    model = report.model or {}
-    parts = [f"model {model.get('name') or model.get('class') or 'unknown'}"]
-    if model.get("dataset"):
-        parts.append(f"data set {model['dataset']}")
+    model = report.model
+    parts = [f"model {model.name or model.class_name or 'unknown'}"]
+    if model.dataset:
+        parts.append(f"data set {model.dataset}")
     return ", ".join(parts) + f"; {len(report.tensors)} tensors"
 
 

@@ -12,17 +12,17 @@ Every failure is a `NetshrinkError` naming the file and what was expected, so th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from netshrink.budget.curves import AXES, SensitivityResult
 from netshrink.errors import DataError
+from netshrink.paths import read_json
 
 #: Keys holding the accuracy after compression, most specific first (benchmark rows, compress --json).
 ACCURACY_KEYS = ("top1_after", "accuracy_after", "after", "top1", "accuracy")
-SENSITIVITY_AXES = ("bits", "sparsity")
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,6 @@ class Sensitivity:
     curves: tuple[SensitivityCurve, ...]
     baseline_top1: float | None
     description: str  # data set, split and sample count: what the curves were measured on
-
-
-def read_json(path: str | Path, what: str) -> Any:
-    """Parsed JSON of a file the user named; a one-line error when it is missing or not JSON."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file ({what})") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable JSON file ({what}): {exc}") from None
 
 
 # --- benchmark runs ---------------------------------------------------------------------------------
@@ -126,24 +116,13 @@ def _number(value: Any) -> float | None:
 
 def read_sensitivity(path: str | Path) -> Sensitivity:
     """The per-layer curves of a `netshrink sensitivity` JSON (format netshrink-sensitivity/*)."""
-    data = read_json(path, "sensitivity curves")
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not str(data.get("format", "") if isinstance(data, dict) else "").startswith("netshrink-sensitivity/") \
-            or not isinstance(layers, list):
-        raise DataError(f"{path} is not a `netshrink sensitivity` JSON (expected format netshrink-sensitivity/* "
-                        "with a 'layers' list)")
-    try:
-        curves = tuple(_curve(layer, axis) for layer in layers for axis in SENSITIVITY_AXES if layer.get(axis))
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: malformed sensitivity layer ({type(exc).__name__}: {exc})") from None
-    baseline = data.get("baseline")
-    top1 = _number(baseline.get("top1")) if isinstance(baseline, dict) else None
-    description = (f"{data.get('samples', '?')} samples of {data.get('dataset', '?')} "
-                   f"({data.get('split', 'calibration split')})")
-    return Sensitivity(curves, top1, description)
+    return sensitivity_curves(SensitivityResult.read(path))
 
 
-def _curve(layer: dict[str, Any], axis: str) -> SensitivityCurve:
-    points = sorted(layer[axis], key=lambda p: float(p["setting"]))
-    return SensitivityCurve(str(layer["name"]), axis, tuple(float(p["setting"]) for p in points),
-                            tuple(float(p["top1"]) for p in points), tuple(float(p["kl"]) for p in points))
+def sensitivity_curves(result: SensitivityResult) -> Sensitivity:
+    """What the sensitivity plot draws: per layer and axis, top-1 and KL against the setting."""
+    curves = tuple(SensitivityCurve(layer.name, axis, tuple(float(t.setting) for t in trials),
+                                    tuple(t.top1 for t in trials), tuple(t.kl for t in trials))
+                   for layer in result.layers for axis in AXES if (trials := layer.curve(axis)))
+    description = f"{result.samples} samples of {result.dataset} ({result.split})"
+    return Sensitivity(curves, result.baseline.top1, description)

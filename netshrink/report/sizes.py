@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from netshrink.errors import FormatError
-from netshrink.format.container import NskFile, read_nsk
+from netshrink.decoding import DecodedFile, decode_file
+from netshrink.identity import ModelIdentity, OriginalSize
+
+if TYPE_CHECKING:
+    from netshrink.energy.files import EnergySummary
 
 WEIGHT_MODULES = {"Conv1d", "Conv2d", "Conv3d", "Linear", "Embedding"}
 WEIGHTS_RATIO_LABEL = "weights_ratio (paper convention: fp32 conv/linear weights over their encoded bits only)"
@@ -54,9 +57,10 @@ class FileReport:
     header_bytes: int
     original_bytes: int
     tensors: list[TensorReport]
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelIdentity = field(default_factory=ModelIdentity)
     recipe: dict[str, Any] | None = None
     original_weight_numel: int | None = None  # conv/linear weights before structural changes
+    energy: EnergySummary | None = None  # estimated by `netshrink.inspect` (not by `file_report`)
 
     @property
     def ratio(self) -> float:
@@ -78,10 +82,15 @@ class FileReport:
             "ratio": self.ratio,
             "weights_ratio": self.weights_ratio,
             "weights_ratio_label": WEIGHTS_RATIO_LABEL,
-            "model": self.model,
+            "model": self.model.to_json(),
             "recipe": self.recipe,
             "tensors": [asdict(t) for t in self.tensors],
+            **({"energy": self.energy.to_json()} if self.energy is not None else {}),
         }
+
+    def to_text(self) -> str:
+        """The per-tensor table, then the energy estimate when there is one."""
+        return self.table() + (f"\n{self.energy.text()}" if self.energy is not None else "")
 
     def table(self, only_weights: bool = False) -> str:
         """A readable per-tensor table with totals."""
@@ -103,20 +112,17 @@ class FileReport:
                 f"weights_ratio {self.weights_ratio:.2f}x (paper convention, conv/linear weights only)")
 
 
-def tensor_reports(nsk: NskFile, path: str | Path) -> list[TensorReport]:
+def tensor_reports(decoded: DecodedFile) -> list[TensorReport]:
     """Each tensor's codec and bytes, and its zeros counted on the decoded values: the sparsity a
     loaded model really has, whichever codec (sparse, or a palette with a zero entry) stores it."""
-    from netshrink.api import _decode_state  # one place decodes a file with per-tensor errors
-
-    state = _decode_state(nsk, path)
     out = []
-    for rec in nsk.tensors:
+    for rec in decoded.nsk.tensors:
         enc = rec.encoded
         kinds = enc.bytes_by_kind() if not rec.tied_to else dict.fromkeys(enc.bytes_by_kind(), 0)
         total = sum(kinds.values())
         bpw = 8 * total / enc.numel if enc.numel else 0.0
         codec = f"tied to {rec.tied_to}" if rec.tied_to else enc.describe()
-        zeros = int((state[rec.name] == 0).sum())
+        zeros = int((decoded.state[rec.name] == 0).sum())
         out.append(TensorReport(rec.name, rec.module_type, codec, list(enc.shape), enc.numel, bpw, kinds,
                                 total, zeros, rec.tied_to))
     return out
@@ -124,15 +130,19 @@ def tensor_reports(nsk: NskFile, path: str | Path) -> list[TensorReport]:
 
 def file_report(path: str | Path) -> FileReport:
     """Report of a .nsk file: what is in it and what it costs on disk."""
-    nsk = read_nsk(path)
-    tensors = tensor_reports(nsk, path)
-    original, weight_numel = recorded_original(nsk.model, path)
-    original = original or 4 * sum(t.numel for t in tensors if not t.tied_to)
-    return FileReport(str(path), os.stat(path).st_size, nsk.header_bytes, original, tensors, nsk.model, nsk.recipe,
-                      weight_numel)
+    return report_of(decode_file(path))
 
 
-def original_size(model: Any) -> dict[str, int]:
+def report_of(decoded: DecodedFile) -> FileReport:
+    """The report of a file already read and decoded (`netshrink.decoding.decode_file`)."""
+    tensors = tensor_reports(decoded)
+    recorded = decoded.identity.original
+    original = (recorded.fp32_bytes if recorded else 0) or 4 * sum(t.numel for t in tensors if not t.tied_to)
+    return FileReport(str(decoded.path), os.stat(decoded.path).st_size, decoded.nsk.header_bytes, original, tensors,
+                      decoded.identity, decoded.nsk.recipe, recorded.weight_numel if recorded else None)
+
+
+def original_size(model: Any) -> OriginalSize:
     """What the uncompressed model weighs: recorded in the header before any step changes its shape,
     so a recipe that removes channels is credited against the model it started from."""
     from netshrink.plan import tied_names
@@ -142,16 +152,4 @@ def original_size(model: Any) -> dict[str, int]:
     tied = tied_names(state)
     fp32_bytes = 4 * sum(t.numel() for name, t in state.items() if tied.get(name, name) == name)
     weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, WEIGHT_LAYERS)}
-    return {"fp32_bytes": fp32_bytes, "weight_numel": sum(weights.values())}
-
-
-def recorded_original(identity: dict[str, Any], path: str | Path) -> tuple[int | None, int | None]:
-    """(fp32 bytes, conv/linear weight count) of the original model, if the header records them."""
-    original = identity.get("original")
-    if original is None:
-        return None, None
-    values = original.get("fp32_bytes") if isinstance(original, dict) else None, \
-        original.get("weight_numel") if isinstance(original, dict) else None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 48 for v in values):
-        raise FormatError(f"{path}: malformed header: model 'original' must hold non-negative integers fp32_bytes, weight_numel")
-    return values
+    return OriginalSize(fp32_bytes, sum(weights.values()))

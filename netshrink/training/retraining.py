@@ -121,11 +121,14 @@ class RetrainingStep(TrainingStep, LayerStep):
         """Start this step on `model` (changed in place) for the caller's own training loop; the
         session's `finalize()` returns the `CompressedModel` (save it as a .nsk). `plan`: the plan of
         earlier steps, e.g. `compress(...).plan` when the model was pruned first."""
-        from netshrink.api import CompressedModel, model_identity  # api -> methods -> here: import on use
+        from dataclasses import replace
+
+        from netshrink.api import CompressedModel  # api -> methods -> here: import on use
+        from netshrink.identity import ModelIdentity
         from netshrink.report.sizes import original_size
 
         plan, ctx = plan if plan is not None else CompressionPlan(), StepContext(seed=seed, progress=False)
-        identity = model_identity(model, original=original_size(model))
+        identity = replace(ModelIdentity.of(model), original=original_size(model))
         hooks = self.prepare_training(model, plan, ctx)
 
         def finish() -> CompressedModel:

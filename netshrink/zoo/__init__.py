@@ -21,6 +21,7 @@ from netshrink.zoo.efficientnet_lite import efficientnet_lite0
 from netshrink.zoo.lenet import LeNet5, LeNet300
 from netshrink.zoo.minilm import minilm, minilm_checkpoint, read_safetensors
 from netshrink.zoo.normalize import Normalize
+from netshrink.zoo.protocols import DescribesArch, GapHeadSwitch, HasHead
 from netshrink.zoo.pretrained import (
     efficientnet_lite0_checkpoint,
     load_strict,
@@ -29,7 +30,8 @@ from netshrink.zoo.pretrained import (
 )
 from netshrink.zoo.resnet_cifar import resnet20
 
-__all__ = ["MODEL_NAMES", "ModelInfo", "Normalize", "build_model", "build_skeleton", "get_model", "model_info"]
+__all__ = ["MODEL_NAMES", "DescribesArch", "GapHeadSwitch", "HasHead", "ModelInfo", "Normalize", "build_model",
+           "build_skeleton", "get_model", "model_info", "models_with"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,12 @@ def build_skeleton(name: str, **arch: Any) -> nn.Module:
     """
     with torch.device("meta"), _no_init():
         return build_model(name, **arch)
+
+
+def models_with(capability: type) -> tuple[str, ...]:
+    """The zoo models whose default build has `capability` (a runtime-checkable Protocol), checked on
+    meta-device skeletons: what a step that needs it can suggest instead."""
+    return tuple(name for name in MODEL_NAMES if isinstance(build_skeleton(name), capability))
 
 
 @contextmanager

@@ -10,11 +10,12 @@ from torch import nn
 
 from conftest import random_images
 from netshrink import api
-from netshrink.budget.allocation import (BudgetError, LayerOption, allocate, budget_recipe, compress_to_energy, compress_to_ratio,
-                              file_bytes, original_bytes_of, predicted_damage, uniform_choice)
+from netshrink.budget.allocation import (BudgetError, LayerOption, allocate, budget_recipe, original_bytes_of,
+                                         predicted_damage, uniform_choice)
 from netshrink.energy import energy_of_model, weight_format
 from netshrink.cli import main
 from netshrink.data import ArrayDataset
+from netshrink.errors import NetshrinkError
 from netshrink.format.container import read_nsk
 from netshrink.budget.sensitivity import CalibrationScorer, SensitivityConfig, calibration_split, measure
 
@@ -50,6 +51,14 @@ def sens(two_branch, data):
     return measure(two_branch, data, CONFIG, dataset="tiny", progress=False)
 
 
+def compress_to_ratio(model, sens, ratio, **kwargs):
+    return api.compress_to_target(model, ratio=ratio, sensitivity=sens, **kwargs)
+
+
+def compress_to_energy(model, sens, energy, **kwargs):
+    return api.compress_to_target(model, energy=energy, sensitivity=sens, **kwargs)
+
+
 def test_allocate_spends_bytes_where_damage_is():
     bytes_at = {2: 100, 3: 150, 4: 200, 5: 250}
     sensitive = [LayerOption(b, 0.0, n, 1.0 / 4 ** b) for b, n in bytes_at.items()]
@@ -65,8 +74,8 @@ def test_budget_meets_the_target_and_writes_its_recipe(two_branch, sens, tmp_pat
     for ratio in (4.0, 6.0, 8.0):
         result = compress_to_ratio(two_branch, sens, ratio, progress=False)
         path = tmp_path / f"auto{ratio:g}.nsk"
-        result.compressed.save(path)
-        assert os.path.getsize(path) == result.file_bytes <= int(original / ratio)
+        result.save(path)
+        assert os.path.getsize(path) == result.budget.file_bytes == result.nbytes() <= int(original / ratio)
         assert original / os.path.getsize(path) >= ratio
         recipe = read_nsk(path).recipe
         assert recipe["name"] == f"auto-ratio-{ratio:g}x"
@@ -77,13 +86,13 @@ def test_budget_meets_the_target_and_writes_its_recipe(two_branch, sens, tmp_pat
 
 def test_budget_beats_uniform_of_the_same_size(two_branch, sens, data):
     uniform = api.compress(two_branch, budget_recipe(uniform_choice(sens, 3), "u3", ""), progress=False)
-    ratio = original_bytes_of(two_branch, None) / file_bytes(uniform)
+    ratio = original_bytes_of(two_branch, None) / uniform.nbytes()
     auto = compress_to_ratio(two_branch, sens, ratio, progress=False)
-    assert auto.file_bytes <= file_bytes(uniform)
+    assert auto.budget.file_bytes <= uniform.nbytes()
     same = uniform_choice(sens, 3)
-    assert auto.choice["loud"].bits > 3 and auto.choice["quiet"].bytes < same["quiet"].bytes
+    assert auto.budget.choice["loud"].bits > 3 and auto.budget.choice["quiet"].bytes < same["quiet"].bytes
     scorer = CalibrationScorer(two_branch, calibration_split(data, 64, seed=0))
-    assert scorer.score(auto.compressed.model)["kl"] < 0.5 * scorer.score(uniform.model)["kl"]
+    assert scorer.score(auto.model).kl < 0.5 * scorer.score(uniform.model).kl
 
 
 def test_impossible_target_is_a_one_line_error(two_branch, sens):
@@ -99,11 +108,11 @@ def test_impossible_target_is_a_one_line_error(two_branch, sens):
 
 def test_energy_target_is_met_by_the_stored_formats(two_branch, sens):
     result = compress_to_energy(two_branch, sens, 5.0, input_shape=(3, 16, 16), progress=False)
-    plan = result.compressed.plan
-    formats = {name: weight_format(entry.encoded) for name, entry in plan.entries.items()}
-    assert energy_of_model(result.compressed.model, (3, 16, 16), formats).ratio == pytest.approx(result.energy_ratio)
-    assert 5.0 <= result.energy_ratio < 5.5  # spends what the target allows on the loud layer
-    assert result.choice["quiet"].energy_pj < result.choice["loud"].energy_pj  # the energy goes where damage is
+    formats = {name: weight_format(entry.encoded) for name, entry in result.plan.entries.items()}
+    budget = result.budget
+    assert energy_of_model(result.model, (3, 16, 16), formats).ratio == pytest.approx(budget.energy_ratio)
+    assert 5.0 <= budget.energy_ratio < 5.5  # spends what the target allows on the loud layer
+    assert budget.choice["quiet"].energy_pj < budget.choice["loud"].energy_pj  # the energy goes where damage is
     with pytest.raises(BudgetError, match=r"target energy ratio 500x cannot be met: .* reach \d+\.\d\dx"):
         compress_to_energy(two_branch, sens, 500.0, input_shape=(3, 16, 16), progress=False)
 
@@ -111,3 +120,10 @@ def test_energy_target_is_met_by_the_stored_formats(two_branch, sens):
 def test_cli_refuses_a_recipe_with_a_target(capsys):
     assert main(["compress", "resnet20", "--recipe", "fp16", "--target-ratio", "8"]) == 2
     assert "either --recipe or a target" in capsys.readouterr().err
+
+
+def test_one_target_at_a_time(two_branch, sens):
+    with pytest.raises(NetshrinkError, match="give one target"):
+        api.compress_to_target(two_branch, ratio=4, energy=4, sensitivity=sens, progress=False)
+    with pytest.raises(NetshrinkError, match="give one target"):
+        api.compress_to_target(two_branch, sensitivity=sens, progress=False)

@@ -322,13 +322,13 @@ def test_declared_decoded_size_is_bounded_before_decoding(nsk_path, tmp_path):
 
 
 def test_names_and_shapes_are_checked_before_anything_is_decoded(nsk_path, tiny_net, monkeypatch):
-    import netshrink.api
+    import netshrink.decoding
     from netshrink.errors import ModelError
 
     def no_decoding(*args):
         raise AssertionError("decoded before the model check")
 
-    monkeypatch.setattr(netshrink.api, "_decode_state", no_decoding)
+    monkeypatch.setattr(netshrink.decoding, "decode_state", no_decoding)
     with pytest.raises(ModelError, match="does not fit"):
         netshrink.load(nsk_path, model=torch.nn.Linear(3, 3))
 

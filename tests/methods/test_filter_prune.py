@@ -142,7 +142,7 @@ def test_flops_target_is_met_and_file_reloads_into_the_smaller_lenet5(tmp_path):
     compressed = netshrink.compress(model, recipe(step), images(200, (1, 28, 28)), name="lenet5", progress=False)
     small = compressed.model
     assert flops(model, (1, 28, 28)) / flops(small, (1, 28, 28)) >= 1.5
-    widths = compressed.identity["arch"]["widths"]
+    widths = compressed.identity.arch["widths"]
     assert all(w >= o / 2 for w, o in zip(widths, (20, 50, 500))) and widths != [20, 50, 500]
     compressed.save(tmp_path / "l5.nsk")
     loaded = netshrink.load(tmp_path / "l5.nsk")
@@ -157,7 +157,7 @@ def test_resnet20_file_reloads_with_inner_widths(tmp_path):
                              "layers_per_round": 4, "prune_fraction": 0.25}}
     compressed = netshrink.compress(model, recipe(step, {"cast": {}}), images(80, (3, 32, 32)), name="resnet20",
                                     progress=False)
-    assert compressed.identity["arch"]["inner_widths"] == [12, 16, 16, 32, 32, 32, 32, 32, 32]
+    assert compressed.identity.arch["inner_widths"] == [12, 16, 16, 32, 32, 32, 32, 32, 32]
     compressed.save(tmp_path / "r20.nsk")
     loaded = netshrink.load(tmp_path / "r20.nsk")
     x = torch.rand(2, 3, 32, 32)

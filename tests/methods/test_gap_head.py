@@ -46,7 +46,7 @@ def test_gap_head_trains_records_arch_and_reloads(tmp_path):
     model = zoo.build_model("lenet5").eval()
     step = {"gap_head": {"epochs": 1, "batch_size": 16, "lr": 0.05}}
     compressed = netshrink.compress(model, recipe(step), tiny_mnist(), name="lenet5", progress=False)
-    assert compressed.identity["arch"] == {"num_classes": 10, "widths": [20, 50, 500], "head": "gap"}
+    assert compressed.identity.arch == {"num_classes": 10, "widths": [20, 50, 500], "head": "gap"}
     trained = compressed.model
     assert trained.head == "gap" and model.head == "fc"  # the input model is untouched
     assert not torch.equal(trained.fc2.weight, model.fc2.weight)  # it trained
@@ -63,7 +63,7 @@ def test_resnet20_already_pools_so_the_step_does_nothing(caplog):
     with caplog.at_level(logging.WARNING):
         compressed = netshrink.compress(model, recipe({"gap_head": {}}), tiny_mnist(4), progress=False)
     assert "already ends in global average pooling" in caplog.text
-    assert compressed.identity.get("arch") == model.arch_options()  # unchanged: nothing was replaced
+    assert compressed.identity.arch == model.arch_options()  # unchanged: nothing was replaced
     assert all(torch.equal(a, b) for a, b in zip(compressed.model.state_dict().values(), model.state_dict().values()))
 
 

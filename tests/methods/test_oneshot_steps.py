@@ -91,4 +91,4 @@ def test_ratio_is_against_the_model_before_any_step(tiny_net, tmp_path):
         compressed.model.fc.weight.zero_()
     report = compressed.save(tmp_path / "m.nsk")
     assert report.original_bytes == 4 * sum(t.numel() for t in tiny_net.state_dict().values())
-    assert compressed.identity["original"]["weight_numel"] == tiny_net.conv.weight.numel() + tiny_net.fc.weight.numel()
+    assert compressed.identity.original.weight_numel == tiny_net.conv.weight.numel() + tiny_net.fc.weight.numel()

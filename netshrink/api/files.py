@@ -1,0 +1,87 @@
+"""Files: save a model, load one back, and open a file once for everything a command reports on it.
+
+    report = netshrink.save(model, "model.nsk")        # every tensor stored exactly (a checkpoint)
+    model = netshrink.load("model.nsk")                # zoo models rebuild themselves
+    model = netshrink.load("mine.nsk", model=MyNet())  # any other model: pass the module
+
+Weights are decoded once, at load, into an ordinary dense module: inference runs at dense speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from netshrink.api.compressed import CompressedModel
+from netshrink.decoding import check_matches, decoded, load_module, loaded, read_file, zoo_module
+from netshrink.energy.files import energy_summary, stored_formats
+from netshrink.errors import ModelError
+from netshrink.format.container import NskFile
+from netshrink.identity import ModelIdentity
+from netshrink.plan import CompressionPlan
+from netshrink.report.sizes import FileReport, report_of
+
+
+def save(model: nn.Module | CompressedModel, path: str | Path, *, name: str | None = None,
+         **identity: Any) -> FileReport:
+    """Save a compressed model, or a plain model with every tensor stored exactly (a checkpoint).
+    `identity` records more about a plain model (`dataset=`, or any JSON value under its own key)."""
+    if isinstance(model, nn.Module):
+        model = CompressedModel(model, CompressionPlan(), None, ModelIdentity.of(model, name, **identity))
+    return model.save(path)
+
+
+def load(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
+    """Rebuild a runnable module from a .nsk file (decoded once; eval mode).
+
+    A file is untrusted input: its declared decoded size is checked against `max_bytes` (default:
+    `format.container.decode_limit`) and its tensor names and shapes against the model before
+    anything is decoded (`netshrink.decoding`).
+    """
+    return load_module(path, model, max_bytes=max_bytes)
+
+
+def read_identity(path: str | Path) -> ModelIdentity:
+    """The model identity recorded in a file's header (nothing decoded)."""
+    return read_file(path)[1]
+
+
+@dataclass
+class OpenedFile:
+    """A file read and decoded once: its report (sizes, energy) and its model, when one could be built."""
+
+    report: FileReport
+    model: nn.Module | None
+
+
+def open_file(path: str | Path, model: nn.Module | None = None, *, require_model: bool = False) -> OpenedFile:
+    """Read and decode a file once, for its report, its estimated energy and its loaded model.
+
+    Without `model`, the zoo model the header describes is built; a file of another model still
+    gets its report (the energy then says why it is unavailable) unless `require_model`.
+    """
+    nsk, identity = read_file(path)
+    module, why = _module_for(nsk, identity, path, model)
+    if module is None and require_model:
+        raise ModelError(why)
+    contents = decoded(nsk, identity, path)
+    report = report_of(contents)
+    if module is not None:
+        loaded(module, contents)
+    report.energy = energy_summary(path, module, identity, stored_formats(nsk.tensors), why)
+    return OpenedFile(report, module)
+
+
+def _module_for(nsk: NskFile, identity: ModelIdentity, path: str | Path,
+                model: nn.Module | None) -> tuple[nn.Module | None, str]:
+    """The module to load the file into, checked against it; or None and why there is none."""
+    if model is not None:
+        check_matches(model, nsk.tensors, path)
+        return model, ""
+    try:
+        return zoo_module(identity, nsk.tensors, path), ""
+    except ModelError as exc:
+        return None, str(exc)

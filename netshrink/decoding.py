@@ -1,0 +1,114 @@
+"""Reading a .nsk file into tensors: the one place a file is checked against a model and decoded.
+
+A file is untrusted input: its declared decoded size is checked against a limit
+(`format.container.read_nsk`), and its tensor names and shapes against the model before anything
+is decoded; a zoo model the header describes is first built on the meta device (no memory) to be
+checked the same way. So a crafted file fails in milliseconds instead of allocating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from netshrink.errors import FormatError, ModelError, NetshrinkError
+from netshrink.format.codecs import decode
+from netshrink.format.container import NskFile, TensorRecord, read_nsk
+from netshrink.identity import ModelIdentity
+
+
+@dataclass
+class DecodedFile:
+    """A file read and decoded once: its records, the identity its header records, and every tensor."""
+
+    path: Path
+    nsk: NskFile
+    identity: ModelIdentity
+    state: dict[str, torch.Tensor]
+
+
+def read_file(path: str | Path, max_bytes: int | None = None) -> tuple[NskFile, ModelIdentity]:
+    """The records and model identity of a file, nothing decoded yet."""
+    nsk = read_nsk(path, max_bytes)
+    return nsk, ModelIdentity.from_json(nsk.model, str(path))
+
+
+def decode_file(path: str | Path, module: nn.Module | None = None, *, max_bytes: int | None = None) -> DecodedFile:
+    """Read and decode every tensor of a file; with a module, its names and shapes are checked first."""
+    nsk, identity = read_file(path, max_bytes)
+    if module is not None:
+        check_matches(module, nsk.tensors, path)
+    return decoded(nsk, identity, path)
+
+
+def decoded(nsk: NskFile, identity: ModelIdentity, path: str | Path) -> DecodedFile:
+    """Every tensor of a file already read (and checked against its model), decoded."""
+    return DecodedFile(Path(path), nsk, identity, decode_state(nsk, path))
+
+
+def decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, decoded; a tied tensor is the very tensor it is tied to."""
+    state = {}
+    for rec in nsk.tensors:
+        if rec.tied_to:
+            state[rec.name] = state[rec.tied_to]
+            continue
+        try:
+            state[rec.name] = decode(rec.encoded)
+        except NetshrinkError as exc:
+            raise FormatError(f"{path}: tensor {rec.name!r}: {exc}") from None
+        except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError, MemoryError) as exc:
+            # The header passed its checksum but describes data its codec cannot decode.
+            raise FormatError(f"{path}: tensor {rec.name!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return state
+
+
+def zoo_module(identity: ModelIdentity, records: list[TensorRecord], path: str | Path) -> nn.Module:
+    """The zoo model a header describes, built only after its skeleton matched the file's records."""
+    from netshrink import zoo
+
+    if identity.name not in zoo.MODEL_NAMES:
+        raise ModelError(f"{path} holds a {identity.class_name or 'an unknown class'} model that is not in the zoo; "
+                         "pass the module: netshrink.load(path, model=MyNet())")
+    try:
+        check_matches(zoo.build_skeleton(identity.name, **identity.arch), records, path)
+    except ModelError as exc:
+        raise ModelError(f"{path}: the model its header describes is not valid: {exc}") from None
+    return zoo.build_model(identity.name, **identity.arch)
+
+
+def check_matches(module: nn.Module, records: list[TensorRecord], path: str | Path) -> None:
+    """The file's tensor names and declared shapes against the model's, before any decoding."""
+    expected = module.state_dict()
+    shapes = {rec.name: tuple(rec.encoded.shape) for rec in records}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    if missing or unexpected:
+        raise ModelError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                         f"{' ...' if len(missing) + len(unexpected) > 6 else ''}")
+    for key, shape in shapes.items():
+        if shape != tuple(expected[key].shape):
+            raise ModelError(f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(expected[key].shape)}")
+
+
+def load_module(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
+    """The module of a file (the given one, or the zoo model its header describes), loaded, in eval mode."""
+    return open_module(path, model, max_bytes=max_bytes)[0]
+
+
+def open_module(path: str | Path, model: nn.Module | None = None, *,
+                max_bytes: int | None = None) -> tuple[nn.Module, ModelIdentity]:
+    """`load_module`, and the identity the header records (the file read once)."""
+    nsk, identity = read_file(path, max_bytes)
+    module = model if model is not None else zoo_module(identity, nsk.tensors, path)
+    check_matches(module, nsk.tensors, path)
+    return loaded(module, decoded(nsk, identity, path)), identity
+
+
+def loaded(module: nn.Module, decoded: DecodedFile) -> nn.Module:
+    """`module` holding a decoded file's tensors (names and shapes already checked), in eval mode."""
+    module.load_state_dict(decoded.state, strict=True)
+    return module.eval()
