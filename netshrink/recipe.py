@@ -219,6 +219,8 @@ def _parse_step(entry: Any, where: str) -> Step:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise RecipeError(f"{where}: each step is a one-key mapping like '- palette: {{bits: 5}}'")
     (kind, settings), = entry.items()
+    import netshrink.methods  # noqa: F401  (registers every step; methods import this module, so on use)
+
     if kind not in STEPS:
         raise RecipeError(f"{where}: unknown step {kind!r}; known steps: {', '.join(sorted(STEPS))}")
     return config_from_dict(STEPS[kind], settings, f"{where} ({kind})")
