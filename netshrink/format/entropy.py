@@ -23,6 +23,10 @@ Byte layout (all integers are LEB128 varints unless said otherwise; "words" are 
 The rANS words are trimmed of the zero high bytes of the last word (constriction never emits a zero
 last word), so a canonical stream ends in a nonzero byte. The symbol count is not stored: the
 caller (the file header) knows it and passes it to `decode_symbols`.
+
+Fixed-width bit packing and the LEB128 varints of the count tables are in
+`netshrink.format.bitpack`, which knows nothing of modes or models; `pack_bits` and `unpack_bits`
+are re-exported here. This module holds the stream format: the choice of form, rANS, the decoders.
 """
 
 from __future__ import annotations
@@ -34,14 +38,31 @@ import constriction
 import numpy as np
 
 from netshrink.errors import CodecError, FormatError
+from netshrink.format.bitpack import (
+    MAX_COUNT,
+    MAX_PACK_WIDTH,
+    as_uint8,
+    encode_varints,
+    pack_bits,
+    packed_len,
+    read_varints,
+    unpack_bits,
+    validated_count,
+    validated_ints,
+    varint_len,
+    varint_lengths,
+)
+
+__all__ = [
+    "MAX_ALPHABET", "MAX_COUNT", "MAX_PACK_WIDTH", "MAX_RANS_SYMBOLS", "MODE_NAMES", "decode_symbols",
+    "empirical_entropy_bits", "encode_count_table", "encode_rans", "encode_symbols", "pack_bits",
+    "stream_mode", "symbol_histogram", "unpack_bits",
+]
 
 MAX_ALPHABET = 1 << 24
 # constriction's default models use 24-bit probabilities, so every used symbol needs one of 2**24
 # slots; far below that limit the rounding of rare symbols would also start to cost bits.
 MAX_RANS_SYMBOLS = 1 << 20
-MAX_PACK_WIDTH = 32
-# Far beyond any tensor; keeps sums of table counts (<= 2**20 entries, each <= count) inside int64.
-MAX_COUNT = 1 << 40
 
 MODE_EMPTY, MODE_CONSTANT, MODE_PACKED, MODE_RANS_DENSE, MODE_RANS_SPARSE = range(5)
 MODE_NAMES = {
@@ -51,9 +72,6 @@ MODE_NAMES = {
     MODE_RANS_DENSE: "rans-dense",
     MODE_RANS_SPARSE: "rans-sparse",
 }
-
-_VARINT_MAX_BYTES = 9  # 9 * 7 = 63 bits, enough for any count or symbol and safe in uint64
-_PACK_CHUNK = 1 << 18  # values per bit-packing chunk; a multiple of 8 keeps chunks byte-aligned
 
 
 # ----------------------------------------------------------------------------- public API
@@ -70,11 +88,11 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
         return bytes([MODE_EMPTY])
     used, freqs, ranks = symbol_histogram(sym)
     if used.size == 1:
-        return bytes([MODE_CONSTANT]) + _encode_varints(used)
+        return bytes([MODE_CONSTANT]) + encode_varints(used)
     width = int(used[-1]).bit_length()  # the largest symbol's width, never more than the alphabet's
     if used.size <= MAX_RANS_SYMBOLS:
         rans = encode_rans(used, freqs, ranks)
-        if len(rans) < 2 + _packed_len(sym.size, width):  # ties keep packing: it decodes faster
+        if len(rans) < 2 + packed_len(sym.size, width):  # ties keep packing: it decodes faster
             return rans
     return bytes([MODE_PACKED, width]) + pack_bits(sym, width)
 
@@ -114,37 +132,6 @@ def empirical_entropy_bits(symbols: np.ndarray) -> float:
     return max(0.0, float(n * math.log2(n) - np.sum(counts * np.log2(counts))))
 
 
-def pack_bits(values: np.ndarray, width: int) -> bytes:
-    """Pack ints in [0, 2**width) into width bits each: value i holds bits [i*width, (i+1)*width).
-
-    Little-endian at both levels (bit 0 of a byte comes first, low bits of a value come first), the
-    last byte zero-padded. Raises CodecError for a width outside 1..32 or values that do not fit.
-    """
-    width = _validated_width(width, CodecError)
-    vals = _validated_ints(values, "pack_bits values")
-    if vals.size and (vals.min() < 0 or vals.max() >= (1 << width)):
-        raise CodecError(f"pack_bits: values must lie in [0, 2**{width}); got [{vals.min()}, {vals.max()}]")
-    as_u32 = vals.astype("<u4")
-    chunks = [_pack_chunk(as_u32[i : i + _PACK_CHUNK], width) for i in range(0, as_u32.size, _PACK_CHUNK)]
-    return b"".join(chunks)
-
-
-def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
-    """Inverse of `pack_bits`: `count` values as int64. Raises FormatError if `data` is too short."""
-    width = _validated_width(width, FormatError)
-    count = _validated_count(count)
-    buf = _as_uint8(data)
-    needed = _packed_len(count, width)
-    if buf.size < needed:
-        raise FormatError(f"bit-packed stream holds {buf.size} bytes; {count} x {width}-bit values need {needed}")
-    out = np.empty(count, dtype=np.int64)
-    for start in range(0, count, _PACK_CHUNK):
-        n = min(_PACK_CHUNK, count - start)
-        first = start * width // 8
-        out[start : start + n] = _unpack_chunk(buf[first : first + _packed_len(n, width)], width, n)
-    return out
-
-
 # ----------------------------------------------------------------------------- rANS mode
 
 
@@ -176,33 +163,33 @@ def encode_count_table(used: np.ndarray, freqs: np.ndarray) -> bytes:
     Public so benchmarks can charge other coders (Huffman) the same table.
     """
     lo, span = int(used[0]), int(used[-1] - used[0] + 1)
-    freq_bytes = int(_varint_lengths(freqs).sum())
-    dense_len = _varint_len(lo) + _varint_len(span) + freq_bytes + (span - used.size)
+    freq_bytes = int(varint_lengths(freqs).sum())
+    dense_len = varint_len(lo) + varint_len(span) + freq_bytes + (span - used.size)
     gaps = np.diff(used, prepend=-1) - 1
-    sparse_len = _varint_len(used.size) + int(_varint_lengths(gaps).sum()) + freq_bytes
+    sparse_len = varint_len(used.size) + int(varint_lengths(gaps).sum()) + freq_bytes
     if dense_len <= sparse_len:
         dense = np.zeros(span, dtype=np.int64)
         dense[used - lo] = freqs
-        return bytes([MODE_RANS_DENSE]) + _encode_varints(np.array([lo, span])) + _encode_varints(dense)
+        return bytes([MODE_RANS_DENSE]) + encode_varints(np.array([lo, span])) + encode_varints(dense)
     header = np.concatenate([[used.size], gaps, freqs])
-    return bytes([MODE_RANS_SPARSE]) + _encode_varints(header)
+    return bytes([MODE_RANS_SPARSE]) + encode_varints(header)
 
 
 def _decode_rans_dense(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
-    (lo, span), pos = _read_varints(body, 0, 2)
+    (lo, span), pos = read_varints(body, 0, 2)
     if span < 2 or lo + span > alphabet_size:
         raise FormatError(f"rANS table spans symbols [{lo}, {lo + span}) outside alphabet of {alphabet_size}")
-    dense, pos = _read_varints(body, pos, int(span))
+    dense, pos = read_varints(body, pos, int(span))
     used = np.flatnonzero(dense)
     return _decode_rans_payload(body[pos:], count, used + int(lo), dense[used])
 
 
 def _decode_rans_sparse(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
-    (k,), pos = _read_varints(body, 0, 1)
+    (k,), pos = read_varints(body, 0, 1)
     if k > min(alphabet_size, count, MAX_RANS_SYMBOLS):
         raise FormatError(f"rANS table lists {k} symbols; at most min(alphabet, count) = "
                           f"{min(alphabet_size, count)} can occur")
-    table, pos = _read_varints(body, pos, 2 * int(k))
+    table, pos = read_varints(body, pos, 2 * int(k))
     gaps, freqs = table[: int(k)], table[int(k) :]
     if gaps.size and int(gaps.max()) >= alphabet_size:  # also keeps the cumsum below from overflowing
         raise FormatError(f"rANS table symbol gap {int(gaps.max())} exceeds alphabet of {alphabet_size}")
@@ -247,9 +234,9 @@ def _decode_packed(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarr
     width, bits = int(body[0]), body[1:]
     if not 1 <= width <= max(1, (alphabet_size - 1).bit_length()):
         raise FormatError(f"bit-packed stream width {width} does not fit alphabet of {alphabet_size}")
-    if count == 0 or bits.size != _packed_len(count, width):
+    if count == 0 or bits.size != packed_len(count, width):
         raise FormatError(f"bit-packed stream has {bits.size} bytes; {count} x {width}-bit values need "
-                          f"{_packed_len(count, width)} (and count >= 1)")
+                          f"{packed_len(count, width)} (and count >= 1)")
     pad = bits.size * 8 - count * width
     if pad and int(bits[-1]) >> (8 - pad):
         raise FormatError("bit-packed stream has nonzero padding bits: corrupt")
@@ -260,7 +247,7 @@ def _decode_packed(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarr
 
 
 def _decode_constant(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
-    (symbol,), pos = _read_varints(body, 0, 1)
+    (symbol,), pos = read_varints(body, 0, 1)
     if count == 0 or pos != body.size or symbol >= alphabet_size:
         raise FormatError(f"constant stream invalid: symbol {symbol}, alphabet {alphabet_size}, "
                           f"count {count}, {body.size - pos} trailing bytes")
@@ -280,74 +267,6 @@ _DECODERS = {
     MODE_RANS_DENSE: _decode_rans_dense,
     MODE_RANS_SPARSE: _decode_rans_sparse,
 }
-
-
-# ----------------------------------------------------------------------------- varints
-
-
-def _varint_lengths(values: np.ndarray) -> np.ndarray:
-    """Bytes each non-negative value takes as a LEB128 varint (7 payload bits per byte)."""
-    v = np.asarray(values, dtype=np.uint64)
-    lengths = np.ones(v.shape, dtype=np.int64)
-    for j in range(1, _VARINT_MAX_BYTES):
-        lengths += (v >> np.uint64(7 * j)) > 0
-    return lengths
-
-
-def _varint_len(value: int) -> int:
-    return max(1, -(-int(value).bit_length() // 7))
-
-
-def _encode_varints(values: np.ndarray) -> bytes:
-    """LEB128 varints of non-negative ints < 2**63, vectorised: one pass per byte position."""
-    v = np.asarray(values, dtype=np.uint64)
-    lengths = _varint_lengths(v)
-    starts = np.cumsum(lengths) - lengths
-    out = np.zeros(int(lengths.sum()), dtype=np.uint8)
-    for j in range(int(lengths.max(initial=0))):
-        sel = lengths > j
-        byte = (v[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)
-        more = (lengths[sel] > j + 1).astype(np.uint64) << np.uint64(7)
-        out[starts[sel] + j] = (byte | more).astype(np.uint8)
-    return out.tobytes()
-
-
-def _read_varints(buf: np.ndarray, pos: int, k: int) -> tuple[np.ndarray, int]:
-    """k varints from buf[pos:] as uint64, and the position after them; FormatError if they don't fit."""
-    if k > buf.size - pos:
-        raise FormatError(f"entropy table needs {k} more entries but only {buf.size - pos} bytes remain")
-    if k == 0:
-        return np.zeros(0, dtype=np.uint64), pos
-    window = buf[pos : pos + k * _VARINT_MAX_BYTES]
-    ends = np.flatnonzero(window < 0x80)[:k]
-    if ends.size < k:
-        raise FormatError(f"entropy table truncated: found {ends.size} of {k} varints")
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
-    if int(lengths.max()) > _VARINT_MAX_BYTES:
-        raise FormatError(f"entropy table has a varint longer than {_VARINT_MAX_BYTES} bytes")
-    chunk = window[: int(ends[-1]) + 1].astype(np.uint64)
-    shifts = (np.arange(chunk.size) - np.repeat(starts, lengths)).astype(np.uint64) * np.uint64(7)
-    values = np.add.reduceat((chunk & np.uint64(0x7F)) << shifts, starts)
-    return values, pos + int(ends[-1]) + 1
-
-
-# ----------------------------------------------------------------------------- bit packing
-
-
-def _pack_chunk(vals: np.ndarray, width: int) -> bytes:
-    bits = np.unpackbits(vals.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
-    return np.packbits(bits[:, :width].ravel(), bitorder="little").tobytes()
-
-
-def _unpack_chunk(buf: np.ndarray, width: int, n: int) -> np.ndarray:
-    bits = np.zeros((n, 32), dtype=np.uint8)
-    bits[:, :width] = np.unpackbits(buf, count=n * width, bitorder="little").reshape(n, width)
-    return np.packbits(bits, axis=1, bitorder="little").view("<u4").ravel()
-
-
-def _packed_len(count: int, width: int) -> int:
-    return -(-count * width // 8)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -377,44 +296,14 @@ def _validated_symbols(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
         raise CodecError(f"alphabet_size must be an int, got {type(alphabet_size).__name__}") from exc
     if not 1 <= alphabet_size <= MAX_ALPHABET:
         raise CodecError(f"alphabet_size {alphabet_size} outside [1, 2**24]")
-    sym = _validated_ints(symbols, "symbols")
+    sym = validated_ints(symbols, "symbols")
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >= alphabet_size):
         raise CodecError(f"symbols must lie in [0, {alphabet_size}); got [{int(sym.min())}, {int(sym.max())}]")
     return sym
 
 
-def _validated_ints(values: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise CodecError(f"{what} must be a 1-D array, got shape {arr.shape}")
-    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise CodecError(f"{what} must be integers, got dtype {arr.dtype}")
-    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 1 << 63:
-        raise CodecError(f"{what} holds values >= 2**63")
-    return arr.astype(np.int64)
-
-
-def _validated_width(width: int, error: type[Exception]) -> int:
-    if not isinstance(width, (int, np.integer)) or not 1 <= width <= MAX_PACK_WIDTH:
-        raise error(f"bit width must be an int in 1..{MAX_PACK_WIDTH}, got {width!r}")
-    return int(width)
-
-
-def _validated_count(count: int) -> int:
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
-        raise FormatError(f"symbol count must be an int in [0, 2**40], got {count!r}")
-    return int(count)
-
-
 def _validated_decode_args(data: bytes, count: int, alphabet_size: int) -> tuple[np.ndarray, int, int]:
-    count = _validated_count(count)
+    count = validated_count(count)
     if not isinstance(alphabet_size, (int, np.integer)) or not 1 <= alphabet_size <= MAX_ALPHABET:
         raise FormatError(f"alphabet size {alphabet_size!r} outside [1, 2**24]")
-    return _as_uint8(data), count, int(alphabet_size)
-
-
-def _as_uint8(data: bytes) -> np.ndarray:
-    try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError as exc:
-        raise FormatError(f"entropy stream must be bytes-like, got {type(data).__name__}") from exc
+    return as_uint8(data), count, int(alphabet_size)
