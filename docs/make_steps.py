@@ -3,7 +3,7 @@
     python docs/make_steps.py > docs/steps.md      # the step reference
     python docs/make_steps.py --update-readme      # the one-line recipe and step lists in README.md
 
-Every step registered with `@register_step` (netshrink.recipe.STEPS) gets a section: its YAML name,
+Every step registered with `@register_step` (netshrink.step.STEPS) gets a section: its YAML name,
 the module that defines it, its docstring, and one row per `dataclasses.fields` entry with the
 type as written in the source, the default, and the field's documentation. A field is documented
 by a `#:` comment above it or a `#` comment after it; failing that, by the sentence of the
@@ -56,7 +56,7 @@ Fields of the form `per_layer_*` map the same kind of pattern to a per-layer val
 def registered_steps() -> dict[str, type]:
     """The step registry, filled by importing the methods package."""
     import netshrink.methods  # noqa: F401  (each module registers its step)
-    from netshrink.recipe import STEPS
+    from netshrink.step import STEPS
 
     return dict(sorted(STEPS.items()))
 

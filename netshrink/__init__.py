@@ -23,7 +23,7 @@ _EXPORTS = {
     **dict.fromkeys(["CompressedModel", "compress", "compress_to_target", "evaluate", "inspect", "load", "save",
                      "sensitivity", "train", "write_report"], "netshrink.api"),
     "ModelIdentity": "netshrink.identity",
-    "Recipe": "netshrink.recipe",
+    "Recipe": "netshrink.step",
     "load_recipe": "netshrink.recipe",
     "FileReport": "netshrink.report.sizes",
     "EvalResult": "netshrink.evaluate",

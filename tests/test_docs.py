@@ -65,7 +65,7 @@ def test_user_docs_say_nothing_about_how_the_work_was_organised():
 def test_a_new_step_is_documented_from_its_dataclass():
     from dataclasses import dataclass, field
 
-    from netshrink.recipe import LayerStep
+    from netshrink.step import LayerStep
 
     @dataclass(frozen=True)
     class Quantize(LayerStep):

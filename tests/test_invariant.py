@@ -28,7 +28,8 @@ from netshrink.data.text import SentencePairs
 from netshrink.format.codecs import Encoded
 from netshrink.format.container import read_nsk
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import Recipe, StepContext, list_recipes, load_recipe, parse_recipe
+from netshrink.step import Recipe, StepContext
+from netshrink.recipe import list_recipes, load_recipe, parse_recipe
 from netshrink.zoo import build_model
 from netshrink.zoo.efficientnet_lite import EfficientNetLite, StageSpec
 

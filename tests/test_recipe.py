@@ -7,7 +7,8 @@ import netshrink
 from netshrink.errors import RecipeError
 from netshrink.methods.prune import MagnitudePrune
 from netshrink.methods.palette import WeightSharing
-from netshrink.recipe import STEPS, LayerStep, list_recipes, load_recipe, parse_recipe
+from netshrink.step import STEPS, LayerStep
+from netshrink.recipe import list_recipes, load_recipe, parse_recipe
 
 
 def test_packaged_recipes_parse():

@@ -12,20 +12,21 @@ import copy
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-import netshrink.methods  # noqa: F401  (registers the recipe steps)
-from netshrink.budget.allocation import Budget
 from netshrink.errors import DATA_HINT, NetshrinkError
 from netshrink.evaluate import EvalResult
 from netshrink.format.container import NskFile, serialize, write_nsk
 from netshrink.identity import ModelIdentity
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import Recipe, StepContext
+from netshrink.step import Recipe, StepContext
 from netshrink.report.sizes import WEIGHTS_RATIO_LABEL, FileReport, file_report, original_size
+
+if TYPE_CHECKING:  # a budget is attached by compress_to_target; steps (and so this module) never need it
+    from netshrink.budget.allocation import Budget
 
 log = logging.getLogger(__name__)
 

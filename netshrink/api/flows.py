@@ -25,7 +25,8 @@ from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult, evaluate as score_on
 from netshrink.identity import ModelIdentity
 from netshrink.paths import check_output_path
-from netshrink.recipe import Recipe, list_recipes, load_recipe
+from netshrink.step import Recipe
+from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report.sizes import FileReport
 from netshrink.training.loop import TrainConfig, default_train_config, fit
 

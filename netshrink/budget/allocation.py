@@ -31,7 +31,8 @@ from netshrink.format.codecs import Dense
 from netshrink.errors import NetshrinkError
 from netshrink.identity import ModelIdentity
 from netshrink.plan import EXACT
-from netshrink.recipe import Recipe, parse_recipe
+from netshrink.step import Recipe
+from netshrink.recipe import parse_recipe
 
 NON_WEIGHT_CODEC = Dense("fp16")  # what the generated recipe's `cast: fp16` stores the rest in
 

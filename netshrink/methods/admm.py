@@ -33,7 +33,7 @@ from netshrink.methods.prune import sparse_of
 from netshrink.training.retraining import (MaskHook, RetrainingStep, SharedValueHook, nonzero_masks, parameters_named,
                                            value_labels)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch import nn
 
 from netshrink.format.codecs import Dense
 from netshrink.plan import EXACT, CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.step import LayerStep, StepContext, register_step
 
 
 @register_step("cast")

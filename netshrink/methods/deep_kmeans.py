@@ -36,7 +36,7 @@ from netshrink.cluster.kmeans import kmeans
 from netshrink.format.codecs.pq import PQ, subvectors
 from netshrink.training.retraining import RetrainingStep, SharedValueHook, parameters_named, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from netshrink.evaluate import evaluate
 from netshrink.flops import flops
 from netshrink.training.retraining import RetrainingStep
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
 from netshrink.zoo.protocols import DescribesArch
 

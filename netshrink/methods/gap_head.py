@@ -21,7 +21,7 @@ from netshrink.errors import RecipeError
 from netshrink.training.retraining import TrainingStep
 from netshrink.methods.filter_prune import record_arch, require_no_codecs
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from torch import nn
 from netshrink.methods.prune import check_sparsity, prune_in_place, sparse_of
 from netshrink.training.retraining import MaskHook, RetrainingStep
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 
 log = logging.getLogger(__name__)
 

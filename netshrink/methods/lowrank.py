@@ -13,7 +13,7 @@ from torch import nn
 
 from netshrink.format.codecs import Dense, LowRank
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.step import LayerStep, StepContext, register_step
 
 
 @register_step("lowrank")

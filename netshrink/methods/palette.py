@@ -27,7 +27,7 @@ from netshrink.calibration.error_feedback import feedback_assign, refit_values
 from netshrink.calibration.layer_inputs import (ChannelMoments, calibration_batches, channel_moments, forward_order,
                                             groups_of, patch_moments, row_groups)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.step import LayerStep, StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
 
 

@@ -54,7 +54,7 @@ from netshrink.calibration.layer_inputs import (block_points, calibration_batche
 from netshrink.training.retraining import (ReassignHook, RetrainingStep, RetrainSettings, SharedValueHook,
                                           scalar_labels, store_shared)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from torch import nn
 
 from netshrink.format.codecs import Sparse
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, StepContext, register_step
+from netshrink.step import LayerStep, StepContext, register_step
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str = "layer") -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ from netshrink.format.codecs import Palette, Sparse
 from netshrink.training.retraining import (MaskHook, RetrainingStep, RetrainSettings, SharedValueHook, nonzero_masks,
                                            value_labels)
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, register_step
+from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
 
 

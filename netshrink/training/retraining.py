@@ -25,7 +25,7 @@ from netshrink.data import DEFAULT_AUGMENTATION
 from netshrink.training.distill import DISTILL_KINDS, DistillationLoss
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import LayerStep, Recipe, StepContext
+from netshrink.step import LayerStep, Recipe, StepContext
 from netshrink.training.loop import TrainConfig, TrainHook, TrainResult, fit
 from netshrink.training.session import TrainingSession
 
@@ -123,7 +123,7 @@ class RetrainingStep(TrainingStep, LayerStep):
         earlier steps, e.g. `compress(...).plan` when the model was pruned first."""
         from dataclasses import replace
 
-        from netshrink.api import CompressedModel  # api -> methods -> here: import on use
+        from netshrink.api.compressed import CompressedModel  # the API's result type; imported on use
         from netshrink.identity import ModelIdentity
         from netshrink.report.sizes import original_size
 

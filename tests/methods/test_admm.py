@@ -17,7 +17,8 @@ from netshrink.methods.admm import (
     uniform_levels,
 )
 from netshrink.plan import CompressionPlan
-from netshrink.recipe import StepContext, parse_recipe
+from netshrink.step import StepContext
+from netshrink.recipe import parse_recipe
 
 FAST = {"epochs": 1, "admm_interval": 0.25, "retrain_epochs": 0.5, "batch_size": 32, "lr": 0.02,
         "rho_init": 0.01, "rho_factor": 2.0, "rho_max": 1.0}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import netshrink
+import netshrink.step
 from netshrink.format.codecs.pq import PQ, subvectors
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
@@ -110,7 +111,7 @@ def test_bad_settings_are_one_line_errors(tiny_net, tiny_images):
         netshrink.compress(tiny_net, recipe({"pq": {}}), progress=False)
     with pytest.raises(DataError, match="needs training data"):
         step = recipe({"pq": {}}).steps[0]
-        step.apply(tiny_net, netshrink.plan.CompressionPlan(), netshrink.recipe.StepContext())
+        step.apply(tiny_net, netshrink.plan.CompressionPlan(), netshrink.step.StepContext())
 
 
 def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
