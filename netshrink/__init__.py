@@ -17,6 +17,8 @@ from typing import Any
 from netshrink.errors import NetshrinkError
 
 __version__ = "0.1.0"
+#: The recipe `compress` applies when given none (here, so the command line can name it without PyTorch).
+DEFAULT_RECIPE = "oneshot-prune50-palette5"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {

@@ -16,10 +16,10 @@ import os
 import sys
 from typing import Any, NoReturn, Sequence
 
+from netshrink import DEFAULT_RECIPE
 from netshrink.errors import NetshrinkError
 from netshrink.paths import check_output_path
 
-DEFAULT_RECIPE = "oneshot-prune50-palette5"  # netshrink.api.DEFAULT_RECIPE, named here without importing torch
 log = logging.getLogger("netshrink")
 NO_COMMAND_HINT = ("netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
                    "`netshrink --help` lists every command")

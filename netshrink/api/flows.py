@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from netshrink import DEFAULT_RECIPE
 from netshrink.api.compressed import CompressedModel, apply_recipe
 from netshrink.api.files import open_file
 from netshrink.api.models import ModelSource, Source, initial_model, resolve, torch_save_hint
@@ -29,8 +30,6 @@ from netshrink.step import Recipe
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report.sizes import FileReport
 from netshrink.training.loop import TrainConfig, default_train_config, fit
-
-DEFAULT_RECIPE = "oneshot-prune50-palette5"
 
 
 def compress(model: ModelSource = None, recipe: Recipe | str | Path | None = None, data: Any = None, *,
@@ -75,8 +74,8 @@ def evaluate(model: ModelSource, dataset: str | ArrayDataset | SentencePairs | N
              progress: bool = True) -> EvalResult:
     """Score a model on the held-out split of its data set (or `dataset`): top-1, or Spearman for
     sentence pairs. `limit` scores a fixed random subset of that many samples."""
-    if dataset is not None and not isinstance(dataset, str):
-        source = resolve(model, name=None)
+    if dataset is not None and not isinstance(dataset, str):  # a data set in memory
+        source = resolve(model, data_dir=data_dir, progress=progress)
         return replace(score_on(source.module, dataset, split=split, progress=progress, limit=limit),
                        model=source.label, dataset="dataset")
     source = resolve(model, dataset=dataset, data_dir=data_dir, progress=progress)

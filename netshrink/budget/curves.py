@@ -34,26 +34,31 @@ class Score:
 
 
 @dataclass(frozen=True)
-class Trial:
+class StoredBytes:
+    """What one layer costs in the file at one setting, exactly: its bytes, and how many of them are
+    codebooks (the energy model moves those differently)."""
+
+    bytes: int
+    codebook_bytes: int
+
+
+@dataclass(frozen=True)
+class Trial(StoredBytes):
     """One layer at one setting (palette bits, or magnitude sparsity), everything else exact: its
-    score and the exact bytes the layer costs in the file (codebooks among them)."""
+    score and its bytes."""
 
     setting: float
     top1: float
     loss: float
     kl: float
-    bytes: int
-    codebook_bytes: int = 0
 
 
 @dataclass(frozen=True)
-class CombinedSize:
+class CombinedSize(StoredBytes):
     """The bytes of one layer pruned to `sparsity`, then its survivors palettized at `bits`."""
 
     sparsity: float
     bits: int
-    bytes: int
-    codebook_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,5 @@ def _layer_json(layer: LayerSensitivity) -> dict[str, Any]:
 
 def _layer(data: dict[str, Any]) -> LayerSensitivity:
     return LayerSensitivity(str(data["name"]), str(data["tensor"]), int(data["numel"]), int(data["fp32_bytes"]),
-                            tuple(Trial(**point) for point in data["bits"]),
-                            tuple(Trial(**point) for point in data["sparsity"]),
-                            tuple(CombinedSize(**point) for point in data.get("combined", ())))
+                            *(tuple(Trial(**{"codebook_bytes": 0, **point}) for point in data[axis]) for axis in AXES),
+                            tuple(CombinedSize(**{"codebook_bytes": 0, **point}) for point in data.get("combined", ())))

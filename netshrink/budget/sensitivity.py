@@ -160,7 +160,7 @@ def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> tuple[Com
         survivors = pruned(weight, sparsity)
         for bits in config.bits:
             codec: Codec = Sparse(Palette(bits, False, "optimal", config.seed))
-            out.append(CombinedSize(sparsity, bits, *sizes(codec.encode(survivors))))
+            out.append(CombinedSize(*sizes(codec.encode(survivors)), sparsity, bits))
     return tuple(out)
 
 
@@ -174,7 +174,7 @@ def measure_layer(model: nn.Module, tensor: str, config: SensitivityConfig, scor
         for axis, setting, decoded, (size, codebook) in trial_weights(original, config):
             with torch.no_grad():
                 weight.copy_(decoded)
-            trials[axis].append(Trial(setting, **asdict(scorer.score(model)), bytes=size, codebook_bytes=codebook))
+            trials[axis].append(Trial(size, codebook, setting, **asdict(scorer.score(model))))
             bar.update(1)
     finally:
         with torch.no_grad():

@@ -73,7 +73,7 @@ def sensitivity_json(tmp_path, tiny_net, tiny_images):
     config = SensitivityConfig(bits=(2, 4), sparsity=(0.5, 0.9), samples=64)
     ten_way = dataclasses.replace(tiny_images, label_names=tuple(map(str, range(10))))  # TinyNet has 10 outputs
     path = tmp_path / "sens.json"
-    path.write_text(json.dumps(measure(tiny_net, ten_way, config, dataset="tiny", progress=False)))
+    measure(tiny_net, ten_way, config, dataset="tiny", progress=False).write(path)
     return path
 
 
