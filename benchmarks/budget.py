@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netshrink import api  # noqa: E402
 from netshrink.api.models import Source, resolve  # noqa: E402
-from netshrink.budget.allocation import (  # noqa: E402
-    LayerOption, budget_recipe, original_bytes_of, predicted_damage, uniform_choice)
+from netshrink.budget.allocation import LayerOption, budget_recipe, original_bytes_of, predicted_damage, uniform_choice  # noqa: E402
+from netshrink.budget.sensitivity import SensitivityConfig, sensitivity  # noqa: E402
 from netshrink.data import DEFAULT_AUGMENTATION, load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
-from netshrink.training.retraining import MaskHook, SharedValueHook, nonzero_masks, value_labels  # noqa: E402
-from netshrink.budget.sensitivity import SensitivityConfig, sensitivity  # noqa: E402
 from netshrink.training.loop import TrainConfig, fit  # noqa: E402
+from netshrink.training.retraining import MaskHook, SharedValueHook, nonzero_masks, value_labels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,16 +48,21 @@ def finetune(compressed: api.CompressedModel, train, dataset: str, epochs: float
     model, plan = compressed.model, compressed.plan
     weights = [n for n in plan.entries if n.endswith(".weight") and plan.codec_for(n).name in ("palette", "sparse")]
     state = model.state_dict()
-    hooks = [SharedValueHook({n: value_labels(state[n]) for n in weights}),
-             MaskHook(nonzero_masks(model, [n for n in weights if plan.codec_for(n).name == "sparse"]))]
-    config = TrainConfig(epochs=epochs, batch_size=64, lr=lr, weight_decay=1e-4, augment=DEFAULT_AUGMENTATION.get(dataset))
+    hooks = [
+        SharedValueHook({n: value_labels(state[n]) for n in weights}),
+        MaskHook(nonzero_masks(model, [n for n in weights if plan.codec_for(n).name == "sparse"])),
+    ]
+    config = TrainConfig(
+        epochs=epochs, batch_size=64, lr=lr, weight_decay=1e-4, augment=DEFAULT_AUGMENTATION.get(dataset)
+    )
     fit(model, train, config, hooks, desc="fine-tune")
     for name, entry in list(plan.entries.items()):  # the file holds exactly what the model is scored with
         plan.assign(model, name, entry.codec)
 
 
-def score(compressed: api.CompressedModel, resolved: Source, dataset: str, data_dir: str | None,
-          limit: int | None) -> tuple[float, int, float]:
+def score(
+    compressed: api.CompressedModel, resolved: Source, dataset: str, data_dir: str | None, limit: int | None
+) -> tuple[float, int, float]:
     """(top-1 of the loaded file on the held-out split, file bytes on disk, ratio)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = compressed.save(Path(tmp) / "m.nsk")
@@ -88,17 +92,30 @@ def run_model(args: argparse.Namespace, out: Path, result: dict[str, Any]) -> No
     train = load_dataset(dataset, "train", args.data_dir)
     config = SensitivityConfig(bits=tuple(args.sens_bits), sparsity=tuple(args.sens_sparsity), samples=args.samples)
     started = time.perf_counter()
-    sens = sensitivity(resolved.module, train, config, dataset=dataset, identity=identity,
-                       path=RESULTS / f"budget-sensitivity-{label}.json")
+    sens = sensitivity(
+        resolved.module,
+        train,
+        config,
+        dataset=dataset,
+        identity=identity,
+        path=RESULTS / f"budget-sensitivity-{label}.json",
+    )
     base = evaluate(resolved.module, dataset, args.data_dir, limit=args.limit).value
-    result["models"][label] = {"model": args.model, "dataset": dataset, "top1_original": base,
-                               "sensitivity_seconds": time.perf_counter() - started, "sensitivity_cached": sens.cached,
-                               "calibration_samples": sens.samples, "settings": sens.settings}
+    result["models"][label] = {
+        "model": args.model,
+        "dataset": dataset,
+        "top1_original": base,
+        "sensitivity_seconds": time.perf_counter() - started,
+        "sensitivity_cached": sens.cached,
+        "calibration_samples": sens.samples,
+        "settings": sens.settings,
+    }
     original = original_bytes_of(resolved.module, identity)
     for bits in args.bits:
         choice = uniform_choice(sens, bits)
-        uniform = api.compress(resolved.module, budget_recipe(choice, f"uniform-{bits}b", "uniform palette"),
-                               identity=identity)
+        uniform = api.compress(
+            resolved.module, budget_recipe(choice, f"uniform-{bits}b", "uniform palette"), identity=identity
+        )
         ratio = original / uniform.nbytes()
         auto = api.compress_to_target(resolved.module, ratio=ratio, sensitivity=sens, identity=identity)
         pair = {"uniform": (uniform, choice), "auto": (auto, auto.budget.choice)}
@@ -107,18 +124,50 @@ def run_model(args: argparse.Namespace, out: Path, result: dict[str, Any]) -> No
         if args.finetune_epochs > 0:
             for kind, (compressed, chosen) in pair.items():
                 finetune(compressed, train, dataset, args.finetune_epochs, args.lr)
-                record(out, result, label, bits, kind, f"fine-tuned {args.finetune_epochs:g} ep", compressed, chosen,
-                       resolved, dataset, args, base)
+                record(
+                    out,
+                    result,
+                    label,
+                    bits,
+                    kind,
+                    f"fine-tuned {args.finetune_epochs:g} ep",
+                    compressed,
+                    chosen,
+                    resolved,
+                    dataset,
+                    args,
+                    base,
+                )
 
 
-def record(out: Path, result: dict[str, Any], label: str, bits: int, kind: str, stage: str,
-           compressed: api.CompressedModel, choice: dict[str, LayerOption], resolved: Source, dataset: str,
-           args: argparse.Namespace, base: float) -> None:
+def record(
+    out: Path,
+    result: dict[str, Any],
+    label: str,
+    bits: int,
+    kind: str,
+    stage: str,
+    compressed: api.CompressedModel,
+    choice: dict[str, LayerOption],
+    resolved: Source,
+    dataset: str,
+    args: argparse.Namespace,
+    base: float,
+) -> None:
     top1, nbytes, ratio = score(compressed, resolved, dataset, args.data_dir, args.limit)
-    row = {"model": label, "size_of": f"uniform {bits}-bit", "allocation": kind, "stage": stage,
-           "ratio": ratio, "file_bytes": nbytes, "top1": top1, "drop_pp": 100 * (base - top1),
-           "predicted_kl": predicted_damage(choice), "layers": bits_summary(choice),
-           "per_layer": {n: [o.bits, o.sparsity] for n, o in choice.items()}}
+    row = {
+        "model": label,
+        "size_of": f"uniform {bits}-bit",
+        "allocation": kind,
+        "stage": stage,
+        "ratio": ratio,
+        "file_bytes": nbytes,
+        "top1": top1,
+        "drop_pp": 100 * (base - top1),
+        "predicted_kl": predicted_damage(choice),
+        "layers": bits_summary(choice),
+        "per_layer": {n: [o.bits, o.sparsity] for n, o in choice.items()},
+    }
     result["rows"].append(row)
     write(out, result)
     print(f"{label} {row['size_of']} {kind:<7} {stage:<16} ratio {ratio:6.2f}x top1 {100 * top1:6.2f} %", flush=True)
@@ -130,19 +179,29 @@ def write(out: Path, result: dict[str, Any]) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Automatic per-layer budget vs uniform palette of the same file size", "",
-             result["note"], "", f"Machine: {result['machine']}.", "",
-             "| model | file size of | allocation | stage | ratio | file bytes | top-1 % | drop pp | pred. KL | layers |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Automatic per-layer budget vs uniform palette of the same file size",
+        "",
+        result["note"],
+        "",
+        f"Machine: {result['machine']}.",
+        "",
+        "| model | file size of | allocation | stage | ratio | file bytes | top-1 % | drop pp | pred. KL | layers |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['size_of']} | {r['allocation']} | {r['stage']} | {r['ratio']:.2f}x | "
-                     f"{r['file_bytes']:,} | {100 * r['top1']:.2f} | {r['drop_pp']:.2f} | {r['predicted_kl']:.4f} | "
-                     f"{r['layers']} |")
+        lines.append(
+            f"| {r['model']} | {r['size_of']} | {r['allocation']} | {r['stage']} | {r['ratio']:.2f}x | "
+            f"{r['file_bytes']:,} | {100 * r['top1']:.2f} | {r['drop_pp']:.2f} | {r['predicted_kl']:.4f} | "
+            f"{r['layers']} |"
+        )
     for name, m in result["models"].items():
-        lines.append(f"\n{name}: original top-1 {100 * m['top1_original']:.2f} % on {m['dataset']}; sensitivity on "
-                     f"{m['calibration_samples']} held-out training samples, {m['settings']['bits']} bits, "
-                     f"{m['settings']['sparsity']} sparsity, {m['sensitivity_seconds']:.0f} s"
-                     + (" (cached)" if m["sensitivity_cached"] else ""))
+        lines.append(
+            f"\n{name}: original top-1 {100 * m['top1_original']:.2f} % on {m['dataset']}; sensitivity on "
+            f"{m['calibration_samples']} held-out training samples, {m['settings']['bits']} bits, "
+            f"{m['settings']['sparsity']} sparsity, {m['sensitivity_seconds']:.0f} s"
+            + (" (cached)" if m["sensitivity_cached"] else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "models": {}}
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-    result["note"] = (__doc__.split("\n\n")[1].replace("\n", " ") + " pred. KL = summed single-layer KL the budget "
-                      "minimised (nats; of the one-shot choice, also on its fine-tuned rows). Sizes: ratio = fp32 bytes of every parameter and buffer / file bytes on disk.")
+    result["note"] = (
+        __doc__.split("\n\n")[1].replace("\n", " ") + " pred. KL = summed single-layer KL the budget "
+        "minimised (nats; of the one-shot choice, also on its fine-tuned rows). Sizes: ratio = fp32 bytes of every parameter and buffer / file bytes on disk."
+    )
     run_model(args, args.out, result)
     return 0
 

@@ -113,17 +113,41 @@ def measure(symbols: np.ndarray, alphabet: int, repeats: int) -> dict[str, dict]
         results[name] = {"bytes": size(encoded), "encode_s": enc_s, "decode_s": dec_s, "note": note}
 
     exact = lambda out: np.array_equal(out, symbols)  # noqa: E731
-    record("ours (auto)", lambda: entropy.encode_symbols(symbols, alphabet),
-           lambda b: entropy.decode_symbols(b, n, alphabet), len, exact, "mode chosen by encode_symbols")
+    record(
+        "ours (auto)",
+        lambda: entropy.encode_symbols(symbols, alphabet),
+        lambda b: entropy.decode_symbols(b, n, alphabet),
+        len,
+        exact,
+        "mode chosen by encode_symbols",
+    )
     results["ours (auto)"]["note"] = entropy.stream_mode(entropy.encode_symbols(symbols, alphabet))
-    record("ours rANS", lambda: entropy.encode_rans(used, freqs, ranks),
-           lambda b: entropy.decode_symbols(b, n, alphabet), len, exact, "rANS mode forced; incl. table")
+    record(
+        "ours rANS",
+        lambda: entropy.encode_rans(used, freqs, ranks),
+        lambda b: entropy.decode_symbols(b, n, alphabet),
+        len,
+        exact,
+        "rANS mode forced; incl. table",
+    )
     dense_freqs = np.bincount(symbols)
     huff_enc, huff_dec = huffman_codec(symbols, dense_freqs)
-    record("huffman", huff_enc, lambda wb: huff_dec(wb[0]), lambda wb: -(-wb[1] // 8) + table_bytes, exact,
-           f"incl. our {table_bytes}-byte count table; per-symbol Python loop (no batch API)")
-    record("bit packing", lambda: entropy.pack_bits(symbols, width),
-           lambda b: entropy.unpack_bits(b, width, n), len, exact, f"{width} bits/symbol")
+    record(
+        "huffman",
+        huff_enc,
+        lambda wb: huff_dec(wb[0]),
+        lambda wb: -(-wb[1] // 8) + table_bytes,
+        exact,
+        f"incl. our {table_bytes}-byte count table; per-symbol Python loop (no batch API)",
+    )
+    record(
+        "bit packing",
+        lambda: entropy.pack_bits(symbols, width),
+        lambda b: entropy.unpack_bits(b, width, n),
+        len,
+        exact,
+        f"{width} bits/symbol",
+    )
     same_raw = lambda out: out == raw  # noqa: E731
     raw_name = np.dtype(raw_dtype).name
     record("zlib -9", lambda: zlib.compress(raw, 9), zlib.decompress, len, same_raw, f"level 9 on raw {raw_name}")
@@ -132,26 +156,41 @@ def measure(symbols: np.ndarray, alphabet: int, repeats: int) -> dict[str, dict]
 
 
 def run(n: int, repeats: int, seed: int) -> dict:
-    report = {"n": n, "repeats": repeats, "seed": seed, "python": platform.python_version(),
-              "numpy": np.__version__, "machine": platform.machine(), "streams": {}}
+    report = {
+        "n": n,
+        "repeats": repeats,
+        "seed": seed,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "streams": {},
+    }
     for name, (symbols, alphabet) in build_streams(n, seed).items():
         entropy_bytes = entropy.empirical_entropy_bits(symbols) / 8
         methods = measure(symbols, alphabet, repeats)
         for row in methods.values():
             row["overhead_pct"] = 100.0 * (row["bytes"] / entropy_bytes - 1.0)
-        report["streams"][name] = {"count": int(symbols.size), "alphabet": alphabet,
-                                   "entropy_bytes": entropy_bytes, "methods": methods}
+        report["streams"][name] = {
+            "count": int(symbols.size),
+            "alphabet": alphabet,
+            "entropy_bytes": entropy_bytes,
+            "methods": methods,
+        }
     return report
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| stream | n | entropy B | method | bytes | vs entropy | enc ms | dec ms | note |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| stream | n | entropy B | method | bytes | vs entropy | enc ms | dec ms | note |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
     for name, stream in report["streams"].items():
         for method, row in stream["methods"].items():
             timing = f"{1e3 * row['encode_s']:.1f} | {1e3 * row['decode_s']:.1f}"
-            lines.append(f"| {name} | {stream['count']} | {stream['entropy_bytes']:.0f} | {method} | "
-                         f"{row['bytes']} | {row['overhead_pct']:+.3f} % | {timing} | {row['note']} |")
+            lines.append(
+                f"| {name} | {stream['count']} | {stream['entropy_bytes']:.0f} | {method} | "
+                f"{row['bytes']} | {row['overhead_pct']:+.3f} % | {timing} | {row['note']} |"
+            )
     return "\n".join(lines)
 
 

@@ -19,8 +19,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def sse_of_centroids(x: np.ndarray, centroids: np.ndarray) -> float:
 def run_ours(x: np.ndarray, k: int, repeats: int) -> dict:
     times, sse = [], None
     for r in range(repeats):
-        (c, labels), t = timed(lambda: kmeans_1d(x, k))
+        (c, labels), t = timed(lambda k=k: kmeans_1d(x, k))
         times.append(t)
         sse = kmeans_sse(x, c, labels)
         log.info("ours K=%d repeat %d/%d: %.2f s", k, r + 1, repeats, t)
@@ -68,8 +69,13 @@ def run_sklearn(x: np.ndarray, k: int) -> dict | None:
     km = KMeans(n_clusters=k, n_init=1, random_state=0)
     _, t = timed(lambda: km.fit(x.reshape(-1, 1)))
     log.info("sklearn: %.1f s, %d iterations", t, km.n_iter_)
-    return {"time_s": t, "sse": sse_of_centroids(x, km.cluster_centers_), "n_iter": int(km.n_iter_),
-            "runs": 1, "note": "run once" + (" (took > 60 s)" if t > 60 else "")}
+    return {
+        "time_s": t,
+        "sse": sse_of_centroids(x, km.cluster_centers_),
+        "n_iter": int(km.n_iter_),
+        "runs": 1,
+        "note": "run once" + (" (took > 60 s)" if t > 60 else ""),
+    }
 
 
 def run_faiss(x: np.ndarray, k: int) -> dict | None:
@@ -83,8 +89,12 @@ def run_faiss(x: np.ndarray, k: int) -> dict | None:
     km = faiss.Kmeans(1, k, niter=20, seed=0)
     _, t_train = timed(lambda: km.train(xf))
     _, t_assign = timed(lambda: km.index.search(xf, 1))
-    return {"time_s": t_train + t_assign, "train_s": t_train, "assign_s": t_assign,
-            "sse": sse_of_centroids(x, km.centroids)}
+    return {
+        "time_s": t_train + t_assign,
+        "train_s": t_train,
+        "assign_s": t_assign,
+        "sse": sse_of_centroids(x, km.centroids),
+    }
 
 
 def speed_section(x: np.ndarray, k: int, repeats: int) -> dict:
@@ -104,12 +114,19 @@ def gap_section(x: np.ndarray, ks: list[int]) -> list[dict]:
     rows = []
     for k in ks:
         log.info("gap: exact DP on %d points, K=%d", x.size, k)
-        (ce, le), t_exact = timed(lambda: kmeans_1d_exact(x, k))
+        (ce, le), t_exact = timed(lambda k=k: kmeans_1d_exact(x, k))
         exact = kmeans_sse(x, ce, le)
-        (c, labels), t_ours = timed(lambda: kmeans_1d(x, k))
+        (c, labels), t_ours = timed(lambda k=k: kmeans_1d(x, k))
         ours = kmeans_sse(x, c, labels)
-        row = {"n": int(x.size), "k": k, "exact_sse": exact, "exact_s": t_exact, "ours_sse": ours,
-               "ours_s": t_ours, "ours_gap": ours / exact - 1}
+        row = {
+            "n": int(x.size),
+            "k": k,
+            "exact_sse": exact,
+            "exact_s": t_exact,
+            "ours_sse": ours,
+            "ours_s": t_ours,
+            "ours_gap": ours / exact - 1,
+        }
         sk = run_sklearn(x, k)
         if sk:
             row.update(sklearn_sse=sk["sse"], sklearn_s=sk["time_s"], sklearn_gap=sk["sse"] / exact - 1)
@@ -122,37 +139,63 @@ def ablation_section(x: np.ndarray, k: int, optimal_sse: float) -> list[dict]:
     rows = []
     for init in ("optimal", "linear", "density", "random"):
         log.info("ablation: init=%s", init)
-        (c, labels), t = timed(lambda: kmeans_1d(x, k, init=init, seed=0))
+        (c, labels), t = timed(lambda init=init: kmeans_1d(x, k, init=init, seed=0))
         sse = kmeans_sse(x, c, labels)
-        rows.append({"init": init, "sse": sse, "time_s": t, "sse_over_optimal": sse / optimal_sse,
-                     "used_centroids": int(np.unique(labels).size)})
+        rows.append(
+            {
+                "init": init,
+                "sse": sse,
+                "time_s": t,
+                "sse_over_optimal": sse / optimal_sse,
+                "used_centroids": int(np.unique(labels).size),
+            }
+        )
     return rows
 
 
 def markdown(report: dict) -> str:
     a = report["speed"]
-    lines = [f"### (a) n={a['n']:,} Student-t({DF}) float32 weights, K={a['k']}", "",
-             "| method | time (s) | SSE | ours faster by | SSE ours / theirs |", "|---|---:|---:|---:|---:|",
-             f"| netshrink kmeans_1d (median of {len(a['ours']['times_s'])}) | {a['ours']['time_s']:.2f} "
-             f"| {a['ours']['sse']:.6g} | | |"]
+    lines = [
+        f"### (a) n={a['n']:,} Student-t({DF}) float32 weights, K={a['k']}",
+        "",
+        "| method | time (s) | SSE | ours faster by | SSE ours / theirs |",
+        "|---|---:|---:|---:|---:|",
+        f"| netshrink kmeans_1d (median of {len(a['ours']['times_s'])}) | {a['ours']['time_s']:.2f} "
+        f"| {a['ours']['sse']:.6g} | | |",
+    ]
     for name, label in (("sklearn", "scikit-learn KMeans n_init=1"), ("faiss", "faiss Kmeans niter=20")):
         o = a[name]
         if o:
             note = f" ({o['note']})" if o.get("note") else ""
-            lines.append(f"| {label}{note} | {o['time_s']:.2f} | {o['sse']:.6g} | {o['speedup_ours']:.1f}x "
-                         f"| {o['sse_ratio_ours_over_it']:.6f} |")
-    lines += ["", "### (b) gap to the exact optimum (kmeans_1d_exact)", "",
-              "| n | K | exact SSE | exact (s) | ours gap | ours (s) | sklearn gap | sklearn (s) |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {label}{note} | {o['time_s']:.2f} | {o['sse']:.6g} | {o['speedup_ours']:.1f}x "
+                f"| {o['sse_ratio_ours_over_it']:.6f} |"
+            )
+    lines += [
+        "",
+        "### (b) gap to the exact optimum (kmeans_1d_exact)",
+        "",
+        "| n | K | exact SSE | exact (s) | ours gap | ours (s) | sklearn gap | sklearn (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["gap"]:
         sk = (f"{r['sklearn_gap']:.3e} | {r['sklearn_s']:.2f}") if "sklearn_gap" in r else "n/a | n/a"
-        lines.append(f"| {r['n']:,} | {r['k']} | {r['exact_sse']:.6g} | {r['exact_s']:.2f} | {r['ours_gap']:.3e} "
-                     f"| {r['ours_s']:.2f} | {sk} |")
-    lines += ["", f"### (c) init ablation (Han et al. 2016), n={a['n']:,}, K={a['k']}, Lloyd max_iter=300", "",
-              "| init | SSE | SSE / optimal | centroids used | time (s) |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['n']:,} | {r['k']} | {r['exact_sse']:.6g} | {r['exact_s']:.2f} | {r['ours_gap']:.3e} "
+            f"| {r['ours_s']:.2f} | {sk} |"
+        )
+    lines += [
+        "",
+        f"### (c) init ablation (Han et al. 2016), n={a['n']:,}, K={a['k']}, Lloyd max_iter=300",
+        "",
+        "| init | SSE | SSE / optimal | centroids used | time (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in report["ablation"]:
-        lines.append(f"| {r['init']} | {r['sse']:.6g} | {r['sse_over_optimal']:.4f} | {r['used_centroids']} "
-                     f"| {r['time_s']:.2f} |")
+        lines.append(
+            f"| {r['init']} | {r['sse']:.6g} | {r['sse_over_optimal']:.4f} | {r['used_centroids']} "
+            f"| {r['time_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 

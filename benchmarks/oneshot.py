@@ -43,13 +43,15 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from peers import coreml_palettize as peer  # noqa: E402
+
 import netshrink  # noqa: E402
 from netshrink import zoo  # noqa: E402
 from netshrink.data import ArrayDataset, load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate, top1_predictions  # noqa: E402
-from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.recipe import load_recipe, parse_recipe  # noqa: E402
 from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
-from peers import coreml_palettize as peer  # noqa: E402
+from netshrink.step import Recipe  # noqa: E402
 
 log = logging.getLogger("oneshot")
 
@@ -104,7 +106,7 @@ def mcnemar(ours: list[bool], theirs: list[bool]) -> dict[str, Any]:
     only_ours = sum(a and not b for a, b in zip(ours, theirs))
     only_theirs = sum(b and not a for a, b in zip(ours, theirs))
     n, low = only_ours + only_theirs, min(only_ours, only_theirs)
-    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2 ** n if n else 1.0
+    tail = sum(math.comb(n, i) for i in range(low + 1)) / 2**n if n else 1.0
     return {"only_ours_right": only_ours, "only_theirs_right": only_theirs, "p_value": min(1.0, 2 * tail)}
 
 
@@ -116,8 +118,10 @@ def lenet5_model(args: argparse.Namespace) -> nn.Module | None:
     if args.lenet5_ckpt:
         return netshrink.load(args.lenet5_ckpt, model=zoo.build_model("lenet5"))
     if not args.train_lenet5:
-        log.warning("lenet5 skipped: no --lenet5-ckpt given (make one with `netshrink train lenet5 --dataset "
-                    "mnist -o lenet5.nsk`), and --train-lenet5 (train it here, several minutes) not set")
+        log.warning(
+            "lenet5 skipped: no --lenet5-ckpt given (make one with `netshrink train lenet5 --dataset "
+            "mnist -o lenet5.nsk`), and --train-lenet5 (train it here, several minutes) not set"
+        )
         return None
     from netshrink.training.loop import default_train_config, fit
 
@@ -148,8 +152,10 @@ def load_subject(name: str, args: argparse.Namespace) -> Subject | None:
 
 
 def palette_recipe(bits: int, per_channel: bool, weighting: str = "none", compensate: bool = False) -> Recipe:
-    name = (f"palette{bits}{'-per-channel' if per_channel else ''}{'' if weighting == 'none' else '-' + weighting}"
-            f"{'-compensate' if compensate else ''}")
+    name = (
+        f"palette{bits}{'-per-channel' if per_channel else ''}{'' if weighting == 'none' else '-' + weighting}"
+        f"{'-compensate' if compensate else ''}"
+    )
     step = {"bits": bits, "per_channel": per_channel, "weighting": weighting, "compensate": compensate}
     return parse_recipe({"name": name, "steps": [{"palette": step}]})
 
@@ -168,11 +174,22 @@ def run_ours(subject: Subject, recipe: Recipe, workdir: Path) -> dict[str, Any]:
     after, correct, agreement = scored(loaded, subject)
     path.unlink()
     return {
-        "tool": "netshrink", "model": subject.name, "recipe": recipe.name, "recipe_spec": recipe.to_dict(),
-        "file_bytes": report.file_bytes, "original_bytes": report.original_bytes, "ratio": report.ratio,
-        "weights_ratio": report.weights_ratio, "top1_before": subject.top1, "top1_after": after,
-        "drop_pp": 100 * (subject.top1 - after), "compress_seconds": seconds, "compress_seconds_all": times,
-        "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
+        "tool": "netshrink",
+        "model": subject.name,
+        "recipe": recipe.name,
+        "recipe_spec": recipe.to_dict(),
+        "file_bytes": report.file_bytes,
+        "original_bytes": report.original_bytes,
+        "ratio": report.ratio,
+        "weights_ratio": report.weights_ratio,
+        "top1_before": subject.top1,
+        "top1_after": after,
+        "drop_pp": 100 * (subject.top1 - after),
+        "compress_seconds": seconds,
+        "compress_seconds_all": times,
+        "repeats": subject.repeats,
+        "n_eval": len(subject.data),
+        "correct": correct,
         "agreement": agreement,
     }
 
@@ -194,12 +211,24 @@ def run_peer(subject: Subject, layers: list[str], bits: int, per_channel: bool) 
     after, correct, agreement = scored(result.model, subject)
     size = result.size
     return {
-        "tool": f"coremltools {peer.peer_version()}", "model": subject.name, "bits": bits,
-        "per_channel": per_channel, "config": result.config, "size_bytes": size.size_bytes,
-        "original_bytes": size.original_bytes, "ratio": size.ratio, "weights_ratio": size.weights_ratio,
-        "size": size.to_json(), "top1_before": subject.top1, "top1_after": after,
-        "drop_pp": 100 * (subject.top1 - after), "compress_seconds": statistics.median(times),
-        "compress_seconds_all": times, "repeats": subject.repeats, "n_eval": len(subject.data), "correct": correct,
+        "tool": f"coremltools {peer.peer_version()}",
+        "model": subject.name,
+        "bits": bits,
+        "per_channel": per_channel,
+        "config": result.config,
+        "size_bytes": size.size_bytes,
+        "original_bytes": size.original_bytes,
+        "ratio": size.ratio,
+        "weights_ratio": size.weights_ratio,
+        "size": size.to_json(),
+        "top1_before": subject.top1,
+        "top1_after": after,
+        "drop_pp": 100 * (subject.top1 - after),
+        "compress_seconds": statistics.median(times),
+        "compress_seconds_all": times,
+        "repeats": subject.repeats,
+        "n_eval": len(subject.data),
+        "correct": correct,
         "agreement": agreement,
     }
 
@@ -213,15 +242,27 @@ def run_recipes(subjects: list[Subject], workdir: Path) -> list[dict[str, Any]]:
     for subject, recipe_name in tqdm(jobs, desc="recipes", unit="run"):
         row = run_ours(subject, load_recipe(recipe_name), workdir)
         row.pop("correct")
-        log.info("%s %s: ratio %.2fx (weights %.2fx), top-1 %.2f -> %.2f %%, %.1f s", subject.name, recipe_name,
-                 row["ratio"], row["weights_ratio"], 100 * row["top1_before"], 100 * row["top1_after"],
-                 row["compress_seconds"])
+        log.info(
+            "%s %s: ratio %.2fx (weights %.2fx), top-1 %.2f -> %.2f %%, %.1f s",
+            subject.name,
+            recipe_name,
+            row["ratio"],
+            row["weights_ratio"],
+            100 * row["top1_before"],
+            100 * row["top1_after"],
+            row["compress_seconds"],
+        )
         rows.append(row)
     return rows
 
 
-def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: Path,
-              weighting: str = "none", compensate: bool = False) -> list[dict[str, Any]]:
+def run_sweep(
+    subjects: list[Subject],
+    bits_for: dict[str, list[int]],
+    workdir: Path,
+    weighting: str = "none",
+    compensate: bool = False,
+) -> list[dict[str, Any]]:
     """Ours (with `weighting` and `compensate`; also plain k-means when either is on, for the record)
     vs coremltools."""
     rows = []
@@ -233,14 +274,32 @@ def run_sweep(subjects: list[Subject], bits_for: dict[str, list[int]], workdir: 
         plain = ours if data_free else run_ours(subject, palette_recipe(bits, per_channel), workdir)
         theirs = run_peer(subject, layer_names(subject, recipe), bits, per_channel)
         ours.update(bits=bits, per_channel=per_channel)
-        log.info("%s %d-bit %s: ours %.2fx %.2f %% (%.1f s) | coremltools %.2fx %.2f %% (%.1f s)", subject.name, bits,
-                 granularity(per_channel), ours["ratio"], 100 * ours["top1_after"], ours["compress_seconds"],
-                 theirs["ratio"], 100 * theirs["top1_after"], theirs["compress_seconds"])
+        log.info(
+            "%s %d-bit %s: ours %.2fx %.2f %% (%.1f s) | coremltools %.2fx %.2f %% (%.1f s)",
+            subject.name,
+            bits,
+            granularity(per_channel),
+            ours["ratio"],
+            100 * ours["top1_after"],
+            ours["compress_seconds"],
+            theirs["ratio"],
+            100 * theirs["top1_after"],
+            theirs["compress_seconds"],
+        )
         paired = mcnemar(ours.pop("correct"), theirs.pop("correct"))
         plain.pop("correct", None)
-        rows.append({"model": subject.name, "bits": bits, "per_channel": per_channel, "ours": ours, "coremltools": theirs,
-                     "paired_test": paired,
-                     "ours_plain": plain, "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs)})
+        rows.append(
+            {
+                "model": subject.name,
+                "bits": bits,
+                "per_channel": per_channel,
+                "ours": ours,
+                "coremltools": theirs,
+                "paired_test": paired,
+                "ours_plain": plain,
+                "ours_smaller_at_equal_or_better_accuracy": ours_wins(ours, theirs),
+            }
+        )
     return rows
 
 
@@ -286,27 +345,35 @@ def paired(row: dict[str, Any]) -> str:
 
 
 def recipes_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | recipe | ratio | weights_ratio | file bytes | top-1 before % | top-1 after % | drop pp | compress s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | recipe | ratio | weights_ratio | file bytes | top-1 before % | top-1 after % | drop pp | compress s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['ratio']:.2f}x | {r['weights_ratio']:.2f}x | "
-                     f"{r['file_bytes']:,} | {pct(r['top1_before'])} | {pct(r['top1_after'])} | {r['drop_pp']:.2f} | "
-                     f"{r['compress_seconds']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['ratio']:.2f}x | {r['weights_ratio']:.2f}x | "
+            f"{r['file_bytes']:,} | {pct(r['top1_before'])} | {pct(r['top1_after'])} | {r['drop_pp']:.2f} | "
+            f"{r['compress_seconds']:.1f} |"
+        )
     return lines
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | bits | granularity | ours ratio | ours top-1 % | ours plain k-means top-1 % | coremltools ratio | "
-             "coremltools top-1 % | paired: only ours right / only theirs right | agreement with uncompressed: ours / "
-             "coremltools % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|"]
+    lines = [
+        "| model | bits | granularity | ours ratio | ours top-1 % | ours plain k-means top-1 % | coremltools ratio | "
+        "coremltools top-1 % | paired: only ours right / only theirs right | agreement with uncompressed: ours / "
+        "coremltools % | ours s | coremltools s | ours smaller at equal-or-better accuracy? |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["model"], r["per_channel"], r["bits"])):
         ours, theirs = r["ours"], r["coremltools"]
         plain = r.get("ours_plain", ours)
-        lines.append(f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
-                     f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
-                     f"{pct(theirs['top1_after'])} | {paired(r)} | {agreement(r)} | "
-                     f"{ours['compress_seconds']:.1f} | {theirs['compress_seconds']:.1f} | {verdict(r)} |")
+        lines.append(
+            f"| {r['model']} | {r['bits']} | {granularity(r['per_channel'])} | {ours['ratio']:.2f}x | "
+            f"{pct(ours['top1_after'])} | {pct(plain['top1_after'])} | {theirs['ratio']:.2f}x | "
+            f"{pct(theirs['top1_after'])} | {paired(r)} | {agreement(r)} | "
+            f"{ours['compress_seconds']:.1f} | {theirs['compress_seconds']:.1f} | {verdict(r)} |"
+        )
     return lines
 
 
@@ -314,44 +381,69 @@ def finding_lines(sweep_rows: list[dict[str, Any]]) -> list[str]:
     """What the sweep shows against coremltools, as plain statements (no rows: nothing to say)."""
     if not sweep_rows:
         return []
-    losses = [f"{r['model']} {r['bits']}-bit {granularity(r['per_channel'])}" for r in sweep_rows
-              if not r["ours_smaller_at_equal_or_better_accuracy"]]
-    lines = [f"- ours is smaller at equal-or-better accuracy than coremltools at {len(sweep_rows) - len(losses)} of "
-             f"{len(sweep_rows)} swept settings" + (f" (not at: {'; '.join(losses)})" if losses else "")]
-    worse = [f"{r['model']} {r['bits']}-bit {granularity(r['per_channel'])}" for r in sweep_rows
-             if "paired_test" in r and r["ours"]["top1_after"] < r["coremltools"]["top1_after"]
-             and r["paired_test"]["p_value"] < SIGNIFICANCE]
-    lines.append(f"- settings where coremltools is significantly more accurate (McNemar p < {SIGNIFICANCE}): "
-                 + (", ".join(worse) if worse else "none"))
+    losses = [
+        f"{r['model']} {r['bits']}-bit {granularity(r['per_channel'])}"
+        for r in sweep_rows
+        if not r["ours_smaller_at_equal_or_better_accuracy"]
+    ]
+    lines = [
+        f"- ours is smaller at equal-or-better accuracy than coremltools at {len(sweep_rows) - len(losses)} of "
+        f"{len(sweep_rows)} swept settings" + (f" (not at: {'; '.join(losses)})" if losses else "")
+    ]
+    worse = [
+        f"{r['model']} {r['bits']}-bit {granularity(r['per_channel'])}"
+        for r in sweep_rows
+        if "paired_test" in r
+        and r["ours"]["top1_after"] < r["coremltools"]["top1_after"]
+        and r["paired_test"]["p_value"] < SIGNIFICANCE
+    ]
+    lines.append(
+        f"- settings where coremltools is significantly more accurate (McNemar p < {SIGNIFICANCE}): "
+        + (", ".join(worse) if worse else "none")
+    )
     return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     limit = f"a deterministic subset of {meta['limit']} samples" if meta["limit"] else "the full held-out split"
-    lines = ["# One-shot compression benchmark", "",
-             f"Evaluated on {limit} (LeNet-5: MNIST test; ResNet-20: CIFAR-10 JPEG test; EfficientNet-Lite0: "
-             "Imagenette val, 1000-way). Ours: the loaded .nsk file, size on disk. "
-             f"Times: median of {meta['repeats_note']}; machine: {meta['machine']}, load average at start "
-             f"{meta['loadavg_start']}, at end {meta.get('loadavg_end')} (shared machine: times are noisy).", "",
-             "## Shipped recipes", "", f"ratio = fp32 bytes of all parameters and buffers / file bytes; "
-             f"{WEIGHTS_RATIO_LABEL}.", "", *recipes_table(result["recipes"]), ""]
+    lines = [
+        "# One-shot compression benchmark",
+        "",
+        f"Evaluated on {limit} (LeNet-5: MNIST test; ResNet-20: CIFAR-10 JPEG test; EfficientNet-Lite0: "
+        "Imagenette val, 1000-way). Ours: the loaded .nsk file, size on disk. "
+        f"Times: median of {meta['repeats_note']}; machine: {meta['machine']}, load average at start "
+        f"{meta['loadavg_start']}, at end {meta.get('loadavg_end')} (shared machine: times are noisy).",
+        "",
+        "## Shipped recipes",
+        "",
+        f"ratio = fp32 bytes of all parameters and buffers / file bytes; {WEIGHTS_RATIO_LABEL}.",
+        "",
+        *recipes_table(result["recipes"]),
+        "",
+    ]
     if result["sweep"]:
-        lines += ["## Palette bit-width sweep: ours vs coremltools", "",
-                  f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
-                  f"with `weighting: {meta.get('weighting', 'none')}` and `compensate: {str(meta.get('compensate', False)).lower()}` "
-                  "(weighting, netshrink/calibration/importance.py: the k-means counts each weight by the squared scale of the BatchNorm "
-                  "after its layer times the variance of the input it multiplies; compensate, netshrink/calibration/error_feedback.py: "
-                  "layer by layer in forward order, the weights are assigned to those shared values with GPTQ-style error feedback under the "
-                  "second moment of the layer's input patches, the values refit for the layer's output, and the mean output shift cancelled in "
-                  "the bias or BatchNorm; statistics from 512 TRAINING images, never the test split); 'ours plain k-means' is "
-                  "the same step with plain k-means and no data (`weighting: none`, `compensate: false`). "
-                  f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
-                  f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
-                  "Paired: McNemar's exact test on the same held-out images (how many only ours / only coremltools "
-                  f"classify right; p < {SIGNIFICANCE} would mean a real difference). Agreement: the share of held-out images on "
-                  "which the compressed model predicts what the uncompressed model predicts (fidelity to the original).",
-                  f"Bits swept: {meta['bits_for']}.", "", *sweep_table(result["sweep"]), ""]
+        lines += [
+            "## Palette bit-width sweep: ours vs coremltools",
+            "",
+            f"Ours: one `palette` step (optimal 1-D k-means, fp16 codebook, rANS-coded indices), real file, "
+            f"with `weighting: {meta.get('weighting', 'none')}` and `compensate: {str(meta.get('compensate', False)).lower()}` "
+            "(weighting, netshrink/calibration/importance.py: the k-means counts each weight by the squared scale of the BatchNorm "
+            "after its layer times the variance of the input it multiplies; compensate, netshrink/calibration/error_feedback.py: "
+            "layer by layer in forward order, the weights are assigned to those shared values with GPTQ-style error feedback under the "
+            "second moment of the layer's input patches, the values refit for the layer's output, and the mean output shift cancelled in "
+            "the bias or BatchNorm; statistics from 512 TRAINING images, never the test split); 'ours plain k-means' is "
+            "the same step with plain k-means and no data (`weighting: none`, `compensate: false`). "
+            f"coremltools {meta['coremltools']}: PostTrainingPalettizer on the same layers, defaults otherwise; "
+            f"{peer.SIZE_CONVENTION} Its lookup tables are rounded to fp16 before scoring.",
+            "Paired: McNemar's exact test on the same held-out images (how many only ours / only coremltools "
+            f"classify right; p < {SIGNIFICANCE} would mean a real difference). Agreement: the share of held-out images on "
+            "which the compressed model predicts what the uncompressed model predicts (fidelity to the original).",
+            f"Bits swept: {meta['bits_for']}.",
+            "",
+            *sweep_table(result["sweep"]),
+            "",
+        ]
     findings = finding_lines(result["sweep"])
     if findings:
         lines += ["## Findings", "", *findings, ""]
@@ -369,20 +461,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo models")
     parser.add_argument("--lenet5-ckpt", help="LeNet-5 checkpoint from `netshrink train lenet5 --dataset mnist -o X`")
-    parser.add_argument("--train-lenet5", action="store_true",
-                        help="without --lenet5-ckpt, train LeNet-5 here (default settings; several minutes)")
+    parser.add_argument(
+        "--train-lenet5",
+        action="store_true",
+        help="without --lenet5-ckpt, train LeNet-5 here (default settings; several minutes)",
+    )
     parser.add_argument("--data-dir", help="data root (default: $NETSHRINK_DATA)")
     parser.add_argument("--limit", type=int, help="score a deterministic subset of N held-out samples")
     parser.add_argument("--bits", type=int_list, default=[2, 3, 4, 5, 6], help="sweep bit widths (default 2,3,4,5,6)")
-    parser.add_argument("--efficientnet-bits", type=int_list,
-                        help="sweep bit widths for efficientnet_lite0 (default: --bits); its per-channel k-means "
-                             "takes minutes per setting on 2 cores")
+    parser.add_argument(
+        "--efficientnet-bits",
+        type=int_list,
+        help="sweep bit widths for efficientnet_lite0 (default: --bits); its per-channel k-means "
+        "takes minutes per setting on 2 cores",
+    )
     parser.add_argument("--no-sweep", action="store_true", help="run the shipped recipes only")
-    parser.add_argument("--weighting", choices=("none", "norm", "activation"), default="activation",
-                        help="palette weighting of our sweep rows (default activation; plain k-means is also run)")
-    parser.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=True,
-                        help="palette compensate (error feedback) in our sweep rows (default on)")
-    parser.add_argument("--repeats", type=int, help="timed runs per compression (default 3 small models, 1 efficientnet)")
+    parser.add_argument(
+        "--weighting",
+        choices=("none", "norm", "activation"),
+        default="activation",
+        help="palette weighting of our sweep rows (default activation; plain k-means is also run)",
+    )
+    parser.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="palette compensate (error feedback) in our sweep rows (default on)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed runs per compression (default 3 small models, 1 efficientnet)"
+    )
     parser.add_argument("--out", default="benchmarks/results/oneshot.json")
     return parser.parse_args(argv)
 
@@ -404,14 +512,21 @@ def main(argv: list[str] | None = None) -> int:
         sweep_rows = [] if args.no_sweep else run_sweep(subjects, bits_for, Path(tmp), args.weighting, args.compensate)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "limit": args.limit, "weighting": args.weighting, "compensate": args.compensate, "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
+        "limit": args.limit,
+        "weighting": args.weighting,
+        "compensate": args.compensate,
+        "bits_for": {n: b for n, b in bits_for.items() if n in SWEEP_MODELS},
         "repeats": {s.name: s.repeats for s in subjects},
         "repeats_note": ", ".join(f"{s.repeats} run(s) for {s.name}" for s in subjects),
-        "torch": torch.__version__, "netshrink": getattr(netshrink, "__version__", "?"),
-        "coremltools": peer.peer_version(), "python": platform.python_version(),
+        "torch": torch.__version__,
+        "netshrink": getattr(netshrink, "__version__", "?"),
+        "coremltools": peer.peer_version(),
+        "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "loadavg_start": [round(x, 1) for x in loadavg_start], "loadavg_end": [round(x, 1) for x in os.getloadavg()],
-        "wall_seconds": time.perf_counter() - started, "size_convention_coremltools": peer.SIZE_CONVENTION,
+        "loadavg_start": [round(x, 1) for x in loadavg_start],
+        "loadavg_end": [round(x, 1) for x in os.getloadavg()],
+        "wall_seconds": time.perf_counter() - started,
+        "size_convention_coremltools": peer.SIZE_CONVENTION,
         "ratio_definition": "4 bytes x every parameter and buffer element of the uncompressed model / size",
         "weights_ratio_label": WEIGHTS_RATIO_LABEL,
         "skipped": [n for n in names if n not in {s.name for s in subjects}],

@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import netshrink  # noqa: E402
 from netshrink import zoo  # noqa: E402
-from netshrink.identity import ModelIdentity  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
-from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.identity import ModelIdentity  # noqa: E402
+from netshrink.recipe import load_recipe, parse_recipe  # noqa: E402
 from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
+from netshrink.step import Recipe  # noqa: E402
 
 log = logging.getLogger("pq")
 
@@ -66,10 +67,22 @@ class Model:
 
 
 MODELS = {
-    "resnet20": Model("resnet20", "cifar10", "resnet20-pq", "resnet20-pq-weights",
-                      "vs the shipped weights fine-tuned 20 epochs (the same budget)", 256),
-    "efficientnet_lite0": Model("efficientnet_lite0", "imagenette", "efficientnet-lite0-pq",
-                                "efficientnet-lite0-pq-weights", "1000-way top-1 on the 10 Imagenette classes", 32),
+    "resnet20": Model(
+        "resnet20",
+        "cifar10",
+        "resnet20-pq",
+        "resnet20-pq-weights",
+        "vs the shipped weights fine-tuned 20 epochs (the same budget)",
+        256,
+    ),
+    "efficientnet_lite0": Model(
+        "efficientnet_lite0",
+        "imagenette",
+        "efficientnet-lite0-pq",
+        "efficientnet-lite0-pq-weights",
+        "1000-way top-1 on the 10 Imagenette classes",
+        32,
+    ),
 }
 
 
@@ -77,7 +90,7 @@ def variant(name: str, finetune: bool, quick: bool) -> Recipe:
     """The packaged recipe, without fine-tuning if asked, shrunk for --quick (a smoke test)."""
     spec = load_recipe(name).to_dict()
     for step in spec["steps"]:
-        (kind, settings), = step.items()
+        ((kind, settings),) = step.items()
         if kind != "pq":
             continue
         if not finetune:
@@ -97,24 +110,55 @@ def baseline(model: Model, args: argparse.Namespace) -> tuple[torch.nn.Module, d
     return module, ModelIdentity.of(module, model.name, model.dataset).to_json(), f"zoo {model.name}"
 
 
-def run_row(model: Model, recipe: Recipe, base: torch.nn.Module, identity: dict[str, Any], data: dict[str, Any],
-            limit: int | None, workdir: Path) -> dict[str, Any]:
+def run_row(
+    model: Model,
+    recipe: Recipe,
+    base: torch.nn.Module,
+    identity: dict[str, Any],
+    data: dict[str, Any],
+    limit: int | None,
+    workdir: Path,
+) -> dict[str, Any]:
     started = time.perf_counter()
-    compressed = netshrink.compress(base, recipe, data["train"], name=model.name, dataset=model.dataset,
-                                    identity={**identity, "name": model.name, "dataset": model.dataset})
+    compressed = netshrink.compress(
+        base,
+        recipe,
+        data["train"],
+        name=model.name,
+        dataset=model.dataset,
+        identity={**identity, "name": model.name, "dataset": model.dataset},
+    )
     path = workdir / f"{recipe.name.replace(' ', '_')}.nsk"
     report = compressed.save(path)
     seconds = time.perf_counter() - started
     after = evaluate(netshrink.load(path), data["test"], limit=limit, progress=False).value
-    row = {"model": model.name, "recipe": recipe.name, "file": str(path), "file_bytes": report.file_bytes,
-           "original_bytes": report.original_bytes, "ratio": report.ratio, "weights_ratio": report.weights_ratio,
-           "top1_after": after, "seconds": seconds, "recipe_spec": recipe.to_dict()}
-    log.info("%s %s: %.1fx (weights %.1fx), top-1 %.2f %%, %.0f s", model.name, recipe.name, report.ratio,
-             report.weights_ratio, 100 * after, seconds)
+    row = {
+        "model": model.name,
+        "recipe": recipe.name,
+        "file": str(path),
+        "file_bytes": report.file_bytes,
+        "original_bytes": report.original_bytes,
+        "ratio": report.ratio,
+        "weights_ratio": report.weights_ratio,
+        "top1_after": after,
+        "seconds": seconds,
+        "recipe_spec": recipe.to_dict(),
+    }
+    log.info(
+        "%s %s: %.1fx (weights %.1fx), top-1 %.2f %%, %.0f s",
+        model.name,
+        recipe.name,
+        report.ratio,
+        report.weights_ratio,
+        100 * after,
+        seconds,
+    )
     return row
 
 
-def inference_speed(dense: torch.nn.Module, path: str, shape: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+def inference_speed(
+    dense: torch.nn.Module, path: str, shape: tuple[int, ...], batch: int, repeats: int
+) -> dict[str, Any]:
     """Median ms per batch of the dense model and of the loaded .nsk (and the one-off load time)."""
     started = time.perf_counter()
     loaded = netshrink.load(path)
@@ -133,29 +177,55 @@ def inference_speed(dense: torch.nn.Module, path: str, shape: tuple[int, ...], b
                 module(x)
                 runs.append(1000 * (time.perf_counter() - start))
         timings[label] = statistics.median(runs)
-    return {"batch": batch, "dense_ms": timings["dense"], "loaded_ms": timings["loaded"],
-            "slowdown": timings["loaded"] / timings["dense"], "load_seconds": load_seconds, "repeats": repeats}
+    return {
+        "batch": batch,
+        "dense_ms": timings["dense"],
+        "loaded_ms": timings["loaded"],
+        "slowdown": timings["loaded"] / timings["dense"],
+        "load_seconds": load_seconds,
+        "repeats": repeats,
+    }
 
 
-def run_model(model: Model, args: argparse.Namespace, workdir: Path, previous: list[dict[str, Any]],
-              publish: Any) -> dict[str, Any]:
+def run_model(
+    model: Model, args: argparse.Namespace, workdir: Path, previous: list[dict[str, Any]], publish: Any
+) -> dict[str, Any]:
     base, identity, source = baseline(model, args)
     limit = 500 if args.quick else None
     data = {"train": load_dataset(model.dataset, "train"), "test": load_dataset(model.dataset, "test")}
     # The baseline's score is deterministic: reuse it from an earlier run on the same baseline and split.
-    known = [r["top1_before"] for r in previous if r["model"] == model.name and r["baseline"] == source
-             and not r["recipe"].endswith("[quick]") and not args.quick]
+    known = [
+        r["top1_before"]
+        for r in previous
+        if r["model"] == model.name
+        and r["baseline"] == source
+        and not r["recipe"].endswith("[quick]")
+        and not args.quick
+    ]
     before = known[0] if known else evaluate(base, data["test"], limit=limit, progress=False).value
-    every = {"output": (model.recipe, True, None), "weights": (model.ablation, True, model.recipe),
-             "output-raw": (model.recipe, False, model.recipe), "weights-raw": (model.ablation, False, model.recipe)}
+    every = {
+        "output": (model.recipe, True, None),
+        "weights": (model.ablation, True, model.recipe),
+        "output-raw": (model.recipe, False, model.recipe),
+        "weights-raw": (model.ablation, False, model.recipe),
+    }
     plans = [every[v] for v in args.variants.split(",")]
     rows = []
     for name, finetune, ablation_of in plans:
         fresh = base if not rows else baseline(model, args)[0]
         row = run_row(model, variant(name, finetune, args.quick), fresh, identity, data, limit, workdir)
-        rows.append({**row, "objective": "weights" if "weights" in name else "output", "fine_tuned": finetune,
-                     "ablation_of": ablation_of, "baseline": source, "top1_before": before,
-                     "drop_pp": 100 * (before - row["top1_after"]), "note": model.note if not ablation_of else ""})
+        rows.append(
+            {
+                **row,
+                "objective": "weights" if "weights" in name else "output",
+                "fine_tuned": finetune,
+                "ablation_of": ablation_of,
+                "baseline": source,
+                "top1_before": before,
+                "drop_pp": 100 * (before - row["top1_after"]),
+                "note": model.note if not ablation_of else "",
+            }
+        )
         publish({"rows": rows, "speed": {}})  # a long run keeps every row it finished
     if rows[0]["ablation_of"]:
         return {"rows": rows, "speed": {}}
@@ -165,24 +235,42 @@ def run_model(model: Model, args: argparse.Namespace, workdir: Path, previous: l
 
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
-    lines = ["# Output-aware product quantization (Stock et al. 2020)", "",
-             f"Loaded .nsk files scored on the full held-out split (CIFAR-10 JPEG test; Imagenette val, 1000-way top-1). "
-             f"ratio = fp32 bytes of all parameters and buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. "
-             f"Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.", "",
-             "| model | recipe | objective | fine-tuned | ratio | weights_ratio | file bytes | top-1 before % | "
-             "top-1 after % | drop pp | minutes | note |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Output-aware product quantization (Stock et al. 2020)",
+        "",
+        f"Loaded .nsk files scored on the full held-out split (CIFAR-10 JPEG test; Imagenette val, 1000-way top-1). "
+        f"ratio = fp32 bytes of all parameters and buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. "
+        f"Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.",
+        "",
+        "| model | recipe | objective | fine-tuned | ratio | weights_ratio | file bytes | top-1 before % | "
+        "top-1 after % | drop pp | minutes | note |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['objective']} | {'yes' if r['fine_tuned'] else 'no'} | "
-                     f"{r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | {100 * r['top1_before']:.2f} | "
-                     f"{100 * r['top1_after']:.2f} | {r['drop_pp']:.2f} | {r['seconds'] / 60:.1f} | {r['note']} |")
-    lines += ["", "## Inference speed of the loaded file (decoded once at load) vs the dense model", "",
-              "| model | batch | dense ms | loaded .nsk ms | loaded / dense | load s |", "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['objective']} | {'yes' if r['fine_tuned'] else 'no'} | "
+            f"{r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | {100 * r['top1_before']:.2f} | "
+            f"{100 * r['top1_after']:.2f} | {r['drop_pp']:.2f} | {r['seconds'] / 60:.1f} | {r['note']} |"
+        )
+    lines += [
+        "",
+        "## Inference speed of the loaded file (decoded once at load) vs the dense model",
+        "",
+        "| model | batch | dense ms | loaded .nsk ms | loaded / dense | load s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, s in result["speed"].items():
-        lines.append(f"| {name} | {s['batch']} | {s['dense_ms']:.1f} | {s['loaded_ms']:.1f} | {s['slowdown']:.2f} | "
-                     f"{s['load_seconds']:.2f} |")
-    lines += ["", "## The paper's reported numbers (Stock et al. 2020, ICLR; other models and data, for reference only)", "",
-              "| model / data | reported by the paper |", "|---|---|"]
+        lines.append(
+            f"| {name} | {s['batch']} | {s['dense_ms']:.1f} | {s['loaded_ms']:.1f} | {s['slowdown']:.2f} | "
+            f"{s['load_seconds']:.2f} |"
+        )
+    lines += [
+        "",
+        "## The paper's reported numbers (Stock et al. 2020, ICLR; other models and data, for reference only)",
+        "",
+        "| model / data | reported by the paper |",
+        "|---|---|",
+    ]
     lines += [f"| {p['model']} | {p['reported']} |" for p in PAPER]
     return "\n".join(lines) + "\n"
 
@@ -190,13 +278,22 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resnet20", type=Path, help="ResNet-20 baseline checkpoint (.nsk), fine-tuned as long as the recipe")
-    parser.add_argument("--efficientnet_lite0", type=Path, help="EfficientNet-Lite0 checkpoint (default: the zoo weights)")
+    parser.add_argument(
+        "--resnet20", type=Path, help="ResNet-20 baseline checkpoint (.nsk), fine-tuned as long as the recipe"
+    )
+    parser.add_argument(
+        "--efficientnet_lite0", type=Path, help="EfficientNet-Lite0 checkpoint (default: the zoo weights)"
+    )
     parser.add_argument("--models", default="resnet20,efficientnet_lite0")
-    parser.add_argument("--variants", default="output,weights,output-raw,weights-raw",
-                        help="rows to run: the recipe (output), its weight-only ablation (weights), and both "
-                             "without fine-tuning (-raw); the speed is measured on the first when it is 'output'")
-    parser.add_argument("--quick", action="store_true", help="smoke test: tiny calibration and fine-tuning, 500 eval samples")
+    parser.add_argument(
+        "--variants",
+        default="output,weights,output-raw,weights-raw",
+        help="rows to run: the recipe (output), its weight-only ablation (weights), and both "
+        "without fine-tuning (-raw); the speed is measured on the first when it is 'output'",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: tiny calibration and fine-tuning, 500 eval samples"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/pq.json")
     args = parser.parse_args(argv)
@@ -210,10 +307,15 @@ def main(argv: list[str] | None = None) -> int:
         redone = {(r["model"], r["recipe"]) for r in part["rows"]}
         result["rows"] = [r for r in result["rows"] if (r["model"], r["recipe"]) not in redone] + part["rows"]
         result["speed"].update(part["speed"])
-        result["meta"] = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg, "torch": torch.__version__,
-                          "wall_seconds": time.perf_counter() - started, "weights_ratio_label": WEIGHTS_RATIO_LABEL,
-                          "paper": PAPER}
+        result["meta"] = {
+            "command": " ".join(sys.argv),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+            "loadavg_start": loadavg,
+            "torch": torch.__version__,
+            "wall_seconds": time.perf_counter() - started,
+            "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+            "paper": PAPER,
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(markdown(result))
@@ -240,9 +342,15 @@ def plot(result: dict[str, Any]) -> bytes:
             for x, tuned in ((0, False), (1, True)):
                 row = next((r for r in rows if r["objective"] == objective and r["fine_tuned"] == tuned), None)
                 if row:
-                    ax.bar(x + offset, 100 * row["top1_after"], 0.38, color=colour,
-                           label=f"{objective}-aware" if objective == "output" and x == 0 else
-                           ("weight-only" if objective == "weights" and x == 0 else None))
+                    ax.bar(
+                        x + offset,
+                        100 * row["top1_after"],
+                        0.38,
+                        color=colour,
+                        label=f"{objective}-aware"
+                        if objective == "output" and x == 0
+                        else ("weight-only" if objective == "weights" and x == 0 else None),
+                    )
         if rows:
             ax.axhline(100 * rows[0]["top1_before"], color="black", linestyle="--", linewidth=1, label="uncompressed")
             ax.set_title(f"{model}, {min(r['ratio'] for r in rows):.1f}x", fontsize=9)

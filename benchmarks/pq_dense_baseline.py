@@ -26,7 +26,8 @@ from netshrink import zoo  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.methods.pq import OutputAwarePQ  # noqa: E402
-from netshrink.recipe import StepContext, load_recipe  # noqa: E402
+from netshrink.recipe import load_recipe  # noqa: E402
+from netshrink.step import StepContext  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     step = next(s for s in load_recipe(args.recipe).steps if isinstance(s, OutputAwarePQ))
     if step.stage_epochs:
-        raise SystemExit(f"{args.recipe} fine-tunes between stages too; give its dense baseline as a checkpoint instead")
+        raise SystemExit(
+            f"{args.recipe} fine-tunes between stages too; give its dense baseline as a checkpoint instead"
+        )
     original = zoo.get_model(args.model, pretrained=True).eval()
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     # The step's own retraining path (its TrainConfig, its distillation loss, the student's frozen
@@ -47,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     student = copy.deepcopy(original)
     step.retrain(student, ctx, [], "dense, same fine-tuning")
-    row = {"model": args.model, "recipe": args.recipe, "fine_tuning": step.train.train_config(ctx).__dict__,
-           "distill": step.train.distill,
-           "top1_original": evaluate(original, test, progress=False).value,
-           "top1_dense_same_finetune": evaluate(student, test, progress=False).value,
-           "seconds": time.perf_counter() - started}
+    row = {
+        "model": args.model,
+        "recipe": args.recipe,
+        "fine_tuning": step.train.train_config(ctx).__dict__,
+        "distill": step.train.distill,
+        "top1_original": evaluate(original, test, progress=False).value,
+        "top1_dense_same_finetune": evaluate(student, test, progress=False).value,
+        "seconds": time.perf_counter() - started,
+    }
     Path(args.out).write_text(json.dumps(row, indent=1, default=str))
     print(json.dumps({k: v for k, v in row.items() if k != "fine_tuning"}))
     return 0

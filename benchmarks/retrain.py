@@ -38,9 +38,10 @@ import netshrink  # noqa: E402
 from netshrink.data import load_dataset  # noqa: E402
 from netshrink.evaluate import evaluate  # noqa: E402
 from netshrink.flops import flops  # noqa: E402
-from netshrink.zoo import model_info  # noqa: E402
-from netshrink.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from netshrink.recipe import load_recipe, parse_recipe  # noqa: E402
 from netshrink.report.sizes import WEIGHTS_RATIO_LABEL  # noqa: E402
+from netshrink.step import Recipe  # noqa: E402
+from netshrink.zoo import model_info  # noqa: E402
 
 log = logging.getLogger("retrain")
 
@@ -69,8 +70,12 @@ JOBS = [
     Job("lenet300", "lenet300-dc", "Deep Compression: 40x at 1.58 % error"),
     Job("lenet5", "lenet5-dc", "Deep Compression: 39x at 0.74 % error"),
     Job("lenet5", "lenet5-admm", "Ye et al.: 1,910x weights only, 623x with indices, 0.74 % error"),
-    Job("lenet5", "lenet5-deepkmeans", "Wu et al. report LeNet-5 only for the energy metrics",
-        "the ablations below: plain k-means + fine-tune at the same size"),
+    Job(
+        "lenet5",
+        "lenet5-deepkmeans",
+        "Wu et al. report LeNet-5 only for the energy metrics",
+        "the ablations below: plain k-means + fine-tune at the same size",
+    ),
     Job("lenet5", "lenet5-compound"),
     Job("resnet20", "resnet20-deepkmeans", "", "vs the shipped weights fine-tuned 4 epochs (the same budget)"),
     Job("resnet20", "resnet20-admm", "", "vs the shipped weights fine-tuned 4 epochs (the same budget)"),
@@ -78,9 +83,18 @@ JOBS = [
 ]
 ABLATIONS = [
     Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
-    Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans", overrides={"deep_kmeans": {"finetune_epochs": 0.0}}),
-    Job("lenet5", "lenet5-deepkmeans", ablation_of="lenet5-deepkmeans",
-        overrides={"deep_kmeans": {"lam": 0.0, "finetune_epochs": 0.0}}),
+    Job(
+        "lenet5",
+        "lenet5-deepkmeans",
+        ablation_of="lenet5-deepkmeans",
+        overrides={"deep_kmeans": {"finetune_epochs": 0.0}},
+    ),
+    Job(
+        "lenet5",
+        "lenet5-deepkmeans",
+        ablation_of="lenet5-deepkmeans",
+        overrides={"deep_kmeans": {"lam": 0.0, "finetune_epochs": 0.0}},
+    ),
     Job("resnet20", "resnet20-deepkmeans", ablation_of="resnet20-deepkmeans", overrides={"deep_kmeans": {"lam": 0.0}}),
     Job("lenet5", "lenet5-iterative-like-admm", ablation_of="lenet5-admm"),
 ]
@@ -93,7 +107,7 @@ def recipe_for(job: Job) -> Recipe:
     recipe = load_recipe(job.recipe)
     spec = recipe.to_dict()
     for step in spec["steps"]:
-        (kind, settings), = step.items()
+        ((kind, settings),) = step.items()
         settings.update(job.overrides.get(kind, {}))
     return parse_recipe({**spec, "name": job.name})
 
@@ -106,12 +120,26 @@ def iterative_like_admm() -> Recipe:
     quant = next(s["admm_quantize"] for s in admm["steps"] if "admm_quantize" in s)
     prune_epochs = sum(float(prune.get(k, 0) or 0) for k in ("epochs", "retrain_epochs"))
     bits = {pattern: {"bits": o["bits"]} for pattern, o in quant.get("overrides", {}).items() if "bits" in o}
-    steps = [{"iterative_prune": {"sparsity": prune["sparsity"], "overrides": prune.get("overrides", {}),
-                                  "rounds": 4, "epochs": prune_epochs / 4, "lr": prune.get("lr", 0.01)}},
-             {"trained_quantization": {"bits": quant["bits"], "overrides": bits,
-                                       "epochs": sum(float(quant.get(k, 0) or 0) for k in ("epochs", "retrain_epochs")),
-                                       "lr": 1e-4}},
-             {"cast": {"dtype": "fp16"}}]
+    steps = [
+        {
+            "iterative_prune": {
+                "sparsity": prune["sparsity"],
+                "overrides": prune.get("overrides", {}),
+                "rounds": 4,
+                "epochs": prune_epochs / 4,
+                "lr": prune.get("lr", 0.01),
+            }
+        },
+        {
+            "trained_quantization": {
+                "bits": quant["bits"],
+                "overrides": bits,
+                "epochs": sum(float(quant.get(k, 0) or 0) for k in ("epochs", "retrain_epochs")),
+                "lr": 1e-4,
+            }
+        },
+        {"cast": {"dtype": "fp16"}},
+    ]
     return parse_recipe({"name": "lenet5-iterative-like-admm", "steps": steps})
 
 
@@ -124,34 +152,67 @@ def run_job(job: Job, baseline: Path, workdir: Path) -> dict[str, Any]:
     model_before = netshrink.load(baseline)  # compress() may change `model` in place
     recipe = recipe_for(job)
     started = time.perf_counter()
-    compressed = netshrink.compress(model, recipe, train, name=job.model, dataset=dataset,
-                                    identity={**identity, "name": job.model, "dataset": dataset})
+    compressed = netshrink.compress(
+        model,
+        recipe,
+        train,
+        name=job.model,
+        dataset=dataset,
+        identity={**identity, "name": job.model, "dataset": dataset},
+    )
     path = workdir / f"{job.model}-{recipe.name.replace(' ', '_')}.nsk"
     report = compressed.save(path)
     seconds = time.perf_counter() - started
     loaded = netshrink.load(path)
     after = evaluate(loaded, test, progress=False).value
     input_shape = model_info(job.model).input_shape
-    row = {"model": job.model, "recipe": recipe.name, "ablation_of": job.ablation_of, "baseline": str(baseline),
-           "file_bytes": report.file_bytes, "original_bytes": report.original_bytes, "ratio": report.ratio,
-           "weights_ratio": report.weights_ratio, "top1_before": before, "top1_after": after,
-           "error_before": 1 - before, "error_after": 1 - after, "drop_pp": 100 * (before - after),
-           "seconds": seconds, "macs_before": flops(model_before, input_shape), "macs_after": flops(loaded, input_shape),
-           "published": job.published, "note": job.note, "recipe_spec": recipe.to_dict(),
-           "tensors": report.to_json()["tensors"]}
-    log.info("%s %s: ratio %.1fx (weights %.1fx), error %.2f -> %.2f %%, %.0f s", job.model, recipe.name,
-             row["ratio"], row["weights_ratio"], 100 * row["error_before"], 100 * row["error_after"], seconds)
+    row = {
+        "model": job.model,
+        "recipe": recipe.name,
+        "ablation_of": job.ablation_of,
+        "baseline": str(baseline),
+        "file_bytes": report.file_bytes,
+        "original_bytes": report.original_bytes,
+        "ratio": report.ratio,
+        "weights_ratio": report.weights_ratio,
+        "top1_before": before,
+        "top1_after": after,
+        "error_before": 1 - before,
+        "error_after": 1 - after,
+        "drop_pp": 100 * (before - after),
+        "seconds": seconds,
+        "macs_before": flops(model_before, input_shape),
+        "macs_after": flops(loaded, input_shape),
+        "published": job.published,
+        "note": job.note,
+        "recipe_spec": recipe.to_dict(),
+        "tensors": report.to_json()["tensors"],
+    }
+    log.info(
+        "%s %s: ratio %.1fx (weights %.1fx), error %.2f -> %.2f %%, %.0f s",
+        job.model,
+        recipe.name,
+        row["ratio"],
+        row["weights_ratio"],
+        100 * row["error_before"],
+        100 * row["error_after"],
+        seconds,
+    )
     return row
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | recipe | ratio | weights_ratio | file bytes | error before % | error after % | drop pp | "
-             "fewer MACs | minutes | published | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| model | recipe | ratio | weights_ratio | file bytes | error before % | error after % | drop pp | "
+        "fewer MACs | minutes | published | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['recipe']} | {r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | "
-                     f"{100 * r['error_before']:.2f} | {100 * r['error_after']:.2f} | {r['drop_pp']:.2f} | {_mac_ratio(r)} | "
-                     f"{r['seconds'] / 60:.1f} | {r['published']} | {r['note']} |")
+        lines.append(
+            f"| {r['model']} | {r['recipe']} | {r['ratio']:.1f}x | {r['weights_ratio']:.1f}x | {r['file_bytes']:,} | "
+            f"{100 * r['error_before']:.2f} | {100 * r['error_after']:.2f} | {r['drop_pp']:.2f} | {_mac_ratio(r)} | "
+            f"{r['seconds'] / 60:.1f} | {r['published']} | {r['note']} |"
+        )
     return lines
 
 
@@ -166,14 +227,26 @@ def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     main = [r for r in result["rows"] if not r["ablation_of"]]
     ablations = [r for r in result["rows"] if r["ablation_of"]]
-    lines = ["# Retraining benchmark", "",
-             f"Loaded .nsk files scored on the full held-out test split. ratio = fp32 bytes of all parameters and "
-             f"buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. Published numbers are the papers' own, on their "
-             f"baselines, for reference only. Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.",
-             "", *table(main), ""]
+    lines = [
+        "# Retraining benchmark",
+        "",
+        f"Loaded .nsk files scored on the full held-out test split. ratio = fp32 bytes of all parameters and "
+        f"buffers / file bytes on disk; {WEIGHTS_RATIO_LABEL}. Published numbers are the papers' own, on their "
+        f"baselines, for reference only. Machine: {meta['machine']}; load average at start {meta['loadavg_start']}.",
+        "",
+        *table(main),
+        "",
+    ]
     if ablations:
-        lines += ["## Ablations", "", "Each ablation row changes one thing in the recipe named in `ablation_of` "
-                  "(same bits, same retraining budget).", "", *table(ablations), ""]
+        lines += [
+            "## Ablations",
+            "",
+            "Each ablation row changes one thing in the recipe named in `ablation_of` "
+            "(same bits, same retraining budget).",
+            "",
+            *table(ablations),
+            "",
+        ]
     if meta["skipped"]:
         lines += [f"Skipped (no baseline given): {', '.join(meta['skipped'])}", ""]
     return "\n".join(lines)
@@ -190,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     baselines = {m: getattr(args, m) for m in ("lenet5", "lenet300", "resnet20") if getattr(args, m)}
     only = set(args.only.split(",")) if args.only else None
-    jobs = [j for j in JOBS + (ABLATIONS if args.ablations else [])
-            if (only is None or j.recipe in only or (j.ablation_of or "") in only)]
+    jobs = [
+        j
+        for j in JOBS + (ABLATIONS if args.ablations else [])
+        if (only is None or j.recipe in only or (j.ablation_of or "") in only)
+    ]
     runnable = [j for j in jobs if j.model in baselines]
     skipped = [j.name for j in jobs if j.model not in baselines]
     started, loadavg = time.perf_counter(), [round(x, 1) for x in os.getloadavg()]
@@ -199,10 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="retrain-") as tmp:
         for job in runnable:  # results are written after every job: a long run keeps what it finished
             row = run_job(job, baselines[job.model], Path(tmp))
-            meta = {"command": " ".join(sys.argv), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                    f"torch threads {torch.get_num_threads()}", "loadavg_start": loadavg,
-                    "wall_seconds": time.perf_counter() - started, "skipped": skipped, "torch": torch.__version__,
-                    "weights_ratio_label": WEIGHTS_RATIO_LABEL}
+            meta = {
+                "command": " ".join(sys.argv),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+                "loadavg_start": loadavg,
+                "wall_seconds": time.perf_counter() - started,
+                "skipped": skipped,
+                "torch": torch.__version__,
+                "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+            }
             result = write_results(out, meta, row)
     print(markdown(result) if runnable else "nothing to run: give the baselines (see --help)")
     return 0

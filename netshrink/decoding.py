@@ -71,8 +71,10 @@ def zoo_module(identity: ModelIdentity, records: list[TensorRecord], path: str |
     from netshrink import zoo
 
     if identity.name not in zoo.MODEL_NAMES:
-        raise ModelError(f"{path} holds a {identity.class_name or 'an unknown class'} model that is not in the zoo; "
-                         "pass the module: netshrink.load(path, model=MyNet())")
+        raise ModelError(
+            f"{path} holds a {identity.class_name or 'an unknown class'} model that is not in the zoo; "
+            "pass the module: netshrink.load(path, model=MyNet())"
+        )
     try:
         check_matches(zoo.build_skeleton(identity.name, **identity.arch), records, path)
     except ModelError as exc:
@@ -87,11 +89,15 @@ def check_matches(module: nn.Module, records: list[TensorRecord], path: str | Pa
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:
-        raise ModelError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-                         f"{' ...' if len(missing) + len(unexpected) > 6 else ''}")
+        raise ModelError(
+            f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{' ...' if len(missing) + len(unexpected) > 6 else ''}"
+        )
     for key, shape in shapes.items():
         if shape != tuple(expected[key].shape):
-            raise ModelError(f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(expected[key].shape)}")
+            raise ModelError(
+                f"{path}: tensor {key!r} has shape {shape}, the model expects {tuple(expected[key].shape)}"
+            )
 
 
 def load_module(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
@@ -99,8 +105,9 @@ def load_module(path: str | Path, model: nn.Module | None = None, *, max_bytes: 
     return open_module(path, model, max_bytes=max_bytes)[0]
 
 
-def open_module(path: str | Path, model: nn.Module | None = None, *,
-                max_bytes: int | None = None) -> tuple[nn.Module, ModelIdentity]:
+def open_module(
+    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None
+) -> tuple[nn.Module, ModelIdentity]:
     """`load_module`, and the identity the header records (the file read once)."""
     nsk, identity = read_file(path, max_bytes)
     module = model if model is not None else zoo_module(identity, nsk.tensors, path)

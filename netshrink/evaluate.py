@@ -84,8 +84,9 @@ def evaluate(
     return result
 
 
-def top1_predictions(model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False,
-                     desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
+def top1_predictions(
+    model: nn.Module, data: ArrayDataset, batch_size: int = 256, progress: bool = False, desc: str = "eval"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(the model's top-1 output index, the output index of the sample's label) per sample, in
     `data`'s order: what a paired comparison of two models on the same samples needs (McNemar's
     test, agreement with the uncompressed model)."""
@@ -118,7 +119,7 @@ def _pair_spearman(model: nn.Module, data: SentencePairs, batch_size: int, progr
     with torch.inference_mode():
         for (ids, mask), scores in tqdm(data.loader(batch_size), desc=desc, unit="batch", disable=not progress):
             embeddings = model(ids.to(device), mask.to(device)).float()
-            first, second = embeddings[: len(scores)], embeddings[len(scores):]
+            first, second = embeddings[: len(scores)], embeddings[len(scores) :]
             similarities.append(torch.nn.functional.cosine_similarity(first, second).cpu())
     return spearman(torch.cat(similarities), data.scores)
 

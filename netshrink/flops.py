@@ -42,12 +42,12 @@ def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 class LayerShape:
     """One call of a conv or linear layer on a single sample (no batch dimension in the shapes)."""
 
-    name: str                    # module name; its weight is the state-dict tensor f"{name}.weight"
-    module_type: str             # "Conv2d", "Linear", ...
+    name: str  # module name; its weight is the state-dict tensor f"{name}.weight"
+    module_type: str  # "Conv2d", "Linear", ...
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    kernel: tuple[int, ...]      # () for Linear
-    stride: tuple[int, ...]      # () for Linear
+    kernel: tuple[int, ...]  # () for Linear
+    stride: tuple[int, ...]  # () for Linear
     groups: int
     weight_numel: int
     macs: int
@@ -93,12 +93,18 @@ def layer_shapes(model: nn.Module, input_shape: Sequence[int]) -> list[LayerShap
     twice appears twice; a layer skipped does not appear).
     """
     shapes: list[LayerShape] = []
-    hooks = [module.register_forward_hook(
-                 lambda m, inputs, out, name=name: shapes.append(_shape_of(name, m, inputs, out)))
-             for name, module in model.named_modules() if isinstance(module, COUNTED)]
+    hooks = [
+        module.register_forward_hook(lambda m, inputs, out, name=name: shapes.append(_shape_of(name, m, inputs, out)))
+        for name, module in model.named_modules()
+        if isinstance(module, COUNTED)
+    ]
     param = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, dtype=param.dtype if param is not None else torch.float32,
-                    device=param.device if param is not None else None)
+    x = torch.zeros(
+        1,
+        *input_shape,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else None,
+    )
     was_training = model.training
     try:
         model.eval()

@@ -8,8 +8,9 @@ file carries them on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from netshrink.errors import FormatError
 
@@ -32,8 +33,9 @@ class OriginalSize:
     def from_json(cls, data: Any, source: str) -> OriginalSize:
         values = (data.get("fp32_bytes"), data.get("weight_numel")) if isinstance(data, dict) else (None, None)
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_ORIGINAL for v in values):
-            raise FormatError(f"{source}: malformed header: model 'original' must hold non-negative integers "
-                              "fp32_bytes, weight_numel")
+            raise FormatError(
+                f"{source}: malformed header: model 'original' must hold non-negative integers fp32_bytes, weight_numel"
+            )
         return cls(*values)
 
 
@@ -69,8 +71,14 @@ class ModelIdentity:
             raise FormatError(f"{source}: malformed header: model 'arch' must be an object")
         original = data.get("original")
         extra = {k: v for k, v in data.items() if k not in ("name", "class", "arch", "dataset", "original")}
-        return cls(name, class_name, arch, dataset,
-                   None if original is None else OriginalSize.from_json(original, source), extra)
+        return cls(
+            name,
+            class_name,
+            arch,
+            dataset,
+            None if original is None else OriginalSize.from_json(original, source),
+            extra,
+        )
 
     @classmethod
     def of(cls, model: Any, name: str | None = None, dataset: str | None = None, **extra: Any) -> ModelIdentity:

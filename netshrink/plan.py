@@ -73,8 +73,9 @@ class CompressionPlan:
         error or error feedback) and load its decoded value into the model."""
         tensor = model.state_dict()[name]
         if tuple(encoded.shape) != tuple(tensor.shape):
-            raise CodecError(f"an encoding of shape {tuple(encoded.shape)} cannot store {name!r} of shape "
-                             f"{tuple(tensor.shape)}")
+            raise CodecError(
+                f"an encoding of shape {tuple(encoded.shape)} cannot store {name!r} of shape {tuple(tensor.shape)}"
+            )
         with torch.no_grad():
             tensor.copy_(decode(encoded).to(tensor.dtype))
         self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
@@ -93,8 +94,11 @@ class CompressionPlan:
                 self.set_encoded(model, names[-1], entry.codec, entry.codec.encode(tensor, entry.state))
                 changed.append(name)
         if changed:
-            log.info("%d coded tensors changed since they were encoded; encoded again with their codebooks: %s",
-                     len(changed), ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+            log.info(
+                "%d coded tensors changed since they were encoded; encoded again with their codebooks: %s",
+                len(changed),
+                ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""),
+            )
         return changed
 
     def encode_all(self, model: nn.Module) -> list[TensorRecord]:
@@ -151,8 +155,13 @@ def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
     for name, tensor in state.items():
         if tensor.numel() == 0 or tensor.device.type == "meta":
             continue
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
-               tensor.dtype)
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.dtype,
+        )
         groups[name] = first.setdefault(key, name)
     counts: dict[str, int] = {}
     for source in groups.values():

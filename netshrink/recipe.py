@@ -48,8 +48,10 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     if not path.suffix and not path.exists():
         path = recipe_dir() / f"{name_or_path}.yaml"
         if not path.exists():
-            raise RecipeError(f"unknown recipe {str(name_or_path)!r}; packaged recipes: {', '.join(list_recipes())} "
-                              "(or give a path to a YAML file)")
+            raise RecipeError(
+                f"unknown recipe {str(name_or_path)!r}; packaged recipes: {', '.join(list_recipes())} "
+                "(or give a path to a YAML file)"
+            )
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
@@ -81,7 +83,7 @@ def _parse_step(entry: Any, where: str) -> Step:
         entry = {entry: {}}
     if not isinstance(entry, dict) or len(entry) != 1:
         raise RecipeError(f"{where}: each step is a one-key mapping like '- palette: {{bits: 5}}'")
-    (kind, settings), = entry.items()
+    ((kind, settings),) = entry.items()
     if kind not in STEPS:
         raise RecipeError(f"{where}: unknown step {kind!r}; known steps: {', '.join(sorted(STEPS))}")
     return config_from_dict(STEPS[kind], settings, f"{where} ({kind})")

@@ -13,9 +13,10 @@ and an error, never silently unused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -41,26 +42,33 @@ def _is_literal(pattern: str) -> bool:
     return not any(char in pattern for char in "*?[")
 
 
-def select_modules(model: nn.Module, selection: Selection, types: tuple[type[nn.Module], ...], step: str) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    model: nn.Module, selection: Selection, types: tuple[type[nn.Module], ...], step: str
+) -> list[tuple[str, nn.Module]]:
     """Modules of `types` whose name matches an include and no exclude pattern, in model order."""
     modules = dict(model.named_modules())
     for pattern in selection.include:
         if _is_literal(pattern) and pattern in modules and not isinstance(modules[pattern], types):
             kinds = ", ".join(t.__name__ for t in types)
-            raise RecipeError(f"step {step}: layer {pattern!r} is a {type(modules[pattern]).__name__}; "
-                              f"this step supports {kinds}")
+            raise RecipeError(
+                f"step {step}: layer {pattern!r} is a {type(modules[pattern]).__name__}; this step supports {kinds}"
+            )
         if _is_literal(pattern) and pattern not in modules:
             raise RecipeError(f"step {step}: include names layer {pattern!r}, which this model does not have")
     chosen = [
-        (name, module) for name, module in modules.items()
-        if name and isinstance(module, types)
+        (name, module)
+        for name, module in modules.items()
+        if name
+        and isinstance(module, types)
         and any(fnmatchcase(name, p) for p in selection.include)
         and not any(fnmatchcase(name, p) for p in selection.exclude)
     ]
     if not chosen:
         sample = ", ".join(n for n, m in modules.items() if isinstance(m, types))[:200] or "none"
-        raise RecipeError(f"step {step}: include {list(selection.include)} / exclude {list(selection.exclude)} "
-                          f"match no layer; candidate layers: {sample}")
+        raise RecipeError(
+            f"step {step}: include {list(selection.include)} / exclude {list(selection.exclude)} "
+            f"match no layer; candidate layers: {sample}"
+        )
     return chosen
 
 
@@ -78,5 +86,7 @@ def check_overrides_match(overrides: Mapping[str, Mapping[str, Any]], layers: li
     """Every override pattern must match a selected layer: one that matches none is a typo, said by name."""
     for pattern, fields in overrides.items():
         if not any(fnmatchcase(layer, pattern) for layer in layers):
-            raise RecipeError(f"step {step}: overrides pattern {pattern!r} (field {', '.join(map(repr, fields))}) "
-                              f"matches no selected layer; selected layers: {', '.join(layers)[:200]}")
+            raise RecipeError(
+                f"step {step}: overrides pattern {pattern!r} (field {', '.join(map(repr, fields))}) "
+                f"matches no selected layer; selected layers: {', '.join(layers)[:200]}"
+            )

@@ -17,8 +17,9 @@ Reading recipes from YAML is `netshrink.recipe`'s job; steps never import it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from torch import nn
 

@@ -33,9 +33,10 @@ import tempfile
 import time
 import traceback
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 SUMMARY_MARKER = "FUZZ-SUMMARY "
 PREFIX = struct.Struct("<8sHHII")  # magic, version, flags, header_len, header_crc (fileformat.py)
@@ -110,10 +111,10 @@ class Doc:
     packing: str = "zlib"  # 'plain': the JSON uncompressed; 'cut': the zlib stream minus its last byte
 
     @classmethod
-    def parse(cls, data: bytes) -> "Doc":
+    def parse(cls, data: bytes) -> Doc:
         magic, version, flags, header_len, _ = PREFIX.unpack_from(data)
         end = PREFIX.size + header_len
-        return cls(json.loads(zlib.decompress(data[PREFIX.size:end])), data[end:], version, flags, magic)
+        return cls(json.loads(zlib.decompress(data[PREFIX.size : end])), data[end:], version, flags, magic)
 
     def render(self) -> bytes:
         if self.fix_crc and isinstance(self.header, dict) and "payload_crc32" in self.header:
@@ -124,9 +125,14 @@ class Doc:
             for placeholder, raw in self.subs.items():
                 text = text.replace(json.dumps(placeholder), raw)
             text = text.encode()
-        packed = {"zlib": lambda: zlib.compress(text, 9) + self.zlib_tail, "plain": lambda: text,
-                  "cut": lambda: zlib.compress(text, 9)[:-1]}[self.packing]()
-        return PREFIX.pack(self.magic, self.version, self.flags, len(packed), zlib.crc32(packed)) + packed + self.payload
+        packed = {
+            "zlib": lambda: zlib.compress(text, 9) + self.zlib_tail,
+            "plain": lambda: text,
+            "cut": lambda: zlib.compress(text, 9)[:-1],
+        }[self.packing]()
+        return (
+            PREFIX.pack(self.magic, self.version, self.flags, len(packed), zlib.crc32(packed)) + packed + self.payload
+        )
 
     # navigation helpers for edits
     def record(self, name: str) -> dict:
@@ -173,14 +179,79 @@ class Case:
 
 
 #: Values an edit writes where the reader expects something sane.
-NASTY = [0, 1, -1, 2, 7, 255, 2**16, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**30, -2**63,
-         0.5, 1.0, -0.0, 1e300, -1e300, INF, -INF, NAN, "", "a", "5", "palette", "codebook", "lenet5", "a\nb",
-         "x" * 1000, None, True, False, [], [0], [2**31], {}, {"a": 1}, [[[]]]]
+NASTY = [
+    0,
+    1,
+    -1,
+    2,
+    7,
+    255,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    10**30,
+    -(2**63),
+    0.5,
+    1.0,
+    -0.0,
+    1e300,
+    -1e300,
+    INF,
+    -INF,
+    NAN,
+    "",
+    "a",
+    "5",
+    "palette",
+    "codebook",
+    "lenet5",
+    "a\nb",
+    "x" * 1000,
+    None,
+    True,
+    False,
+    [],
+    [0],
+    [2**31],
+    {},
+    {"a": 1},
+    [[[]]],
+]
 #: For integer parameters and lengths.
 BAD_INTS = [0, -1, 99, 2**31, 2**63, 2**64, 10**30, "5", 5.0, 1.5, 1e300, INF, NAN, None, True, [], {}]
-BAD_SHAPES = [[2**27], [2**31], [2**31 + 1], [2**32], [2**63], [2**64], [-1], [1e300], [1.0], [5.5], ["a"], [[5]],
-              [], [None], [True], [INF], [NAN], [1] * 9, [2] * 8, [2**16, 2**16], [2**16, 2**15], [0],
-              "20", None, {}, 5]
+BAD_SHAPES = [
+    [2**27],
+    [2**31],
+    [2**31 + 1],
+    [2**32],
+    [2**63],
+    [2**64],
+    [-1],
+    [1e300],
+    [1.0],
+    [5.5],
+    ["a"],
+    [[5]],
+    [],
+    [None],
+    [True],
+    [INF],
+    [NAN],
+    [1] * 9,
+    [2] * 8,
+    [2**16, 2**16],
+    [2**16, 2**15],
+    [0],
+    "20",
+    None,
+    {},
+    5,
+]
 
 
 def raw_cases(rng: random.Random, base: str, data: bytes, count: int) -> Iterator[Case]:
@@ -210,7 +281,7 @@ def raw_cases(rng: random.Random, base: str, data: bytes, count: int) -> Iterato
             what = f"insert {extra.hex()} at {pos}"
         elif kind == "delete":
             n = rng.choice([1, 1, 4, 100])
-            del out[pos:pos + n]
+            del out[pos : pos + n]
             what = f"delete {n} bytes at {pos}"
         elif kind == "append":
             extra = rng.randbytes(rng.choice([1, 8, 1000]))
@@ -218,7 +289,7 @@ def raw_cases(rng: random.Random, base: str, data: bytes, count: int) -> Iterato
             what = f"append {len(extra)} bytes"
         else:
             extra = rng.randbytes(rng.choice([2, 8, 64]))
-            out[pos:pos + len(extra)] = extra
+            out[pos : pos + len(extra)] = extra
             what = f"overwrite {len(extra)} bytes at {pos}"
         yield Case("raw", base, what, bytes(out))
 
@@ -267,17 +338,20 @@ def header_edits(doc: Doc, base: str, node_tensors: int) -> Iterator[tuple[str, 
 
 def _at(name: str, path: str, fn: Callable[[dict], None]) -> Edit:
     """An edit applied to the codec node at `path` ('enc', 'enc.values', ...) of tensor `name`."""
+
     def edit(doc: Doc) -> None:
         node = doc.record(name)["enc"]
         for role in path.split(".")[1:]:
             node = node["children"][role]
         fn(node)
+
     return edit
 
 
 def _set(key: str, value: Any) -> Callable[[dict], None]:
     def fn(obj: dict) -> None:
         obj[key] = copy.deepcopy(value)
+
     return fn
 
 
@@ -287,22 +361,28 @@ def _prefix_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
         yield f"prefix flags = {flags:#x}", lambda d, f=flags: setattr(d, "flags", f), True
     for v in sorted({0, 1, 3, version + 1, 0xFFFF} - {version}):
         yield f"prefix version = {v} (header 'netshrink' kept)", lambda d, v=v: setattr(d, "version", v), True
-        yield f"prefix version = {v} and header 'netshrink' = {v}", \
-            lambda d, v=v: (setattr(d, "version", v), d.header.__setitem__("netshrink", v)), True
+        yield (
+            f"prefix version = {v} and header 'netshrink' = {v}",
+            lambda d, v=v: (setattr(d, "version", v), d.header.__setitem__("netshrink", v)),
+            True,
+        )
     yield "magic last byte 0x0b", lambda d: setattr(d, "magic", MAGIC[:-1] + b"\x0b"), True
 
 
 def _top_level_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
     def payload_len(delta: int) -> Edit:
         return lambda d: d.header.__setitem__("payload_bytes", d.header["payload_bytes"] + delta)
+
     yield "payload_bytes + 1", payload_len(1), True
     yield "payload_bytes - 1", payload_len(-1), True
     for value in BAD_INTS:
         yield f"payload_bytes = {value!r}", lambda d, v=value: d.header.__setitem__("payload_bytes", v), True
     for value in BAD_INTS + ["crc ^ 1"]:
+
         def crc(d: Doc, v=value) -> None:
             d.fix_crc = False
             d.header["payload_crc32"] = zlib.crc32(d.payload) ^ 1 if v == "crc ^ 1" else v
+
         yield f"payload_crc32 = {value!r}", crc, True
     for key in ("payload_bytes", "payload_crc32", "tensors", "netshrink", "model", "recipe", "meta"):
         yield f"delete header key {key!r}", lambda d, k=key: d.header.pop(k), True
@@ -310,7 +390,11 @@ def _top_level_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
         yield f"header 'netshrink' = {value!r}", lambda d, v=value: d.header.__setitem__("netshrink", v), True
     for key in ("recipe", "meta", "model"):
         for value in (5, [], "x", None, {"name": 5}):
-            yield f"header {key!r} = {value!r}", lambda d, k=key, v=value: d.header.__setitem__(k, copy.deepcopy(v)), True
+            yield (
+                f"header {key!r} = {value!r}",
+                lambda d, k=key, v=value: d.header.__setitem__(k, copy.deepcopy(v)),
+                True,
+            )
     yield "extra top-level key", lambda d: d.header.__setitem__("zz", [1, 2]), True
 
     def trailing(extra: bytes, fix_len: bool, fix_crc: bool) -> Edit:
@@ -320,7 +404,9 @@ def _top_level_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
             if fix_len:
                 d.header["payload_bytes"] = len(d.payload)
             d.header["payload_crc32"] = zlib.crc32(d.payload if fix_crc else d.payload[: -len(extra)])
+
         return edit
+
     yield "1 byte after the payload", trailing(b"\0", False, False), True
     yield "1 byte after the payload, payload_crc32 over it", trailing(b"\0", False, True), True
     yield "1 byte after the payload, payload_bytes and crc over it", trailing(b"\0", True, True), True
@@ -333,13 +419,22 @@ def _top_level_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
     yield "header text with UTF-8 BOM", lambda d: setattr(d, "text", b"\xef\xbb\xbf" + _dumps(d.header)), True
     yield "header text is 'NaN'", lambda d: setattr(d, "text", b"NaN"), True
     yield "header text empty", lambda d: setattr(d, "text", b""), True
-    yield "header: duplicate key 'tensors' (second empty)", \
-        lambda d: setattr(d, "text", _dumps(d.header)[:-1] + b',"tensors":[]}'), True
+    yield (
+        "header: duplicate key 'tensors' (second empty)",
+        lambda d: setattr(d, "text", _dumps(d.header)[:-1] + b',"tensors":[]}'),
+        True,
+    )
     yield "header with 20 MB of whitespace", lambda d: setattr(d, "text", _dumps(d.header) + b" " * (20 * MIB)), True
-    yield "header: integer literal of 5000 digits", \
-        lambda d: (d.header.__setitem__("payload_bytes", "@BIG"), d.subs.__setitem__("@BIG", "9" * 5000)), True
-    yield "header: 1e999 literal for payload_bytes", \
-        lambda d: (d.header.__setitem__("payload_bytes", "@BIG"), d.subs.__setitem__("@BIG", "1e999")), True
+    yield (
+        "header: integer literal of 5000 digits",
+        lambda d: (d.header.__setitem__("payload_bytes", "@BIG"), d.subs.__setitem__("@BIG", "9" * 5000)),
+        True,
+    )
+    yield (
+        "header: 1e999 literal for payload_bytes",
+        lambda d: (d.header.__setitem__("payload_bytes", "@BIG"), d.subs.__setitem__("@BIG", "1e999")),
+        True,
+    )
     yield "garbage after the zlib stream (inside header_len)", lambda d: setattr(d, "zlib_tail", b"junk"), True
     yield "zlib stream cut short by 1 byte", lambda d: setattr(d, "packing", "cut"), True
 
@@ -360,13 +455,51 @@ def _model_edits(doc: Doc, base: str) -> Iterator[tuple[str, Edit, bool]]:
     def model_set(key: str, value: Any) -> Edit:
         return lambda d: d.header["model"].__setitem__(key, copy.deepcopy(value))
 
-    num_classes = [-1, 0, 1, 10**9, 2**31, 2**63, 10**30, "x", "10", 1.5, 10.0, 1e300, INF, -INF, NAN, None, True, [10], {}]
+    num_classes = [
+        -1,
+        0,
+        1,
+        10**9,
+        2**31,
+        2**63,
+        10**30,
+        "x",
+        "10",
+        1.5,
+        10.0,
+        1e300,
+        INF,
+        -INF,
+        NAN,
+        None,
+        True,
+        [10],
+        {},
+    ]
     for value in num_classes:
         yield f"model.arch.num_classes = {value!r}", arch_set("num_classes", value), True
-    bad_widths = [[1e300, *widths[1:]], [INF, 5, 5], [NAN, 5, 5], [-1, *widths[1:]], [0, *widths[1:]],
-                  [*widths[:2], 10**6], [*widths[:2], 10**8], [10**5, 10**5, 10], [2**31, 2**31, 2**31],
-                  widths[:2], [*widths, 7], "abc", 5, None, [], [[widths[0]], *widths[1:]],
-                  [str(widths[0]), *widths[1:]], [widths[0] + 0.5, *widths[1:]], [True, *widths[1:]], {"a": 1}]
+    bad_widths = [
+        [1e300, *widths[1:]],
+        [INF, 5, 5],
+        [NAN, 5, 5],
+        [-1, *widths[1:]],
+        [0, *widths[1:]],
+        [*widths[:2], 10**6],
+        [*widths[:2], 10**8],
+        [10**5, 10**5, 10],
+        [2**31, 2**31, 2**31],
+        widths[:2],
+        [*widths, 7],
+        "abc",
+        5,
+        None,
+        [],
+        [[widths[0]], *widths[1:]],
+        [str(widths[0]), *widths[1:]],
+        [widths[0] + 0.5, *widths[1:]],
+        [True, *widths[1:]],
+        {"a": 1},
+    ]
     for value in bad_widths:
         yield f"model.arch.widths = {value!r}", arch_set("widths", value), True
     for value in ("gap", "x", 5, None, ["fc"]):
@@ -377,10 +510,20 @@ def _model_edits(doc: Doc, base: str) -> Iterator[tuple[str, Edit, bool]]:
     for value in ("resnet20", "LENET5", "../lenet5", "", 5, None, {}, ["lenet5"]):
         yield f"model.name = {value!r}", model_set("name", value), True
     for value in (5, None, "evil\nclass", {"a": 1}):
-        yield f"model.name = None, model.class = {value!r}", \
-            lambda d, v=value: d.header["model"].update({"name": None, "class": copy.deepcopy(v)}), True
-    for value in ({"fp32_bytes": -1, "weight_numel": 5}, "x", 5, {"fp32_bytes": 1e300, "weight_numel": 5},
-                  {"fp32_bytes": 0, "weight_numel": 0}, {"fp32_bytes": 2**47, "weight_numel": 2**47}, {}):
+        yield (
+            f"model.name = None, model.class = {value!r}",
+            lambda d, v=value: d.header["model"].update({"name": None, "class": copy.deepcopy(v)}),
+            True,
+        )
+    for value in (
+        {"fp32_bytes": -1, "weight_numel": 5},
+        "x",
+        5,
+        {"fp32_bytes": 1e300, "weight_numel": 5},
+        {"fp32_bytes": 0, "weight_numel": 0},
+        {"fp32_bytes": 2**47, "weight_numel": 2**47},
+        {},
+    ):
         yield f"model.original = {value!r}", model_set("original", value), True
 
 
@@ -390,14 +533,29 @@ def _record_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
     for index in (0, 1, len(names) - 1):
         name = names[index]
         for value in (name + "X", "", 5, None, names[(index + 1) % len(names)], "a\nb"):
-            yield f"tensor {name!r} name = {value!r}", lambda d, n=name, v=value: d.record(n).__setitem__("name", v), True
+            yield (
+                f"tensor {name!r} name = {value!r}",
+                lambda d, n=name, v=value: d.record(n).__setitem__("name", v),
+                True,
+            )
         for value in (5, None, "Linear", "", {}):
-            yield f"tensor {name!r} module = {value!r}", lambda d, n=name, v=value: d.record(n).__setitem__("module", v), True
+            yield (
+                f"tensor {name!r} module = {value!r}",
+                lambda d, n=name, v=value: d.record(n).__setitem__("module", v),
+                True,
+            )
         for delta in (1, -1):
-            yield f"tensor {name!r} length {delta:+d}", \
-                lambda d, n=name, x=delta: d.record(n).__setitem__("length", d.record(n)["length"] + x), True
+            yield (
+                f"tensor {name!r} length {delta:+d}",
+                lambda d, n=name, x=delta: d.record(n).__setitem__("length", d.record(n)["length"] + x),
+                True,
+            )
         for value in BAD_INTS:
-            yield f"tensor {name!r} length = {value!r}", lambda d, n=name, v=value: d.record(n).__setitem__("length", v), True
+            yield (
+                f"tensor {name!r} length = {value!r}",
+                lambda d, n=name, v=value: d.record(n).__setitem__("length", v),
+                True,
+            )
         for key in ("name", "enc", "length", "module"):
             yield f"tensor {name!r}: delete key {key!r}", lambda d, n=name, k=key: d.record(n).pop(k), True
         for value in (5, [], None, "x"):
@@ -407,19 +565,34 @@ def _record_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
         yield f"remove tensor {name!r} and its bytes", lambda d, i=index: _remove_tensor(d, i, True), True
         yield f"remove tensor {name!r}, keep its bytes", lambda d, i=index: _remove_tensor(d, i, False), True
         yield f"duplicate tensor {name!r} (bytes appended)", lambda d, i=index: _add_copy(d, i, None), True
-        yield f"copy of tensor {name!r} as 'extra.weight' (bytes appended)", \
-            lambda d, i=index: _add_copy(d, i, "extra.weight"), True
+        yield (
+            f"copy of tensor {name!r} as 'extra.weight' (bytes appended)",
+            lambda d, i=index: _add_copy(d, i, "extra.weight"),
+            True,
+        )
     yield from _tied_edits(names)
     yield "swap tensors 0 and 1 with their bytes", lambda d: _swap(d, 0, 1), True
     yield "reverse the tensors and their bytes", _reverse, True
     for value in ({}, None, "x", 5, [], [[]], [None]):
         yield f"tensors = {value!r}", lambda d, v=value: d.header.__setitem__("tensors", copy.deepcopy(v)), True
-    empty = {"name": "t", "module": "", "length": 0,
-             "enc": {"codec": "dense", "shape": [0], "params": {"dtype": "fp32"}, "streams": [["values", "values", 0]],
-                     "children": {}}}
+    empty = {
+        "name": "t",
+        "module": "",
+        "length": 0,
+        "enc": {
+            "codec": "dense",
+            "shape": [0],
+            "params": {"dtype": "fp32"},
+            "streams": [["values", "values", 0]],
+            "children": {},
+        },
+    }
     yield "tensors: 100001 records", lambda d: d.header.__setitem__("tensors", [{}] * 100_001), True
-    yield "tensors: 2000 extra empty dense tensors", lambda d: d.header["tensors"].extend(
-        {**copy.deepcopy(empty), "name": f"t{i}"} for i in range(2000)), True
+    yield (
+        "tensors: 2000 extra empty dense tensors",
+        lambda d: d.header["tensors"].extend({**copy.deepcopy(empty), "name": f"t{i}"} for i in range(2000)),
+        True,
+    )
 
 
 def _tied_edits(names: list[str]) -> Iterator[tuple[str, Edit, bool]]:
@@ -427,20 +600,43 @@ def _tied_edits(names: list[str]) -> Iterator[tuple[str, Edit, bool]]:
     to an earlier stored tensor is a valid file with other values (lenient); any other must fail."""
     for index in (1, 2, len(names) - 1):
         name = names[index]
-        for source, valid in ((names[0], True), (names[index - 1], True), (name, False),
-                              (names[(index + 1) % len(names)], index == len(names) - 1), ("nope", False),
-                              ("", False), (5, False), (None, False), ([names[0]], False)):
-            yield f"tensor {name!r} tied to {source!r} (its bytes dropped)", \
-                lambda d, i=index, s=source: _tie(d, i, s), not valid
-        yield f"tensor {name!r} tied to {names[0]!r}, keeping its enc", \
-            lambda d, i=index: _tie(d, i, names[0], keep_enc=True), True
-        yield f"tensor {name!r} tied to {names[0]!r}, keeping its bytes and length", \
-            lambda d, i=index: _tie(d, i, names[0], drop_bytes=False), True
+        for source, valid in (
+            (names[0], True),
+            (names[index - 1], True),
+            (name, False),
+            (names[(index + 1) % len(names)], index == len(names) - 1),
+            ("nope", False),
+            ("", False),
+            (5, False),
+            (None, False),
+            ([names[0]], False),
+        ):
+            yield (
+                f"tensor {name!r} tied to {source!r} (its bytes dropped)",
+                lambda d, i=index, s=source: _tie(d, i, s),
+                not valid,
+            )
+        yield (
+            f"tensor {name!r} tied to {names[0]!r}, keeping its enc",
+            lambda d, i=index: _tie(d, i, names[0], keep_enc=True),
+            True,
+        )
+        yield (
+            f"tensor {name!r} tied to {names[0]!r}, keeping its bytes and length",
+            lambda d, i=index: _tie(d, i, names[0], drop_bytes=False),
+            True,
+        )
         yield f"tensor {name!r} tied to {names[0]!r}, length 1", lambda d, i=index: _tie(d, i, names[0], length=1), True
-        yield f"tensor {name!r} tied to {names[0]!r}, in a version-2 file", \
-            lambda d, i=index: (_tie(d, i, names[0]), setattr(d, "version", 2), d.header.__setitem__("netshrink", 2)), True
-    yield f"tensor {names[2]!r} tied to {names[1]!r}, itself tied to {names[0]!r}", \
-        lambda d: (_tie(d, 2, names[1]), _tie(d, 1, names[0])), True
+        yield (
+            f"tensor {name!r} tied to {names[0]!r}, in a version-2 file",
+            lambda d, i=index: (_tie(d, i, names[0]), setattr(d, "version", 2), d.header.__setitem__("netshrink", 2)),
+            True,
+        )
+    yield (
+        f"tensor {names[2]!r} tied to {names[1]!r}, itself tied to {names[0]!r}",
+        lambda d: (_tie(d, 2, names[1]), _tie(d, 1, names[0])),
+        True,
+    )
 
 
 def _tie(doc: Doc, index: int, source: Any, drop_bytes: bool = True, keep_enc: bool = False, length: int = 0) -> None:
@@ -449,8 +645,12 @@ def _tie(doc: Doc, index: int, source: Any, drop_bytes: bool = True, keep_enc: b
     if drop_bytes:
         doc.payload = doc.payload[:start] + doc.payload[end:]
         doc.header["payload_bytes"] = len(doc.payload)
-    tied = {"name": record["name"], "module": record["module"], "length": length if drop_bytes else record["length"],
-            "tied": source}
+    tied = {
+        "name": record["name"],
+        "module": record["module"],
+        "length": length if drop_bytes else record["length"],
+        "tied": source,
+    }
     if keep_enc:
         tied["enc"] = record["enc"]
     doc.header["tensors"][index] = tied
@@ -504,7 +704,11 @@ def _node_edits(name: str, path: str, node: dict) -> Iterator[tuple[str, Edit, b
     for key in node["params"]:
         values = [5, {}, [], None, "", "a\nb"] if key == "label" else BAD_INTS
         for value in values:
-            yield f"{where}.params.{key} = {value!r}", _at(name, path, lambda n, k=key, v=value: n["params"].__setitem__(k, v)), True
+            yield (
+                f"{where}.params.{key} = {value!r}",
+                _at(name, path, lambda n, k=key, v=value: n["params"].__setitem__(k, v)),
+                True,
+            )
         yield f"{where}.params: delete {key!r}", _at(name, path, lambda n, k=key: n["params"].pop(k)), True
         if key == "dtype":  # another valid dtype of the same width is a valid file with other values
             for value in ("fp32", "fp16", "bf16", "fp64", "int64", "int32", "int16", "int8", "uint8", "bool"):
@@ -512,8 +716,14 @@ def _node_edits(name: str, path: str, node: dict) -> Iterator[tuple[str, Edit, b
     yield f"{where}.params = 5", _at(name, path, _set("params", 5)), True
     for index, entry in enumerate(node["streams"]):
         yield from _stream_edits(name, path, index, entry, node)
-    for key, value in (("streams", {}), ("streams", None), ("streams", []), ("children", []), ("children", None),
-                       ("children", {"values": 5})):
+    for key, value in (
+        ("streams", {}),
+        ("streams", None),
+        ("streams", []),
+        ("children", []),
+        ("children", None),
+        ("children", {"values": 5}),
+    ):
         yield f"{where}.{key} = {value!r}", _at(name, path, _set(key, value)), True
     for key in ("codec", "shape", "params", "streams", "children"):
         yield f"{where}: delete key {key!r}", _at(name, path, lambda n, k=key: n.pop(k)), True
@@ -543,39 +753,60 @@ def _stream_edits(name: str, path: str, index: int, entry: list, node: dict) -> 
         if len(entry) == 3:
             yield f"{where} {label}", entry_fn(lambda e, x=extra: e.extend(x)), True
     for value in ([], [entry[0]], entry[:2], [*entry, "a", "b"], 5, None):
-        yield f"{where} entry = {value!r}", _at(name, path, lambda n, v=value: n["streams"].__setitem__(index, copy.deepcopy(v))), True
+        yield (
+            f"{where} entry = {value!r}",
+            _at(name, path, lambda n, v=value: n["streams"].__setitem__(index, copy.deepcopy(v))),
+            True,
+        )
     yield f"{where} deleted", _at(name, path, lambda n: n["streams"].pop(index)), True
     yield f"{where} duplicated", _at(name, path, lambda n: n["streams"].insert(index, list(n["streams"][index]))), True
     if index == 0 and len(node["streams"]) > 1:
-        yield f"{where} swapped with the next entry", \
-            _at(name, path, lambda n: n["streams"].__setitem__(slice(0, 2), n["streams"][1::-1])), True
+        yield (
+            f"{where} swapped with the next entry",
+            _at(name, path, lambda n: n["streams"].__setitem__(slice(0, 2), n["streams"][1::-1])),
+            True,
+        )
 
 
 def _borrow_edits() -> Iterator[tuple[str, Edit, bool]]:
     """The mixed file's shared PQ codebook: conv2.weight borrows conv1.weight's."""
+
     def borrower(fn: Callable[[list], Any]) -> Edit:
         return _at("conv2.weight", "enc", lambda n: fn(next(e for e in n["streams"] if e[0] == "codebook")))
+
     for source in ("conv2.weight", "fc1.weight", "fc2.weight", "conv1.bias", "nope", "", 5, None, ["conv1.weight"]):
         yield f"conv2.weight codebook borrowed from {source!r}", borrower(lambda e, s=source: e.__setitem__(3, s)), True
     yield "conv2.weight borrowed codebook: kind 'values'", borrower(lambda e: e.__setitem__(1, "values")), True
     yield "conv2.weight borrowed codebook: length + 2", borrower(lambda e: e.__setitem__(2, e[2] + 2)), True
     yield "conv2.weight borrowed codebook: no longer borrowed", borrower(lambda e: e.pop()), True
-    yield "conv1.weight codebook borrowed from conv2.weight (a cycle)", _at(
-        "conv1.weight", "enc", lambda n: n["streams"][0].append("conv2.weight")), True
-    yield "fc2.weight codebook borrowed from conv1.weight (wrong length)", _at(
-        "fc2.weight", "enc", lambda n: n["streams"][0].append("conv1.weight")), True
-    yield "conv1.weight and conv2.weight swapped with their bytes (borrower first)", _swap_named("conv1.weight", "conv2.weight"), True
+    yield (
+        "conv1.weight codebook borrowed from conv2.weight (a cycle)",
+        _at("conv1.weight", "enc", lambda n: n["streams"][0].append("conv2.weight")),
+        True,
+    )
+    yield (
+        "fc2.weight codebook borrowed from conv1.weight (wrong length)",
+        _at("fc2.weight", "enc", lambda n: n["streams"][0].append("conv1.weight")),
+        True,
+    )
+    yield (
+        "conv1.weight and conv2.weight swapped with their bytes (borrower first)",
+        _swap_named("conv1.weight", "conv2.weight"),
+        True,
+    )
 
 
 def _swap_named(a: str, b: str) -> Edit:
     def edit(doc: Doc) -> None:
         names = [r["name"] for r in doc.header["tensors"]]
         _swap(doc, names.index(a), names.index(b))
+
     return edit
 
 
 def _nesting_edits() -> Iterator[tuple[str, Edit, bool]]:
     """Deep structures: a legal-looking chain of child codecs, and JSON nested past any stack."""
+
     def chain(depth: int) -> dict:
         node = {"codec": "dense", "shape": [0], "params": {"dtype": "fp32"}, "streams": [], "children": {}}
         for _ in range(depth):
@@ -586,30 +817,40 @@ def _nesting_edits() -> Iterator[tuple[str, Edit, bool]]:
         return lambda d: fn(d.header["tensors"][0]["enc"])
 
     for depth in (7, 50):
-        yield f"tensor 0 gets a {depth}-deep chain of children", first(lambda n, k=depth: n["children"].__setitem__("deep", chain(k))), True
+        yield (
+            f"tensor 0 gets a {depth}-deep chain of children",
+            first(lambda n, k=depth: n["children"].__setitem__("deep", chain(k))),
+            True,
+        )
     for depth in (500, 5000, 100_000):
+
         def deep_params(d: Doc, k=depth) -> None:
             d.header["tensors"][0]["enc"]["params"]["deep"] = "@DEEP"
             d.subs["@DEEP"] = "[" * k + "]" * k
+
         yield f"tensor 0 params.deep = a list nested {depth} deep", deep_params, True
 
         def deep_children(d: Doc, k=depth) -> None:
             d.header["tensors"][0]["enc"]["children"]["deep"] = "@DEEP"
             d.subs["@DEEP"] = '{"children":' * k + "{}" + "}" * k
+
         yield f"tensor 0 children nested {depth} deep", deep_children, True
 
 
 def version1_edits(doc: Doc) -> Iterator[tuple[str, Edit, bool]]:
     """The file rewritten as format version 1 (offset and CRC-32 per record): valid, then damaged."""
+
     def as_v1(offset_delta: int = 0, crc_xor: int = 0) -> Edit:
         def edit(d: Doc) -> None:
             d.version, d.header["netshrink"], offset = 1, 1, 0
             d.header.pop("payload_crc32", None)
             for record in d.header["tensors"]:
-                blob = d.payload[offset:offset + record["length"]]
+                blob = d.payload[offset : offset + record["length"]]
                 record.update(offset=offset + offset_delta, crc32=zlib.crc32(blob) ^ crc_xor)
                 offset += record["length"]
+
         return edit
+
     yield "as version 1", as_v1(), True
     yield "as version 1, offsets + 1", as_v1(offset_delta=1), True
     yield "as version 1, every crc32 ^ 1", as_v1(crc_xor=1), True
@@ -628,8 +869,7 @@ def _edited(doc: Doc, family: str, base: str, what: str, edit: Edit, strict: boo
     return Case(family, base, what, edited.render(), strict, report)
 
 
-def random_header_cases(rng: random.Random, base: str, data: bytes, count: int,
-                        report_share: float) -> Iterator[Case]:
+def random_header_cases(rng: random.Random, base: str, data: bytes, count: int, report_share: float) -> Iterator[Case]:
     """(b') Random re-checksummed edits anywhere in the header tree: replace a value with a NASTY
     one, delete a key or element, duplicate or swap elements, add a key."""
     doc = Doc.parse(data)
@@ -690,10 +930,19 @@ def amplification_cases(version: int) -> Iterator[Case]:
         tensors = [(f"layer{i}.weight", shape) for i in range(count)]
         data = amplification_file(version, tensors, {"name": "lenet5"})
         what = f"{count} palette tensor(s) of shape {shape} in a {len(data)}-byte file"
-        yield Case("amplification", "-", what, data, strict=False, report=True, model="lenet5",
-                   must_fail=shape != [2**26])
-    wide = [("conv1.weight", [20, 1, 5, 5]), ("conv1.bias", [20]), ("conv2.weight", [50, 20, 5, 5]), ("conv2.bias", [50]),
-            ("fc1.weight", [2**16, 800]), ("fc1.bias", [2**16]), ("fc2.weight", [10, 2**16]), ("fc2.bias", [10])]
+        yield Case(
+            "amplification", "-", what, data, strict=False, report=True, model="lenet5", must_fail=shape != [2**26]
+        )
+    wide = [
+        ("conv1.weight", [20, 1, 5, 5]),
+        ("conv1.bias", [20]),
+        ("conv2.weight", [50, 20, 5, 5]),
+        ("conv2.bias", [50]),
+        ("fc1.weight", [2**16, 800]),
+        ("fc1.bias", [2**16]),
+        ("fc2.weight", [10, 2**16]),
+        ("fc2.bias", [10]),
+    ]
     data = amplification_file(version, wide, {"name": "lenet5", "arch": {"widths": [20, 50, 2**16]}})
     what = f"LeNet-5 with widths [20, 50, 65536], every tensor a constant palette, in a {len(data)}-byte file"
     yield Case("amplification", "-", what, data, strict=False, report=True, model="lenet5")
@@ -707,12 +956,25 @@ def amplification_file(version: int, tensors: list[tuple[str, list[int]]], model
     small = Palette(bits=1).encode(torch.full((4,), 0.5))  # book of 2 (one padded), constant indices
     streams = [[role, s.kind, len(s.data)] for role, s in small.streams.items()]
     blob = b"".join(s.data for s in small.streams.values())
-    records = [{"name": name, "module": "Linear", "length": len(blob),
-                "enc": {"codec": "palette", "shape": shape, "params": small.params, "streams": streams, "children": {}}}
-               for name, shape in tensors]
+    records = [
+        {
+            "name": name,
+            "module": "Linear",
+            "length": len(blob),
+            "enc": {"codec": "palette", "shape": shape, "params": small.params, "streams": streams, "children": {}},
+        }
+        for name, shape in tensors
+    ]
     payload = blob * len(tensors)
-    header = {"netshrink": version, "model": model, "recipe": None, "meta": {},
-              "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload), "tensors": records}
+    header = {
+        "netshrink": version,
+        "model": model,
+        "recipe": None,
+        "meta": {},
+        "payload_bytes": len(payload),
+        "payload_crc32": zlib.crc32(payload),
+        "tensors": records,
+    }
     return Doc(header, payload, version).render()
 
 
@@ -831,8 +1093,14 @@ class Runner:
         peak = max(0, hwm - rss)
         before = len(self.findings)
         self._judge(case, call, outcome, result)
-        stats = {"family": case.family, "base": case.base, "edit": case.edit, "call": call,
-                 "seconds": round(seconds, 4), "peak_mib": round(peak / MIB, 1)}
+        stats = {
+            "family": case.family,
+            "base": case.base,
+            "edit": case.edit,
+            "call": call,
+            "seconds": round(seconds, 4),
+            "peak_mib": round(peak / MIB, 1),
+        }
         raised = (type(result).__name__, _where(result)) if outcome != "returned" else ("", "returned")
         if seconds > self.config["max_case_seconds"]:
             self._add(case, call, "slow", *raised, message=f"{seconds:.2f} s")
@@ -841,11 +1109,17 @@ class Runner:
         if case.family == "amplification":
             from netshrink.errors import NetshrinkError
 
-            self.amplification.append({**stats, "file_bytes": len(case.data), "outcome": outcome,
-                                       "must_fail": case.must_fail,
-                                       "netshrink_error": isinstance(result, NetshrinkError),
-                                       "error": type(result).__name__ if outcome != "returned" else "",
-                                       "message": str(result)[:300] if outcome != "returned" else ""})
+            self.amplification.append(
+                {
+                    **stats,
+                    "file_bytes": len(case.data),
+                    "outcome": outcome,
+                    "must_fail": case.must_fail,
+                    "netshrink_error": isinstance(result, NetshrinkError),
+                    "error": type(result).__name__ if outcome != "returned" else "",
+                    "message": str(result)[:300] if outcome != "returned" else "",
+                }
+            )
         self._keep_top(self.slowest, stats, "seconds")
         self._keep_top(self.biggest, stats, "peak_mib")
         kind = self.findings[-1].kind if len(self.findings) > before else "ok"

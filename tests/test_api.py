@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from conftest import random_images
 
 import netshrink
-from conftest import random_images
 from netshrink import api, zoo
 from netshrink.cli import main
 from netshrink.errors import FormatError
@@ -22,8 +22,10 @@ FLOWS = {"compress", "compress_to_target", "evaluate", "sensitivity", "load", "i
 
 
 def test_import_is_lazy_and_exports_every_flow():
-    code = ("import sys, netshrink; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
-            "print(sorted(netshrink.__all__)); netshrink.compress; assert 'torch' in sys.modules")
+    code = (
+        "import sys, netshrink; assert 'torch' not in sys.modules, 'torch imported eagerly'; "
+        "print(sorted(netshrink.__all__)); netshrink.compress; assert 'torch' in sys.modules"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert FLOWS <= set(json.loads(proc.stdout.replace("'", '"')))
@@ -60,12 +62,17 @@ def test_compress_decodes_each_file_once(tmp_path, count_decodes, via):
     netshrink.save(zoo.build_model("lenet5"), ckpt, name="lenet5", dataset="mnist5k")
     count_decodes.clear()
     if via == "api":
-        result = netshrink.compress(str(ckpt), "oneshot-palette5", output=out, evaluate=True, report=html,
-                                    progress=False)
+        result = netshrink.compress(
+            str(ckpt), "oneshot-palette5", output=out, evaluate=True, report=html, progress=False
+        )
         payload = result.to_json()
     else:
-        assert main(["compress", str(ckpt), "--recipe", "oneshot-palette5", "-o", str(out), "--report", str(html),
-                     "--json"]) == 0
+        assert (
+            main(
+                ["compress", str(ckpt), "--recipe", "oneshot-palette5", "-o", str(out), "--report", str(html), "--json"]
+            )
+            == 0
+        )
         payload = None
     assert count_decodes == {str(ckpt): 1, str(out): 1}
     if payload is not None:
@@ -98,8 +105,9 @@ def test_evaluate_a_module_on_a_dataset_object(tiny_net):
 
 def test_model_identity_round_trips_the_header_exactly(tmp_path):
     path = tmp_path / "l5.nsk"
-    netshrink.compress(zoo.build_model("lenet5"), "oneshot-palette5", name="lenet5", dataset="mnist",
-                       progress=False).save(path)
+    netshrink.compress(
+        zoo.build_model("lenet5"), "oneshot-palette5", name="lenet5", dataset="mnist", progress=False
+    ).save(path)
     header = read_nsk(path).model
     identity = ModelIdentity.from_json(header, str(path))
     assert identity.name == "lenet5" and identity.dataset == "mnist" and identity.arch["head"] == "fc"
@@ -108,10 +116,14 @@ def test_model_identity_round_trips_the_header_exactly(tmp_path):
     assert netshrink.api.read_identity(path) == identity
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("arch", 5, "'arch' must be an object"), ("name", 5, "'name' must be a string"),
-    ("original", {"fp32_bytes": -1, "weight_numel": 0}, "non-negative integers"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("arch", 5, "'arch' must be an object"),
+        ("name", 5, "'name' must be a string"),
+        ("original", {"fp32_bytes": -1, "weight_numel": 0}, "non-negative integers"),
+    ],
+)
 def test_malformed_identity_fields_are_format_errors(field, value, message):
     with pytest.raises(FormatError, match=message):
         ModelIdentity.from_json({"name": "lenet5", "class": "x", field: value}, "f.nsk")

@@ -36,7 +36,9 @@ def test_train_writes_a_checkpoint_that_evaluates(capsys, checkpoint):
 
 def test_compress_json_is_honest(capsys, checkpoint, tmp_path):
     out_path = tmp_path / "c.nsk"
-    code, out, _ = run(capsys, "compress", str(checkpoint), "--recipe", "oneshot-palette5", "-o", str(out_path), "--json")
+    code, out, _ = run(
+        capsys, "compress", str(checkpoint), "--recipe", "oneshot-palette5", "-o", str(out_path), "--json"
+    )
     result = json.loads(out)
     assert code == 0
     assert result["file_bytes"] == os.stat(out_path).st_size
@@ -56,13 +58,16 @@ def test_inspect_bytes_sum_to_file(capsys, checkpoint):
     assert result["ratio"] == pytest.approx(result["original_bytes"] / result["file_bytes"])
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["inspect", "missing.nsk"], "missing.nsk: no such file"),
-    (["eval", "resnet99"], "unknown model 'resnet99'"),
-    (["compress", "lenet5", "--recipe", "nope"], "unknown recipe 'nope'"),
-    (["eval", "resnet20", "--data-dir", "/nonexistent"], "/nonexistent"),
-    (["compress", "lenet5", "--recipe", "oneshot-palette5"], "netshrink train"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["inspect", "missing.nsk"], "missing.nsk: no such file"),
+        (["eval", "resnet99"], "unknown model 'resnet99'"),
+        (["compress", "lenet5", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["eval", "resnet20", "--data-dir", "/nonexistent"], "/nonexistent"),
+        (["compress", "lenet5", "--recipe", "oneshot-palette5"], "netshrink train"),
+    ],
+)
 def test_user_errors_are_one_line_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
@@ -79,8 +84,9 @@ def test_corrupt_file_is_one_line(capsys, tmp_path, checkpoint):
 
 
 def test_console_script_exit_code_and_stderr(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "netshrink.cli", "inspect", str(tmp_path / "none.nsk")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netshrink.cli", "inspect", str(tmp_path / "none.nsk")], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("netshrink: error:") and "Traceback" not in proc.stderr
 
 
@@ -113,18 +119,27 @@ def test_output_path_is_checked_before_training(capsys, no_work):
     started = time.perf_counter()
     code, _, err = run(capsys, "train", "lenet5", "--dataset", "mnist5k", "-o", "/nonexistent/x.nsk")
     assert time.perf_counter() - started < 2
-    assert code == 2 and err == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: folder /nonexistent " \
-                                "does not exist\n"
+    assert (
+        code == 2
+        and err == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: folder /nonexistent does not exist\n"
+    )
 
 
 def test_a_wrong_output_path_fails_before_torch_is_imported(tmp_path):
     """A fresh process: arguments and output paths are checked before the seconds PyTorch takes to import."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "netshrink.cli", "train", "lenet5", "-o", "/nonexistent/x.nsk"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netshrink.cli", "train", "lenet5", "-o", "/nonexistent/x.nsk"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert time.perf_counter() - started < 1.5
-    assert proc.returncode == 2 and proc.stderr == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: " \
-                                                   "folder /nonexistent does not exist\n"
+    assert (
+        proc.returncode == 2
+        and proc.stderr
+        == "netshrink: error: cannot write checkpoint /nonexistent/x.nsk: folder /nonexistent does not exist\n"
+    )
 
 
 @pytest.fixture
@@ -135,31 +150,43 @@ def read_only_folder(tmp_path, monkeypatch):
     folder.mkdir(mode=0o555)
     if os.geteuid() == 0:
         real_access = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
-            Path(path).resolve() != folder.resolve() and real_access(path, mode, **kw)))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode, **kw: Path(path).resolve() != folder.resolve() and real_access(path, mode, **kw),
+        )
     yield folder
     folder.chmod(0o755)
 
 
 def _output_cases(checkpoint: Path, target: str) -> list[list[str]]:
     """Every output path of every command, pointed at `target` (the CLI args of each run)."""
-    return [["train", "lenet5", "-o", target],
-            ["compress", str(checkpoint), "-o", target],
-            ["compress", "--report", target],
-            ["compress", "lenet5", "--target-ratio", "4", "--sensitivity", target],
-            ["report", str(checkpoint), "-o", target],
-            ["sensitivity", "lenet5", "-o", target]]
+    return [
+        ["train", "lenet5", "-o", target],
+        ["compress", str(checkpoint), "-o", target],
+        ["compress", "--report", target],
+        ["compress", "lenet5", "--target-ratio", "4", "--sensitivity", target],
+        ["report", str(checkpoint), "-o", target],
+        ["sensitivity", "lenet5", "-o", target],
+    ]
 
 
-@pytest.mark.parametrize("where,message", [
-    ("folder", "it is a folder"),
-    ("proc", "kernel file system"),
-    ("read-only", "is not writable"),
-    ("missing", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "where,message",
+    [
+        ("folder", "it is a folder"),
+        ("proc", "kernel file system"),
+        ("read-only", "is not writable"),
+        ("missing", "does not exist"),
+    ],
+)
 def test_every_output_path_is_checked_first(capsys, checkpoint, tmp_path, read_only_folder, no_work, where, message):
-    target = {"folder": str(tmp_path), "proc": "/proc/x.nsk", "read-only": str(read_only_folder / "x.nsk"),
-              "missing": str(tmp_path / "missing" / "x.nsk")}[where]
+    target = {
+        "folder": str(tmp_path),
+        "proc": "/proc/x.nsk",
+        "read-only": str(read_only_folder / "x.nsk"),
+        "missing": str(tmp_path / "missing" / "x.nsk"),
+    }[where]
     for argv in _output_cases(checkpoint, target):
         code, out, err = run(capsys, *argv)
         assert (code, out) == (2, ""), argv
@@ -232,8 +259,12 @@ def _all_parsers(parser: argparse.ArgumentParser):
 
 
 def test_every_option_and_positional_has_help():
-    missing = [f"{parser.prog} {action.dest}" for parser in _all_parsers(build_parser())
-               for action in parser._actions if not action.help or action.help == argparse.SUPPRESS]
+    missing = [
+        f"{parser.prog} {action.dest}"
+        for parser in _all_parsers(build_parser())
+        for action in parser._actions
+        if not action.help or action.help == argparse.SUPPRESS
+    ]
     assert missing == []
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert all(choice.help for choice in subcommands._choices_actions)
@@ -246,10 +277,16 @@ def test_recipes_lists_one_short_line_each(capsys):
     lines = out.splitlines()
     assert code == 0 and [line.split()[0] for line in lines] == list_recipes()
     assert max(map(len, lines)) <= 120
-    assert re.search(r"^fp16 +Every floating-point tensor \(weights, biases, norm parameters, buffers\) stored in fp16\.$",
-                     out, re.MULTILINE)  # a short description whole
-    assert re.search(r"^lenet5-compound +The compound pipeline on LeNet-5, each stage retrained before the next\.$",
-                     out, re.MULTILINE)  # the first sentence of a long one
+    assert re.search(
+        r"^fp16 +Every floating-point tensor \(weights, biases, norm parameters, buffers\) stored in fp16\.$",
+        out,
+        re.MULTILINE,
+    )  # a short description whole
+    assert re.search(
+        r"^lenet5-compound +The compound pipeline on LeNet-5, each stage retrained before the next\.$",
+        out,
+        re.MULTILINE,
+    )  # the first sentence of a long one
     code, out, _ = run(capsys, "recipes", "--json")
     listing = json.loads(out)
     assert listing["recipes"] == list_recipes()

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
 from torch import nn
 
 from netshrink import api, zoo
 from netshrink.cli import main
-from netshrink.format.codecs import Dense, Palette, Sparse
 from netshrink.energy import (
     EnergyConfig,
     WeightFormat,
@@ -20,7 +20,7 @@ from netshrink.energy import (
 )
 from netshrink.errors import ModelError
 from netshrink.flops import layer_shapes
-from reference_archs import ALEXNET_INPUT, GOOGLENET_INPUT, AlexNet, GoogLeNet
+from netshrink.format.codecs import Dense, Palette, Sparse
 
 
 class TwoLayer(nn.Module):
@@ -36,8 +36,14 @@ class TwoLayer(nn.Module):
 def test_layer_shapes_count_macs_by_hand():
     conv, fc = layer_shapes(TwoLayer(), (4, 16, 16))
     # 8 outputs x 8x8 positions, each a dot product over 4/2 channels x 3x3 taps.
-    assert (conv.name, conv.macs, conv.output_shape, conv.kernel, conv.stride, conv.groups) == \
-        ("conv", 8 * 8 * 8 * 2 * 9, (8, 8, 8), (3, 3), (2, 2), 2)
+    assert (conv.name, conv.macs, conv.output_shape, conv.kernel, conv.stride, conv.groups) == (
+        "conv",
+        8 * 8 * 8 * 2 * 9,
+        (8, 8, 8),
+        (3, 3),
+        (2, 2),
+        2,
+    )
     assert conv.weight_numel == 8 * 2 * 9 and conv.input_numel == 4 * 16 * 16 and conv.output_width == 8
     assert (fc.name, fc.macs, fc.kernel, fc.output_width) == ("fc", 512 * 7, (), 1)
 
@@ -82,8 +88,10 @@ def test_energy_falls_with_fewer_bits_and_with_sparsity():
     torch.manual_seed(0)
     model = TwoLayer()
     shapes = layer_shapes(model, (4, 16, 16))
-    totals = [estimate(shapes, _formats(model, make)).total()
-              for make in (lambda: Dense("fp32"), lambda: Dense("fp16"), lambda: Palette(4), lambda: Palette(2))]
+    totals = [
+        estimate(shapes, _formats(model, make)).total()
+        for make in (lambda: Dense("fp32"), lambda: Dense("fp16"), lambda: Palette(4), lambda: Palette(2))
+    ]
     assert totals == sorted(totals, reverse=True) and len(set(totals)) == 4
     with torch.no_grad():
         model.fc.weight[:, ::2] = 0  # half the weights
@@ -138,8 +146,11 @@ def test_inspect_json_has_the_energy_object(capsys, lenet_files, tmp_path):
     _, _, folder = lenet_files
     assert main(["inspect", str(folder / "small.nsk"), "--json"]) == 0
     energy = json.loads(capsys.readouterr().out)["energy"]
-    assert energy["available"] and energy["ratio"] > 3 and [row["name"] for row in energy["layers"]] == \
-        ["conv1", "conv2", "fc1", "fc2"]
+    assert (
+        energy["available"]
+        and energy["ratio"] > 3
+        and [row["name"] for row in energy["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    )
     assert energy["total_pj"] == pytest.approx(sum(row["total_pj"] for row in energy["layers"]))
     api.save(TwoLayer(), tmp_path / "two.nsk")
     assert main(["inspect", str(tmp_path / "two.nsk")]) == 0

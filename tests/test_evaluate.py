@@ -59,8 +59,7 @@ def test_output_width_mismatch_is_data_error() -> None:
 
 
 def test_limit_scores_a_subset_of_every_class() -> None:
-    result = evaluate(PixelClassifier(10, list(range(10))), pixel_dataset(), limit=30,
-                      progress=False)
+    result = evaluate(PixelClassifier(10, list(range(10))), pixel_dataset(), limit=30, progress=False)
     assert result.n == 30 and result.value == 1.0
     for limit in (0, -5):
         with pytest.raises(NetshrinkError, match="limit must be a positive number"):
@@ -81,6 +80,5 @@ def test_evaluate_by_name_on_mnist5k() -> None:
 def test_pretrained_resnet20_on_jpeg_cifar10() -> None:
     from netshrink.zoo import get_model
 
-    result = evaluate(get_model("resnet20", data_dir=SHARED), "cifar10", SHARED, limit=500,
-                      progress=False)
+    result = evaluate(get_model("resnet20", data_dir=SHARED), "cifar10", SHARED, limit=500, progress=False)
     assert 0.74 <= result.value <= 0.88  # 81.0 % on all 10,000 (JPEG q75 costs ~10 points)

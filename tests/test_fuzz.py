@@ -86,15 +86,22 @@ def summary() -> dict:
     """Run every case once in a fresh interpreter and parse its JSON summary."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run([sys.executable, str(HERE / "fuzz_cases.py"), json.dumps(CONFIG)], cwd=HERE.parent,
-                              env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "fuzz_cases.py"), json.dumps(CONFIG)],
+            cwd=HERE.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the fuzz subprocess ran past {SUBPROCESS_TIMEOUT_S} s; its last output:\n{_tail(exc.stderr)}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith(SUMMARY_MARKER)]
     if proc.returncode != 0 or not lines:
-        pytest.fail(f"the fuzz subprocess died (exit status {proc.returncode}, e.g. killed for memory):\n"
-                    f"{_tail(proc.stderr)}")
-    return json.loads(lines[-1][len(SUMMARY_MARKER):])
+        pytest.fail(
+            f"the fuzz subprocess died (exit status {proc.returncode}, e.g. killed for memory):\n{_tail(proc.stderr)}"
+        )
+    return json.loads(lines[-1][len(SUMMARY_MARKER) :])
 
 
 def _tail(text: str | bytes | None, n: int = 4000) -> str:
@@ -134,16 +141,22 @@ def test_each_case_is_fast(summary):
     slow = [f for f in summary["findings"] if f["kind"] == "slow"]
     slowest = summary["slowest"][0]
     if slow:
-        pytest.fail(f"slowest: {slowest['seconds']} s for [{slowest['family']}] {slowest['call']}: {slowest['edit']}\n"
-                    + _grouped(slow), pytrace=False)
+        pytest.fail(
+            f"slowest: {slowest['seconds']} s for [{slowest['family']}] {slowest['call']}: {slowest['edit']}\n"
+            + _grouped(slow),
+            pytrace=False,
+        )
 
 
 def test_memory_stays_bounded(summary):
     growth = summary["peak_rss_mib"] - summary["rss_after_import_mib"]
     heavy = [f for f in summary["findings"] if f["kind"] == "memory"]
     if growth >= MAX_RSS_GROWTH_MIB or heavy:
-        pytest.fail(f"peak RSS grew {growth:.0f} MiB past the {summary['rss_after_import_mib']:.0f} MiB after import "
-                    f"(bound {MAX_RSS_GROWTH_MIB} MiB)\n" + _grouped(heavy), pytrace=False)
+        pytest.fail(
+            f"peak RSS grew {growth:.0f} MiB past the {summary['rss_after_import_mib']:.0f} MiB after import "
+            f"(bound {MAX_RSS_GROWTH_MIB} MiB)\n" + _grouped(heavy),
+            pytrace=False,
+        )
 
 
 def test_amplification_files_are_refused_quickly(summary):
@@ -151,9 +164,21 @@ def test_amplification_files_are_refused_quickly(summary):
     point. The two files declaring just under 256 MiB may also load, within the same time and memory."""
     calls = summary["amplification"]
     assert {c["call"] for c in calls} == {"load", "load(model=lenet5)", "file_report"}
-    bad = [c for c in calls if (c["outcome"] != "raised" and c["must_fail"])
-           or (c["outcome"] == "raised" and not c["netshrink_error"]) or "\n" in c["message"]
-           or c["seconds"] >= MAX_CASE_SECONDS or c["peak_mib"] >= MAX_CASE_PEAK_MIB]
+    bad = [
+        c
+        for c in calls
+        if (c["outcome"] != "raised" and c["must_fail"])
+        or (c["outcome"] == "raised" and not c["netshrink_error"])
+        or "\n" in c["message"]
+        or c["seconds"] >= MAX_CASE_SECONDS
+        or c["peak_mib"] >= MAX_CASE_PEAK_MIB
+    ]
     if bad:
-        pytest.fail("\n".join(f"{c['edit']}: {c['call']}: {c['outcome']} {c['error']} in {c['seconds']} s, "
-                              f"peak +{c['peak_mib']} MiB: {c['message'][:200]!r}" for c in bad), pytrace=False)
+        pytest.fail(
+            "\n".join(
+                f"{c['edit']}: {c['call']}: {c['outcome']} {c['error']} in {c['seconds']} s, "
+                f"peak +{c['peak_mib']} MiB: {c['message'][:200]!r}"
+                for c in bad
+            ),
+            pytrace=False,
+        )

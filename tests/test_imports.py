@@ -35,7 +35,10 @@ def _type_checking_only(tree: ast.AST) -> set[int]:
     skipped = set()
     for node in ast.walk(tree):
         test = node.test if isinstance(node, ast.If) else None
-        if isinstance(test, (ast.Name, ast.Attribute)) and getattr(test, "id", getattr(test, "attr", "")) == "TYPE_CHECKING":
+        if (
+            isinstance(test, (ast.Name, ast.Attribute))
+            and getattr(test, "id", getattr(test, "attr", "")) == "TYPE_CHECKING"
+        ):
             skipped |= {id(inner) for inner in ast.walk(node)}
     return skipped
 
@@ -71,7 +74,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         stack.append(node)
         for successor in sorted(graph[node]):
             if state.get(successor) == "open":
-                return stack[stack.index(successor):] + [successor]
+                return stack[stack.index(successor) :] + [successor]
             if successor not in state and (cycle := visit(successor)):
                 return cycle
         state[node] = "done"

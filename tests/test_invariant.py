@@ -13,8 +13,9 @@ exactly what the model holds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -22,21 +23,34 @@ from torch import nn
 
 import netshrink
 from netshrink.api import CompressedModel
-from netshrink.identity import ModelIdentity
 from netshrink.data import ArrayDataset
 from netshrink.data.text import SentencePairs
 from netshrink.format.codecs import Encoded
 from netshrink.format.container import read_nsk
+from netshrink.identity import ModelIdentity
 from netshrink.plan import CompressionPlan
-from netshrink.step import Recipe, StepContext
 from netshrink.recipe import list_recipes, load_recipe, parse_recipe
+from netshrink.step import Recipe, StepContext
 from netshrink.zoo import build_model
 from netshrink.zoo.efficientnet_lite import EfficientNetLite, StageSpec
 
 #: Upper bounds on the fields that make a step slow; zero stays zero (a step that skips stays skipping).
-SHORT = {"epochs": 0.01, "stage_epochs": 0.01, "finetune_epochs": 0.01, "retrain_epochs": 0.01,
-         "final_epochs": 0.01, "rounds": 2, "max_rounds": 1, "calibration": 16, "calibration_batch": 8,
-         "positions": 16, "holdout": 8, "batch_size": 16, "kmeans_iters": 2, "refresh_steps": 1}
+SHORT = {
+    "epochs": 0.01,
+    "stage_epochs": 0.01,
+    "finetune_epochs": 0.01,
+    "retrain_epochs": 0.01,
+    "final_epochs": 0.01,
+    "rounds": 2,
+    "max_rounds": 1,
+    "calibration": 16,
+    "calibration_batch": 8,
+    "positions": 16,
+    "holdout": 8,
+    "batch_size": 16,
+    "kmeans_iters": 2,
+    "refresh_steps": 1,
+}
 
 LENET5 = {"widths": [6, 16, 32]}
 MINILM = {"vocab_size": 64, "hidden": 32, "layers": 1, "heads": 2, "intermediate": 64, "max_positions": 32}
@@ -46,9 +60,13 @@ EFFICIENTNET_STAGES = (StageSpec(1, 3, 1, 8, 8, 1), StageSpec(6, 3, 2, 8, 16, 2)
 
 def short(recipe: Recipe) -> Recipe:
     """The recipe with every slow field capped (`SHORT`), steps and everything else unchanged."""
-    steps = tuple(dataclasses.replace(step, **{f.name: min(getattr(step, f.name), SHORT[f.name])
-                                               for f in dataclasses.fields(step) if f.name in SHORT})
-                  for step in recipe.steps)
+    steps = tuple(
+        dataclasses.replace(
+            step,
+            **{f.name: min(getattr(step, f.name), SHORT[f.name]) for f in dataclasses.fields(step) if f.name in SHORT},
+        )
+        for step in recipe.steps
+    )
     return dataclasses.replace(recipe, steps=steps)
 
 
@@ -130,8 +148,11 @@ def check_every_step(recipe: Recipe, kind: str, tmp_path) -> list[Path]:
 
 def borrowed_codebooks(path: Path) -> list[str]:
     """Tensors of a file whose codebook is stored with an earlier tensor (a shared codebook)."""
-    return [rec.name for rec in read_nsk(path).tensors
-            if not rec.tied_to and "codebook" in rec.encoded.streams and rec.encoded.streams["codebook"].borrowed_from]
+    return [
+        rec.name
+        for rec in read_nsk(path).tensors
+        if not rec.tied_to and "codebook" in rec.encoded.streams and rec.encoded.streams["codebook"].borrowed_from
+    ]
 
 
 def codebooks(path: Path) -> dict[str, bytes]:
@@ -160,21 +181,60 @@ RETRAIN_FC2 = {"trained_quantization": {"include": ["fc2"], "bits": 4, "epochs":
 
 #: name -> (model kind, steps): a retraining step moves tensors an earlier step coded.
 CUSTOM = {
-    "pq-shared-then-trained-quantization": ("resnet20", [
-        {"pq": {"objective": "weights", "exclude": ["linear"], "k": 16, "share_codebook": True, "epochs": 0,
-                "kmeans_iters": 2}},
-        RETRAIN_LINEAR, {"cast": {"dtype": "fp16"}}]),
-    "pq-shared-output-then-distillation": ("resnet20", [
-        {"pq": {"exclude": ["linear"], "k": 16, "share_codebook": True, "calibration": 16, "kmeans_iters": 2,
-                "stage_epochs": 0.01, "epochs": 0.01, "batch_size": 16}},
-        {"pq": {"include": ["linear"], "pointwise_d": 4, "k": 8, "calibration": 16, "kmeans_iters": 2,
-                "epochs": 0.01, "batch_size": 16}}]),
+    "pq-shared-then-trained-quantization": (
+        "resnet20",
+        [
+            {
+                "pq": {
+                    "objective": "weights",
+                    "exclude": ["linear"],
+                    "k": 16,
+                    "share_codebook": True,
+                    "epochs": 0,
+                    "kmeans_iters": 2,
+                }
+            },
+            RETRAIN_LINEAR,
+            {"cast": {"dtype": "fp16"}},
+        ],
+    ),
+    "pq-shared-output-then-distillation": (
+        "resnet20",
+        [
+            {
+                "pq": {
+                    "exclude": ["linear"],
+                    "k": 16,
+                    "share_codebook": True,
+                    "calibration": 16,
+                    "kmeans_iters": 2,
+                    "stage_epochs": 0.01,
+                    "epochs": 0.01,
+                    "batch_size": 16,
+                }
+            },
+            {
+                "pq": {
+                    "include": ["linear"],
+                    "pointwise_d": 4,
+                    "k": 8,
+                    "calibration": 16,
+                    "kmeans_iters": 2,
+                    "epochs": 0.01,
+                    "batch_size": 16,
+                }
+            },
+        ],
+    ),
     "palette-then-trained-quantization": ("lenet5", [{"palette": {"bits": 4, "exclude": ["fc2"]}}, RETRAIN_FC2]),
-    "prune-palette-then-trained-quantization": ("lenet5", [
-        {"prune": {"sparsity": 0.5, "exclude": ["fc2"]}}, {"palette": {"bits": 4, "exclude": ["fc2"]}},
-        RETRAIN_FC2]),
-    "lowrank-palette-then-trained-quantization": ("lenet5", [
-        {"lowrank": {"include": ["fc1"], "rank": 4}}, {"palette": {"bits": 4, "exclude": ["fc2"]}}, RETRAIN_FC2]),
+    "prune-palette-then-trained-quantization": (
+        "lenet5",
+        [{"prune": {"sparsity": 0.5, "exclude": ["fc2"]}}, {"palette": {"bits": 4, "exclude": ["fc2"]}}, RETRAIN_FC2],
+    ),
+    "lowrank-palette-then-trained-quantization": (
+        "lenet5",
+        [{"lowrank": {"include": ["fc1"], "rank": 4}}, {"palette": {"bits": 4, "exclude": ["fc2"]}}, RETRAIN_FC2],
+    ),
     "fp16-then-trained-quantization": ("lenet5", [{"cast": {"dtype": "fp16"}}, RETRAIN_FC2]),
 }
 

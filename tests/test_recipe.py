@@ -5,10 +5,10 @@ import pytest
 
 import netshrink
 from netshrink.errors import RecipeError
-from netshrink.methods.prune import MagnitudePrune
 from netshrink.methods.palette import WeightSharing
-from netshrink.step import STEPS, LayerStep
+from netshrink.methods.prune import MagnitudePrune
 from netshrink.recipe import list_recipes, load_recipe, parse_recipe
+from netshrink.step import STEPS, LayerStep
 
 
 def test_packaged_recipes_parse():
@@ -32,19 +32,22 @@ def test_yaml_file_path(tmp_path):
     assert step.bits == 3 and step.include == ("conv*",) and step.exclude == ("conv2",)
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"name": "r", "steps": [{"prune": {"sparsty": 0.5}}]}, "step 1 (prune): unknown field 'sparsty'"),
-    ({"name": "r", "steps": [{"prune": {"sparsity": 1.5}}]}, "sparsity must be in"),
-    ({"name": "r", "steps": [{"prune": {"sparsity": "half"}}]}, "field 'sparsity'"),
-    ({"name": "r", "steps": [{"palette": {"bits": 40}}]}, "bits"),
-    ({"name": "r", "steps": [{"palette": {"bits": 5}}, {"palette": {"init": "best"}}]}, "step 2 (palette)"),
-    ({"name": "r", "steps": [{"cluster": {}}]}, "unknown step 'cluster'"),
-    ({"name": "r", "steps": [{"prune": {}, "palette": {}}]}, "one-key mapping"),
-    ({"name": "r", "stepz": []}, "unknown field 'stepz'"),
-    ({"name": "r", "steps": {"prune": {}}}, "'steps' must be a list"),
-    ({"name": "r", "steps": [{"prune": {"scope": "everything"}}]}, "'everything' is not one of"),
-    ({"name": "r", "steps": [{"lowrank": {}}]}, "exactly one of rank or energy"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"name": "r", "steps": [{"prune": {"sparsty": 0.5}}]}, "step 1 (prune): unknown field 'sparsty'"),
+        ({"name": "r", "steps": [{"prune": {"sparsity": 1.5}}]}, "sparsity must be in"),
+        ({"name": "r", "steps": [{"prune": {"sparsity": "half"}}]}, "field 'sparsity'"),
+        ({"name": "r", "steps": [{"palette": {"bits": 40}}]}, "bits"),
+        ({"name": "r", "steps": [{"palette": {"bits": 5}}, {"palette": {"init": "best"}}]}, "step 2 (palette)"),
+        ({"name": "r", "steps": [{"cluster": {}}]}, "unknown step 'cluster'"),
+        ({"name": "r", "steps": [{"prune": {}, "palette": {}}]}, "one-key mapping"),
+        ({"name": "r", "stepz": []}, "unknown field 'stepz'"),
+        ({"name": "r", "steps": {"prune": {}}}, "'steps' must be a list"),
+        ({"name": "r", "steps": [{"prune": {"scope": "everything"}}]}, "'everything' is not one of"),
+        ({"name": "r", "steps": [{"lowrank": {}}]}, "exactly one of rank or energy"),
+    ],
+)
 def test_bad_recipes_name_the_bad_field(data, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_recipe(data)
@@ -60,19 +63,30 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
 
 
 def test_overrides_set_fields_per_layer_first_matching_pattern_first(tiny_net):
-    step = parse_recipe({"name": "r", "steps": [
-        {"palette": {"bits": 4, "overrides": {"fc": {"bits": 6}, "*": {"bits": 2, "init": "linear"}}}}]}).steps[0]
+    step = parse_recipe(
+        {
+            "name": "r",
+            "steps": [{"palette": {"bits": 4, "overrides": {"fc": {"bits": 6}, "*": {"bits": 2, "init": "linear"}}}}],
+        }
+    ).steps[0]
     assert step.overrides == {"fc": {"bits": 6}, "*": {"bits": 2, "init": "linear"}}
     assert (step.for_layer("fc").bits, step.for_layer("fc").init) == (6, "linear")
     assert (step.for_layer("conv").bits, step.for_layer("conv").init) == (2, "linear")
-    plan = netshrink.compress(tiny_net, parse_recipe({"name": "r", "steps": [{"palette": {
-        "bits": 4, "overrides": {"conv": {"bits": 3}}}}]}), progress=False).plan
+    plan = netshrink.compress(
+        tiny_net,
+        parse_recipe({"name": "r", "steps": [{"palette": {"bits": 4, "overrides": {"conv": {"bits": 3}}}}]}),
+        progress=False,
+    ).plan
     assert [plan.codec_for(n).describe() for n in ("conv.weight", "fc.weight")] == ["palette3", "palette4"]
 
 
 def test_overrides_values_take_their_fields_types_and_print_back():
-    data = {"name": "r", "steps": [{"iterative_prune": {"sparsity": 0.9, "overrides": {"fc*": {"sparsity": 0}},
-                                                        "epochs": 3, "lr": 0.02}}]}
+    data = {
+        "name": "r",
+        "steps": [
+            {"iterative_prune": {"sparsity": 0.9, "overrides": {"fc*": {"sparsity": 0}}, "epochs": 3, "lr": 0.02}}
+        ],
+    }
     recipe = parse_recipe(data)
     step = recipe.steps[0]
     assert step.overrides == {"fc*": {"sparsity": 0.0}} and isinstance(step.overrides["fc*"]["sparsity"], float)
@@ -83,17 +97,28 @@ def test_overrides_values_take_their_fields_types_and_print_back():
     assert "overrides" not in load_recipe("oneshot-palette5").to_dict()["steps"][0]["palette"]
 
 
-@pytest.mark.parametrize("step, settings, message", [
-    ("palette", {"overrides": {"fc": {"bitz": 3}}}, "palette overrides 'fc': field 'bitz' is not a field"),
-    ("palette", {"overrides": {"fc": {"weighting": "norm"}}}, "palette overrides 'fc': field 'weighting' cannot differ per layer"),
-    ("palette", {"overrides": {"fc": {"bits": 40}}}, "palette overrides 'fc'"),
-    ("palette", {"overrides": {"fc": {"bits": "many"}}}, "palette overrides 'fc': field 'bits'"),
-    ("palette", {"overrides": {"fc": 4}}, "overrides"),
-    ("prune", {"scope": "global", "overrides": {"fc": {"sparsity": 0.2}}}, "scope 'layer'"),
-    ("trained_quantization", {"overrides": {"fc": {"epochs": 1}}}, "field 'epochs' cannot differ per layer"),
-    ("cast", {"overrides": {"fc": {"dtype": "fp8"}}}, "cast overrides 'fc': field 'dtype'"),
-    ("lowrank", {"energy": 0.9, "overrides": {"fc": {"rank": 2}}}, "lowrank overrides 'fc': .*exactly one of rank or energy"),
-])
+@pytest.mark.parametrize(
+    "step, settings, message",
+    [
+        ("palette", {"overrides": {"fc": {"bitz": 3}}}, "palette overrides 'fc': field 'bitz' is not a field"),
+        (
+            "palette",
+            {"overrides": {"fc": {"weighting": "norm"}}},
+            "palette overrides 'fc': field 'weighting' cannot differ per layer",
+        ),
+        ("palette", {"overrides": {"fc": {"bits": 40}}}, "palette overrides 'fc'"),
+        ("palette", {"overrides": {"fc": {"bits": "many"}}}, "palette overrides 'fc': field 'bits'"),
+        ("palette", {"overrides": {"fc": 4}}, "overrides"),
+        ("prune", {"scope": "global", "overrides": {"fc": {"sparsity": 0.2}}}, "scope 'layer'"),
+        ("trained_quantization", {"overrides": {"fc": {"epochs": 1}}}, "field 'epochs' cannot differ per layer"),
+        ("cast", {"overrides": {"fc": {"dtype": "fp8"}}}, "cast overrides 'fc': field 'dtype'"),
+        (
+            "lowrank",
+            {"energy": 0.9, "overrides": {"fc": {"rank": 2}}},
+            "lowrank overrides 'fc': .*exactly one of rank or energy",
+        ),
+    ],
+)
 def test_bad_overrides_name_step_pattern_and_field(step, settings, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_recipe({"name": "r", "steps": [{step: settings}]})
@@ -105,8 +130,10 @@ def test_an_override_pattern_matching_no_layer_is_an_error(tiny_net, step, tiny_
     value = {"sparsity": 0.5, "bits": 4, "dtype": "bf16", "rank": 2}[field]
     settings = {"overrides": {"decoder.*": {field: value}}, **({"rank": 2} if step == "lowrank" else {})}
     recipe = parse_recipe({"name": "r", "steps": [{step: settings}]})
-    with pytest.raises(RecipeError, match=f"step {step}: overrides pattern 'decoder.\\*' \\(field '{field}'\\) "
-                                          "matches no selected layer"):
+    with pytest.raises(
+        RecipeError,
+        match=f"step {step}: overrides pattern 'decoder.\\*' \\(field '{field}'\\) matches no selected layer",
+    ):
         netshrink.compress(tiny_net, recipe, data=tiny_images, progress=False)
 
 
@@ -127,4 +154,7 @@ def test_needs_data_and_distills_are_properties_of_every_step():
     assert not recipe.needs_data and not recipe.distills
     recipe = parse_recipe({"name": "r", "steps": [{"gap_head": {"distill": "kl"}}]})
     assert recipe.needs_data and recipe.distills
-    assert parse_recipe({"name": "r", "steps": [{"pq": {"objective": "weights", "epochs": 0}}]}).steps[0].needs_data is False
+    assert (
+        parse_recipe({"name": "r", "steps": [{"pq": {"objective": "weights", "epochs": 0}}]}).steps[0].needs_data
+        is False
+    )

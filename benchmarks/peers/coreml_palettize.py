@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 SIZE_CONVENTION = (
     "coremltools size = for each palettized weight ceil(numel * bits / 8) bytes of fixed-width "
     "indices + n_luts * 2^bits * 2 bytes of fp16 lookup tables; every other tensor of the original "
@@ -77,8 +76,9 @@ def module_config(bits: int, per_channel: bool) -> Any:
     from coremltools.optimize.torch.palettization import ModulePostTrainingPalettizerConfig
 
     if per_channel:
-        return ModulePostTrainingPalettizerConfig(n_bits=bits, granularity="per_grouped_channel",
-                                                  group_size=1, channel_axis=0)
+        return ModulePostTrainingPalettizerConfig(
+            n_bits=bits, granularity="per_grouped_channel", group_size=1, channel_axis=0
+        )
     return ModulePostTrainingPalettizerConfig(n_bits=bits, granularity="per_tensor")
 
 
@@ -128,8 +128,16 @@ def peer_size(original: nn.Module, palettized: nn.Module, layer_names: list[str]
         lut_bytes += n_luts * (1 << bits) * table.shape[-1] * 2
     other = sum(4 * t.numel() for key, t in state.items() if key not in weights)
     original_bytes = sum(4 * t.numel() for t in state.values())
-    return PeerSize(original_bytes, index_bytes + lut_bytes + other, numel, index_bytes + lut_bytes,
-                    index_bytes, lut_bytes, other, len(layer_names))
+    return PeerSize(
+        original_bytes,
+        index_bytes + lut_bytes + other,
+        numel,
+        index_bytes + lut_bytes,
+        index_bytes,
+        lut_bytes,
+        other,
+        len(layer_names),
+    )
 
 
 def palettize_like_ours(model: nn.Module, layer_names: list[str], bits: int, per_channel: bool) -> PeerResult:
@@ -137,8 +145,13 @@ def palettize_like_ours(model: nn.Module, layer_names: list[str], bits: int, per
     palettized, seconds = palettize(model, layer_names, bits, per_channel)
     size = peer_size(model, palettized, layer_names, bits)
     round_tables_to_fp16(palettized, layer_names)
-    config = {"n_bits": bits, "granularity": "per_grouped_channel" if per_channel else "per_tensor",
-              "group_size": 1 if per_channel else None, "channel_axis": 0,
-              "enable_fast_kmeans_mode": True, "num_kmeans_workers": 1, "lut": "fp16 (rounded after k-means)"}
+    config = {
+        "n_bits": bits,
+        "granularity": "per_grouped_channel" if per_channel else "per_tensor",
+        "group_size": 1 if per_channel else None,
+        "channel_axis": 0,
+        "enable_fast_kmeans_mode": True,
+        "num_kmeans_workers": 1,
+        "lut": "fp16 (rounded after k-means)",
+    }
     return PeerResult(palettized.eval(), size, seconds, config)
-

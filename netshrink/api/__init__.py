@@ -12,12 +12,31 @@ A model is a module, a zoo name, a .nsk file, or None (the embedded demo model),
 
 from netshrink.api.compressed import CompressedModel, apply_recipe
 from netshrink.api.files import OpenedFile, load, open_file, read_identity, save
-from netshrink.api.flows import (DEFAULT_RECIPE, compress, evaluate, inspect, recipes, sensitivity, train,
-                                 write_report)
+from netshrink.api.flows import DEFAULT_RECIPE, compress, evaluate, inspect, recipes, sensitivity, train, write_report
 from netshrink.api.models import ModelSource, default_output
 from netshrink.api.results import RecipeList, ReportWritten, TrainedCheckpoint
 from netshrink.api.targets import compress_to_target
 
-__all__ = ["DEFAULT_RECIPE", "CompressedModel", "ModelSource", "OpenedFile", "RecipeList", "ReportWritten",
-           "TrainedCheckpoint", "apply_recipe", "compress", "compress_to_target", "default_output", "evaluate",
-           "inspect", "load", "open_file", "read_identity", "recipes", "save", "sensitivity", "train", "write_report"]
+__all__ = [
+    "DEFAULT_RECIPE",
+    "CompressedModel",
+    "ModelSource",
+    "OpenedFile",
+    "RecipeList",
+    "ReportWritten",
+    "TrainedCheckpoint",
+    "apply_recipe",
+    "compress",
+    "compress_to_target",
+    "default_output",
+    "evaluate",
+    "inspect",
+    "load",
+    "open_file",
+    "read_identity",
+    "recipes",
+    "save",
+    "sensitivity",
+    "train",
+    "write_report",
+]

@@ -22,8 +22,8 @@ from netshrink.evaluate import EvalResult
 from netshrink.format.container import NskFile, serialize, write_nsk
 from netshrink.identity import ModelIdentity
 from netshrink.plan import CompressionPlan
-from netshrink.step import Recipe, StepContext
 from netshrink.report.sizes import WEIGHTS_RATIO_LABEL, FileReport, file_report, original_size
+from netshrink.step import Recipe, StepContext
 
 if TYPE_CHECKING:  # a budget is attached by compress_to_target; steps (and so this module) never need it
     from netshrink.budget.allocation import Budget
@@ -73,10 +73,15 @@ class CompressedModel:
     def to_json(self) -> dict[str, Any]:
         """Sizes (once written), recipe, scores and, for a target, the per-layer choice."""
         score = self.after or self.before
-        out = {**_file_json(self.file), "recipe": self.recipe.name if self.recipe else None,
-               "dataset": self.identity.dataset, "metric": score.metric if score else None,
-               "before": self.before.value if self.before else None, "after": self.after.value if self.after else None,
-               "compress_seconds": self.seconds}
+        out = {
+            **_file_json(self.file),
+            "recipe": self.recipe.name if self.recipe else None,
+            "dataset": self.identity.dataset,
+            "metric": score.metric if score else None,
+            "before": self.before.value if self.before else None,
+            "after": self.after.value if self.after else None,
+            "compress_seconds": self.seconds,
+        }
         if self.file is not None:
             out.update({k: v for k, v in self.file.to_json().items() if k in ("tensors", "energy")})
         if self.budget is not None:
@@ -89,12 +94,16 @@ class CompressedModel:
         """For people: the chosen budget, the weights' table, energy, the score change, the report."""
         lines = [f"{self.budget.to_text()}\n"] if self.budget is not None else []
         if self.file is not None:
-            lines.append(self.file.table(only_weights=True) + (f"\n{self.file.energy.text()}" if self.file.energy else ""))
+            lines.append(
+                self.file.table(only_weights=True) + (f"\n{self.file.energy.text()}" if self.file.energy else "")
+            )
         if self.before and self.after:
-            lines.append(f"{self.identity.dataset} held-out {self.before.metric}: before "
-                         f"{self.before.show(self.before.value)}, after {self.after.show(self.after.value)} "
-                         f"(change {self.after.show_change(self.before.value)}) on {self.after.n} samples; "
-                         f"compression took {self.seconds:.1f} s")
+            lines.append(
+                f"{self.identity.dataset} held-out {self.before.metric}: before "
+                f"{self.before.show(self.before.value)}, after {self.after.show(self.after.value)} "
+                f"(change {self.after.show_change(self.before.value)}) on {self.after.n} samples; "
+                f"compression took {self.seconds:.1f} s"
+            )
         if self.budget is not None and self.budget.energy_ratio is not None:
             lines.append(f"estimated energy ratio {self.budget.energy_ratio:.2f}x")
         if self.html is not None:
@@ -105,13 +114,28 @@ class CompressedModel:
 def _file_json(report: FileReport | None) -> dict[str, Any]:
     if report is None:
         return {}
-    return {"file": report.file, "file_bytes": report.file_bytes, "original_bytes": report.original_bytes,
-            "ratio": report.ratio, "weights_ratio": report.weights_ratio, "weights_ratio_label": WEIGHTS_RATIO_LABEL}
+    return {
+        "file": report.file,
+        "file_bytes": report.file_bytes,
+        "original_bytes": report.original_bytes,
+        "ratio": report.ratio,
+        "weights_ratio": report.weights_ratio,
+        "weights_ratio_label": WEIGHTS_RATIO_LABEL,
+    }
 
 
-def apply_recipe(model: nn.Module, recipe: Recipe, data: Any = None, *, identity: ModelIdentity | None = None,
-                 name: str | None = None, dataset: str | None = None, seed: int = 0, progress: bool = True,
-                 inplace: bool = False) -> CompressedModel:
+def apply_recipe(
+    model: nn.Module,
+    recipe: Recipe,
+    data: Any = None,
+    *,
+    identity: ModelIdentity | None = None,
+    name: str | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    inplace: bool = False,
+) -> CompressedModel:
     """Apply a recipe's steps in order. The input model is left untouched unless `inplace`.
 
     `data` is the training split for recipes that retrain or calibrate (never the evaluation

@@ -25,8 +25,9 @@ from netshrink.plan import CompressionPlan
 from netshrink.report.sizes import FileReport, report_of
 
 
-def save(model: nn.Module | CompressedModel, path: str | Path, *, name: str | None = None,
-         **identity: Any) -> FileReport:
+def save(
+    model: nn.Module | CompressedModel, path: str | Path, *, name: str | None = None, **identity: Any
+) -> FileReport:
     """Save a compressed model, or a plain model with every tensor stored exactly (a checkpoint).
     `identity` records more about a plain model (`dataset=`, or any JSON value under its own key)."""
     if isinstance(model, nn.Module):
@@ -75,8 +76,9 @@ def open_file(path: str | Path, model: nn.Module | None = None, *, require_model
     return OpenedFile(report, module)
 
 
-def _module_for(nsk: NskFile, identity: ModelIdentity, path: str | Path,
-                model: nn.Module | None) -> tuple[nn.Module | None, str]:
+def _module_for(
+    nsk: NskFile, identity: ModelIdentity, path: str | Path, model: nn.Module | None
+) -> tuple[nn.Module | None, str]:
     """The module to load the file into, checked against it; or None and why there is none."""
     if model is not None:
         check_matches(model, nsk.tensors, path)

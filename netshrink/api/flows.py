@@ -9,9 +9,10 @@ on the command line; every function returns a typed result that prints itself fo
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from netshrink import DEFAULT_RECIPE
 from netshrink.api.compressed import CompressedModel, apply_recipe
@@ -20,24 +21,38 @@ from netshrink.api.models import ModelSource, Source, initial_model, resolve, to
 from netshrink.api.outputs import CompressOutputs
 from netshrink.api.results import RecipeList, ReportWritten, TrainedCheckpoint
 from netshrink.budget.curves import SensitivityResult
-from netshrink.budget.sensitivity import SensitivityConfig, sensitivity as cached_sensitivity
+from netshrink.budget.sensitivity import SensitivityConfig
+from netshrink.budget.sensitivity import sensitivity as cached_sensitivity
 from netshrink.data import ArrayDataset, SentencePairs, load_dataset
 from netshrink.errors import DataError, NetshrinkError
-from netshrink.evaluate import EvalResult, evaluate as score_on
+from netshrink.evaluate import EvalResult
+from netshrink.evaluate import evaluate as score_on
 from netshrink.identity import ModelIdentity
 from netshrink.paths import check_output_path
-from netshrink.step import Recipe
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report.sizes import FileReport
+from netshrink.step import Recipe
 from netshrink.training.loop import TrainConfig, default_train_config, fit
 
 
-def compress(model: ModelSource = None, recipe: Recipe | str | Path | None = None, data: Any = None, *,
-             output: str | Path | None = None, evaluate: bool = False, dataset: str | None = None,
-             data_dir: str | None = None, report: str | Path | None = None, runs: Sequence[str | Path] = (),
-             sensitivity: str | Path | None = None, name: str | None = None,
-             identity: ModelIdentity | Mapping[str, Any] | None = None, seed: int = 0, progress: bool = True,
-             inplace: bool = False) -> CompressedModel:
+def compress(
+    model: ModelSource = None,
+    recipe: Recipe | str | Path | None = None,
+    data: Any = None,
+    *,
+    output: str | Path | None = None,
+    evaluate: bool = False,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    report: str | Path | None = None,
+    runs: Sequence[str | Path] = (),
+    sensitivity: str | Path | None = None,
+    name: str | None = None,
+    identity: ModelIdentity | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    inplace: bool = False,
+) -> CompressedModel:
     """Compress a model with a recipe (default `DEFAULT_RECIPE`); with `output`, write and measure the file.
 
     `data` is the training split for recipes that retrain or calibrate (default: the training split
@@ -45,16 +60,27 @@ def compress(model: ModelSource = None, recipe: Recipe | str | Path | None = Non
     held-out split; `report` writes an HTML page about the file, plotting benchmark `runs` and
     `sensitivity` curves. The input model is left untouched unless `inplace`.
     """
-    outputs = CompressOutputs.check(output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs,
-                                    sensitivity=sensitivity)
+    outputs = CompressOutputs.check(
+        output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs, sensitivity=sensitivity
+    )
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe or DEFAULT_RECIPE)  # before any training
-    source = resolve(model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed,
-                     progress=progress)
+    source = resolve(
+        model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed, progress=progress
+    )
     before = outputs.score(source)
     data = data if data is not None else _training_data(recipe, source, data_dir)
     started = time.perf_counter()
-    compressed = apply_recipe(source.module, recipe, data, identity=source.identity, name=name,
-                              dataset=source.dataset, seed=seed, progress=progress, inplace=inplace)
+    compressed = apply_recipe(
+        source.module,
+        recipe,
+        data,
+        identity=source.identity,
+        name=name,
+        dataset=source.dataset,
+        seed=seed,
+        progress=progress,
+        inplace=inplace,
+    )
     compressed.seconds = time.perf_counter() - started
     return outputs.finish(compressed, source, before)
 
@@ -66,28 +92,47 @@ def _training_data(recipe: Recipe, source: Source, data_dir: str | None) -> Arra
     try:
         return load_dataset(source.dataset, "train", data_dir)
     except DataError as exc:
-        raise DataError(f"recipe {recipe.name} retrains, so it needs the {source.dataset} training split: {exc}") from None
+        raise DataError(
+            f"recipe {recipe.name} retrains, so it needs the {source.dataset} training split: {exc}"
+        ) from None
 
 
-def evaluate(model: ModelSource, dataset: str | ArrayDataset | SentencePairs | None = None, *,
-             data_dir: str | None = None, limit: int | None = None, split: str = "test",
-             progress: bool = True) -> EvalResult:
+def evaluate(
+    model: ModelSource,
+    dataset: str | ArrayDataset | SentencePairs | None = None,
+    *,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    split: str = "test",
+    progress: bool = True,
+) -> EvalResult:
     """Score a model on the held-out split of its data set (or `dataset`): top-1, or Spearman for
     sentence pairs. `limit` scores a fixed random subset of that many samples."""
     if dataset is not None and not isinstance(dataset, str):  # a data set in memory
         source = resolve(model, data_dir=data_dir, progress=progress)
-        return replace(score_on(source.module, dataset, split=split, progress=progress, limit=limit),
-                       model=source.label, dataset="dataset")
+        return replace(
+            score_on(source.module, dataset, split=split, progress=progress, limit=limit),
+            model=source.label,
+            dataset="dataset",
+        )
     source = resolve(model, dataset=dataset, data_dir=data_dir, progress=progress)
     name = source.require_dataset()
     result = score_on(source.module, name, data_dir, split=split, progress=progress, limit=limit)
     return replace(result, model=source.label, dataset=name)
 
 
-def sensitivity(model: ModelSource, dataset: str | None = None, *, bits: Sequence[int] = (2, 3, 4, 5, 6),
-                sparsity: Sequence[float] = (0.3, 0.5, 0.7, 0.9), samples: int = 512, seed: int = 0,
-                data_dir: str | None = None, output: str | Path | None = None,
-                progress: bool = True) -> SensitivityResult:
+def sensitivity(
+    model: ModelSource,
+    dataset: str | None = None,
+    *,
+    bits: Sequence[int] = (2, 3, 4, 5, 6),
+    sparsity: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+    samples: int = 512,
+    seed: int = 0,
+    data_dir: str | None = None,
+    output: str | Path | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
     """Per-layer accuracy and KL against palette bits and pruning, on a held-out slice of the training
     split; reused from `output` (default: the user cache) when measured before on this very model."""
     if output is not None:
@@ -100,18 +145,30 @@ def sensitivity(model: ModelSource, dataset: str | None = None, *, bits: Sequenc
     return measured_sensitivity(source, config, data_dir, output, progress)
 
 
-def measured_sensitivity(source: Source, config: SensitivityConfig, data_dir: str | None,
-                         path: str | Path | None, progress: bool) -> SensitivityResult:
+def measured_sensitivity(
+    source: Source, config: SensitivityConfig, data_dir: str | None, path: str | Path | None, progress: bool
+) -> SensitivityResult:
     """The sensitivity of a resolved model, measured or reused from `path` / the cache."""
     dataset = source.require_dataset()
     train = load_dataset(dataset, "train", data_dir)
-    return cached_sensitivity(source.module, train, config, dataset=dataset, path=path, identity=source.identity,
-                              progress=progress)
+    return cached_sensitivity(
+        source.module, train, config, dataset=dataset, path=path, identity=source.identity, progress=progress
+    )
 
 
-def train(model: str, output: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
-          epochs: float | None = None, lr: float | None = None, batch_size: int | None = None,
-          from_pretrained: bool = False, seed: int = 0, progress: bool = True) -> TrainedCheckpoint:
+def train(
+    model: str,
+    output: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    epochs: float | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    from_pretrained: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainedCheckpoint:
     """Train a zoo model (from scratch, or fine-tune its published weights) and save a checkpoint."""
     from netshrink import zoo
     from netshrink.api.files import save
@@ -144,8 +201,9 @@ def inspect(path: str | Path) -> FileReport:
         return open_file(path).report
 
 
-def write_report(path: str | Path, output: str | Path, *, runs: Sequence[str | Path] = (),
-                 sensitivity: str | Path | None = None) -> ReportWritten:
+def write_report(
+    path: str | Path, output: str | Path, *, runs: Sequence[str | Path] = (), sensitivity: str | Path | None = None
+) -> ReportWritten:
     """A self-contained HTML page with plots of a .nsk file, benchmark `runs` and `sensitivity` curves."""
     from netshrink.report.html import read_extras, write_html_report
 
@@ -154,8 +212,14 @@ def write_report(path: str | Path, output: str | Path, *, runs: Sequence[str | P
     report = inspect(path)
     extras.energy = report.energy.to_json()
     write_html_report(report, output, extras)
-    return ReportWritten(str(path), str(output), len(extras.runs), None if sensitivity is None else str(sensitivity),
-                         bool(extras.energy.get("available", False)), report.summary())
+    return ReportWritten(
+        str(path),
+        str(output),
+        len(extras.runs),
+        None if sensitivity is None else str(sensitivity),
+        bool(extras.energy.get("available", False)),
+        report.summary(),
+    )
 
 
 def recipes() -> RecipeList:

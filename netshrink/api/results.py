@@ -25,14 +25,23 @@ class TrainedCheckpoint:
     config: TrainConfig
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "model": self.model, "dataset": self.dataset, "metric": self.score.metric,
-                "value": self.score.value, "error": 1 - self.score.value, "train_seconds": self.seconds,
-                "config": asdict(self.config)}
+        return {
+            "file": self.file,
+            "model": self.model,
+            "dataset": self.dataset,
+            "metric": self.score.metric,
+            "value": self.score.value,
+            "error": 1 - self.score.value,
+            "train_seconds": self.seconds,
+            "config": asdict(self.config),
+        }
 
     def to_text(self) -> str:
         score = self.score
-        return (f"trained {self.model} on {self.dataset} in {self.seconds:.0f} s: {score.metric} {score.value:.2%} "
-                f"(error {1 - score.value:.2%}) on {score.n} held-out samples -> {self.file}")
+        return (
+            f"trained {self.model} on {self.dataset} in {self.seconds:.0f} s: {score.metric} {score.value:.2%} "
+            f"(error {1 - score.value:.2%}) on {score.n} held-out samples -> {self.file}"
+        )
 
 
 @dataclass
@@ -47,8 +56,13 @@ class ReportWritten:
     summary: str  # the file's one-line size summary
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "report": self.report, "runs": self.runs, "sensitivity": self.sensitivity,
-                "energy": self.energy}
+        return {
+            "file": self.file,
+            "report": self.report,
+            "runs": self.runs,
+            "sensitivity": self.sensitivity,
+            "energy": self.energy,
+        }
 
     def to_text(self) -> str:
         return f"wrote {self.report}: {self.summary}"

@@ -8,16 +8,26 @@ measured exactly as a recipe's would be (`CompressOutputs`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from netshrink.api.compressed import CompressedModel, apply_recipe
 from netshrink.api.flows import measured_sensitivity
 from netshrink.api.models import ModelSource, Source, resolve
 from netshrink.api.outputs import CompressOutputs
-from netshrink.budget.allocation import (Budget, BudgetError, budget_description, budget_recipe, check_target,
-                                         choose_for_energy, choose_for_ratio, layer_tensors, non_weight_bytes,
-                                         original_bytes_of)
+from netshrink.budget.allocation import (
+    Budget,
+    BudgetError,
+    budget_description,
+    budget_recipe,
+    check_target,
+    choose_for_energy,
+    choose_for_ratio,
+    layer_tensors,
+    non_weight_bytes,
+    original_bytes_of,
+)
 from netshrink.budget.curves import SensitivityResult
 from netshrink.budget.sensitivity import SensitivityConfig, load_for_model
 from netshrink.energy import energy_of_model, weight_format, zoo_input_shape
@@ -26,13 +36,26 @@ from netshrink.identity import ModelIdentity
 from netshrink.paths import check_output_path
 
 
-def compress_to_target(model: ModelSource = None, *, ratio: float | None = None, energy: float | None = None,
-                       sensitivity: SensitivityResult | str | Path | None = None, output: str | Path | None = None,
-                       evaluate: bool = False, dataset: str | None = None, data_dir: str | None = None,
-                       report: str | Path | None = None, runs: Sequence[str | Path] = (),
-                       input_shape: tuple[int, ...] | None = None, metric: str = "kl", prune: bool = True,
-                       name: str | None = None, identity: ModelIdentity | Mapping[str, Any] | None = None,
-                       seed: int = 0, progress: bool = True) -> CompressedModel:
+def compress_to_target(
+    model: ModelSource = None,
+    *,
+    ratio: float | None = None,
+    energy: float | None = None,
+    sensitivity: SensitivityResult | str | Path | None = None,
+    output: str | Path | None = None,
+    evaluate: bool = False,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    report: str | Path | None = None,
+    runs: Sequence[str | Path] = (),
+    input_shape: tuple[int, ...] | None = None,
+    metric: str = "kl",
+    prune: bool = True,
+    name: str | None = None,
+    identity: ModelIdentity | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> CompressedModel:
     """Compress to a whole-file `ratio` or an estimated `energy` ratio (original / compressed), with the
     least predicted damage; `budget` of the result holds the per-layer choice.
 
@@ -45,8 +68,9 @@ def compress_to_target(model: ModelSource = None, *, ratio: float | None = None,
     if sens_file is not None and not Path(sens_file).is_file():
         check_output_path(sens_file, "sensitivity JSON")  # measured, then written there
     outputs = CompressOutputs.check(output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs)
-    source = resolve(model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed,
-                     progress=progress)
+    source = resolve(
+        model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed, progress=progress
+    )
     before = outputs.score(source)
     sens = _sensitivity_of(source, sensitivity, data_dir, seed, progress)
     outputs.plot(sens)
@@ -68,8 +92,9 @@ def _one_target(ratio: float | None, energy: float | None) -> tuple[float, str]:
     return value, what
 
 
-def _sensitivity_of(source: Source, sensitivity: SensitivityResult | str | Path | None, data_dir: str | None,
-                    seed: int, progress: bool) -> SensitivityResult:
+def _sensitivity_of(
+    source: Source, sensitivity: SensitivityResult | str | Path | None, data_dir: str | None, seed: int, progress: bool
+) -> SensitivityResult:
     """The given result; a file of this model's curves; else measured with the default settings."""
     if isinstance(sensitivity, SensitivityResult):
         return sensitivity
@@ -78,16 +103,26 @@ def _sensitivity_of(source: Source, sensitivity: SensitivityResult | str | Path 
     return measured_sensitivity(source, SensitivityConfig(seed=seed), data_dir, sensitivity, progress)
 
 
-def _compress(source: Source, choice: dict, recipe_name: str, description: str, *, name: str | None,
-              seed: int, progress: bool) -> CompressedModel:
+def _compress(
+    source: Source, choice: dict, recipe_name: str, description: str, *, name: str | None, seed: int, progress: bool
+) -> CompressedModel:
     """The model compressed by the recipe that realises a per-layer choice."""
     recipe = budget_recipe(choice, recipe_name, description)
-    return apply_recipe(source.module, recipe, identity=source.identity, name=name, dataset=source.dataset,
-                        seed=seed, progress=progress)
+    return apply_recipe(
+        source.module, recipe, identity=source.identity, name=name, dataset=source.dataset, seed=seed, progress=progress
+    )
 
 
-def _to_ratio(source: Source, sens: SensitivityResult, ratio: float, *, metric: str, prune: bool,
-              attempts: int = 4, **settings: Any) -> CompressedModel:
+def _to_ratio(
+    source: Source,
+    sens: SensitivityResult,
+    ratio: float,
+    *,
+    metric: str,
+    prune: bool,
+    attempts: int = 4,
+    **settings: Any,
+) -> CompressedModel:
     """Choose, compress, measure the real file; if the header pushed it over, shrink the budget by that much."""
     original = original_bytes_of(source.module, source.identity)
     target, header = int(original / ratio), 0
@@ -103,17 +138,29 @@ def _to_ratio(source: Source, sens: SensitivityResult, ratio: float, *, metric: 
         # What is neither a layer weight nor another tensor is the header (its recipe text changes a
         # little with the choice: keep a small margin that grows with each attempt).
         header = max(header, size - sum(option.bytes for option in choice.values()) - fixed) + 64 * attempt
-    raise BudgetError(f"target ratio {ratio:g}x: the file stays {size - target:,} bytes over its "
-                      f"{target:,}-byte target after {attempts} attempts; try a slightly lower ratio")
+    raise BudgetError(
+        f"target ratio {ratio:g}x: the file stays {size - target:,} bytes over its "
+        f"{target:,}-byte target after {attempts} attempts; try a slightly lower ratio"
+    )
 
 
-def _to_energy(source: Source, sens: SensitivityResult, energy_ratio: float, input_shape: tuple[int, ...] | None, *,
-               metric: str, prune: bool, **settings: Any) -> CompressedModel:
+def _to_energy(
+    source: Source,
+    sens: SensitivityResult,
+    energy_ratio: float,
+    input_shape: tuple[int, ...] | None,
+    *,
+    metric: str,
+    prune: bool,
+    **settings: Any,
+) -> CompressedModel:
     """Choose for an energy target, compress, and estimate the energy of what the file stores."""
     shape = input_shape or zoo_input_shape(source.identity or ModelIdentity())
     if shape is None:
-        raise BudgetError("an energy target needs the model's input shape: use a zoo model or a checkpoint of one "
-                          "(Python: input_shape=)")
+        raise BudgetError(
+            "an energy target needs the model's input shape: use a zoo model or a checkpoint of one "
+            "(Python: input_shape=)"
+        )
     choice = choose_for_energy(sens, source.module, energy_ratio, tuple(shape), metric, prune)
     description = budget_description(sens, f"an estimated energy ratio of {energy_ratio:g}x", metric, prune)
     compressed = _compress(source, choice, f"auto-energy-{energy_ratio:g}x", description, **settings)

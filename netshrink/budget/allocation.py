@@ -23,16 +23,15 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from netshrink.budget.curves import LayerSensitivity, Score, SensitivityResult, Trial
-from netshrink.format.codecs import Dense
 from netshrink.errors import NetshrinkError
+from netshrink.format.codecs import Dense
 from netshrink.identity import ModelIdentity
 from netshrink.plan import EXACT
-from netshrink.step import Recipe
 from netshrink.recipe import parse_recipe
+from netshrink.step import Recipe
 
 NON_WEIGHT_CODEC = Dense("fp16")  # what the generated recipe's `cast: fp16` stores the rest in
 
@@ -67,15 +66,18 @@ def _curve(trials: tuple[Trial, ...], metric: str, baseline: Score) -> dict[floa
     return {t.setting: max(0.0, getattr(t, metric) - base) for t in trials}
 
 
-def layer_options(layer: LayerSensitivity, baseline: Score, metric: str = "kl",
-                  prune: bool = True) -> list[LayerOption]:
+def layer_options(
+    layer: LayerSensitivity, baseline: Score, metric: str = "kl", prune: bool = True
+) -> list[LayerOption]:
     """Every measured (sparsity, bits) pair of one layer of a sensitivity result."""
     bits = _curve(layer.bits, metric, baseline)
     options = [LayerOption(t.setting, 0.0, t.bytes, bits[t.setting], t.codebook_bytes) for t in layer.bits]
     if prune:
         sparse = _curve(layer.sparsity, metric, baseline)
-        options += [LayerOption(c.bits, c.sparsity, c.bytes, bits[c.bits] + sparse[c.sparsity], c.codebook_bytes)
-                    for c in layer.combined]
+        options += [
+            LayerOption(c.bits, c.sparsity, c.bytes, bits[c.bits] + sparse[c.sparsity], c.codebook_bytes)
+            for c in layer.combined
+        ]
     return options
 
 
@@ -90,13 +92,16 @@ def _total(choice: dict[str, LayerOption], cost: str = "bytes") -> float:
 def allocate(options: dict[str, list[LayerOption]], budget: float, cost: str = "bytes") -> dict[str, LayerOption]:
     """The option per layer with the least total damage whose `cost` (bytes or energy_pj) fits `budget`
     (Lagrangian bisection, then a greedy fill)."""
+
     def pick_all(lam: float) -> dict[str, LayerOption]:
         return {n: _pick(o, lam, cost) for n, o in options.items()}
 
     smallest = {name: min(opts, key=lambda o: (getattr(o, cost), o.damage)) for name, opts in options.items()}
     if _total(smallest, cost) > budget:
-        raise BudgetError(f"the cheapest settings cost {_total(smallest, cost):,.0f} ({cost}), over the "
-                          f"{budget:,.0f} the target leaves")
+        raise BudgetError(
+            f"the cheapest settings cost {_total(smallest, cost):,.0f} ({cost}), over the "
+            f"{budget:,.0f} the target leaves"
+        )
     low, high = 0.0, 1.0
     while _total(pick_all(high), cost) > budget:
         high *= 10
@@ -106,17 +111,22 @@ def allocate(options: dict[str, list[LayerOption]], budget: float, cost: str = "
     return _spend_leftover(options, pick_all(high), budget, cost)
 
 
-def _spend_leftover(options: dict[str, list[LayerOption]], choice: dict[str, LayerOption],
-                    budget: float, cost: str) -> dict[str, LayerOption]:
+def _spend_leftover(
+    options: dict[str, list[LayerOption]], choice: dict[str, LayerOption], budget: float, cost: str
+) -> dict[str, LayerOption]:
     """Greedily take the affordable upgrade with the most damage saved per extra cost, until none fits."""
+
     def extra(name: str, option: LayerOption) -> float:
         return getattr(option, cost) - getattr(choice[name], cost)
 
     while True:
         room = budget - _total(choice, cost)
-        upgrades = [((choice[n].damage - o.damage) / max(extra(n, o), 1e-12), n, o)
-                    for n, opts in options.items() for o in opts
-                    if o.damage < choice[n].damage and extra(n, o) <= room]
+        upgrades = [
+            ((choice[n].damage - o.damage) / max(extra(n, o), 1e-12), n, o)
+            for n, opts in options.items()
+            for o in opts
+            if o.damage < choice[n].damage and extra(n, o) <= room
+        ]
         if not upgrades:
             return choice
         _, name, option = max(upgrades, key=lambda u: u[0])
@@ -142,8 +152,15 @@ def best_ratio(options: dict[str, list[LayerOption]], original_bytes: int, fixed
     return original_bytes / (smallest + fixed_bytes)
 
 
-def choose_for_ratio(sens: SensitivityResult, model: nn.Module, ratio: float, original_bytes: int,
-                     header_bytes: int, metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
+def choose_for_ratio(
+    sens: SensitivityResult,
+    model: nn.Module,
+    ratio: float,
+    original_bytes: int,
+    header_bytes: int,
+    metric: str = "kl",
+    prune: bool = True,
+) -> dict[str, LayerOption]:
     """Per-layer settings whose file (original_bytes / ratio bytes in all) has the least predicted damage."""
     check_target(ratio, "--target-ratio")
     options = {layer.name: layer_options(layer, sens.baseline, metric, prune) for layer in sens.layers}
@@ -151,8 +168,10 @@ def choose_for_ratio(sens: SensitivityResult, model: nn.Module, ratio: float, or
     budget = int(original_bytes / ratio) - fixed
     reachable = best_ratio(options, original_bytes, fixed)
     if reachable < ratio:
-        raise BudgetError(f"target ratio {ratio:g}x cannot be met: the smallest measured settings reach "
-                          f"{reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)")
+        raise BudgetError(
+            f"target ratio {ratio:g}x cannot be met: the smallest measured settings reach "
+            f"{reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)"
+        )
     return allocate(options, budget)
 
 
@@ -178,7 +197,9 @@ def choice_table(choice: dict[str, LayerOption]) -> str:
     """The chosen per-layer settings, one line each."""
     width = max([len(n) for n in choice] + [5])
     lines = [f"{'layer':<{width}}  {'bits':>4} {'sparsity':>8} {'bytes':>10} {'pred. KL':>10}"]
-    lines += [f"{n:<{width}}  {o.bits:>4} {o.sparsity:>8.2f} {o.bytes:>10,} {o.damage:>10.5f}" for n, o in choice.items()]
+    lines += [
+        f"{n:<{width}}  {o.bits:>4} {o.sparsity:>8.2f} {o.bytes:>10,} {o.damage:>10.5f}" for n, o in choice.items()
+    ]
     lines.append(f"{'total':<{width}}  {'':>4} {'':>8} {_total(choice):>10,} {predicted_damage(choice):>10.5f}")
     return "\n".join(lines)
 
@@ -195,7 +216,6 @@ def uniform_choice(sens: SensitivityResult, bits: int) -> dict[str, LayerOption]
 def layer_tensors(sens: SensitivityResult) -> list[str]:
     """The weights a budget chooses settings for: those the sensitivity run measured."""
     return [layer.tensor for layer in sens.layers]
-
 
 
 # --- what a choice came to -------------------------------------------------------------------------
@@ -229,9 +249,11 @@ def original_bytes_of(model: nn.Module, identity: ModelIdentity | None) -> int:
 def budget_description(sens: SensitivityResult, target: str, metric: str, prune: bool) -> str:
     """What a generated recipe says it is: the target, and the sensitivity run it was chosen from."""
     what = "bits and sparsity" if prune else "bits"
-    return (f"automatic per-layer {what} for {target}: least summed single-layer "
-            f"{metric} on {sens.samples} held-out training samples of {sens.dataset} "
-            f"(sensitivity {sens.key})")
+    return (
+        f"automatic per-layer {what} for {target}: least summed single-layer "
+        f"{metric} on {sens.samples} held-out training samples of {sens.dataset} "
+        f"(sensitivity {sens.key})"
+    )
 
 
 # --- energy targets: the same knapsack with each option's estimated energy as its cost ----------------
@@ -246,23 +268,35 @@ def option_energy(shapes: list[Any], tensor: str, numel: int, option: LayerOptio
     return estimate([s for s in shapes if s.weight_name == tensor], {tensor: fmt}, config).total()
 
 
-def choose_for_energy(sens: SensitivityResult, model: nn.Module, energy_ratio: float, input_shape: tuple[int, ...],
-                      metric: str = "kl", prune: bool = True) -> dict[str, LayerOption]:
+def choose_for_energy(
+    sens: SensitivityResult,
+    model: nn.Module,
+    energy_ratio: float,
+    input_shape: tuple[int, ...],
+    metric: str = "kl",
+    prune: bool = True,
+) -> dict[str, LayerOption]:
     """Per-layer settings whose estimated energy is at most original / energy_ratio, least predicted damage."""
     from netshrink.energy import EnergyConfig, WeightFormat, estimate
     from netshrink.flops import layer_shapes
 
     check_target(energy_ratio, "--target-energy")
     config, shapes = EnergyConfig(), layer_shapes(model, input_shape)
-    options = {layer.name: [replace(o, energy_pj=option_energy(shapes, layer.tensor, layer.numel, o, config))
-                            for o in layer_options(layer, sens.baseline, metric, prune)]
-               for layer in sens.layers}
+    options = {
+        layer.name: [
+            replace(o, energy_pj=option_energy(shapes, layer.tensor, layer.numel, o, config))
+            for o in layer_options(layer, sens.baseline, metric, prune)
+        ]
+        for layer in sens.layers
+    }
     chosen = set(layer_tensors(sens))
     others = [s for s in shapes if s.weight_name not in chosen]  # stored fp16 by the recipe's cast step
     fixed = estimate(others, {s.weight_name: WeightFormat.dense(s.weight_numel, 16) for s in others}, config).total()
     original = estimate(shapes, {}, config).total("original")
     reachable = original / (fixed + sum(min(o.energy_pj for o in opts) for opts in options.values()))
     if reachable < energy_ratio:
-        raise BudgetError(f"target energy ratio {energy_ratio:g}x cannot be met: the smallest measured settings "
-                          f"reach {reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)")
+        raise BudgetError(
+            f"target energy ratio {energy_ratio:g}x cannot be met: the smallest measured settings "
+            f"reach {reachable:.2f}x (add lower --bits or higher --sparsity to the sensitivity run)"
+        )
     return allocate(options, original / energy_ratio - fixed, cost="energy_pj")

@@ -95,22 +95,42 @@ class SensitivityResult:
 
     def to_json(self) -> dict[str, Any]:
         """The FORMAT object, in the order files have always had."""
-        return {"format": FORMAT, "key": self.key, "model": self.model.to_json(), "dataset": self.dataset,
-                "split": self.split, "samples": self.samples, "settings": self.settings,
-                "baseline": asdict(self.baseline), "layers": [_layer_json(layer) for layer in self.layers],
-                "cached": self.cached}
+        return {
+            "format": FORMAT,
+            "key": self.key,
+            "model": self.model.to_json(),
+            "dataset": self.dataset,
+            "split": self.split,
+            "samples": self.samples,
+            "settings": self.settings,
+            "baseline": asdict(self.baseline),
+            "layers": [_layer_json(layer) for layer in self.layers],
+            "cached": self.cached,
+        }
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> SensitivityResult:
         """The result a FORMAT object holds; anything else is a DataError naming `source`."""
-        if not isinstance(data, dict) or not str(data.get("format", "")).startswith("netshrink-sensitivity/") \
-                or not isinstance(data.get("layers"), list):
-            raise DataError(f"{source} is not a `netshrink sensitivity` JSON (expected format "
-                            "netshrink-sensitivity/* with a 'layers' list)")
+        if (
+            not isinstance(data, dict)
+            or not str(data.get("format", "")).startswith("netshrink-sensitivity/")
+            or not isinstance(data.get("layers"), list)
+        ):
+            raise DataError(
+                f"{source} is not a `netshrink sensitivity` JSON (expected format "
+                "netshrink-sensitivity/* with a 'layers' list)"
+            )
         try:
-            return cls(str(data["key"]), ModelIdentity.from_json(data.get("model") or {}, source),
-                       str(data["dataset"]), int(data["samples"]), dict(data["settings"]), Score(**data["baseline"]),
-                       tuple(_layer(layer) for layer in data["layers"]), str(data.get("split", "train-holdout")))
+            return cls(
+                str(data["key"]),
+                ModelIdentity.from_json(data.get("model") or {}, source),
+                str(data["dataset"]),
+                int(data["samples"]),
+                dict(data["settings"]),
+                Score(**data["baseline"]),
+                tuple(_layer(layer) for layer in data["layers"]),
+                str(data.get("split", "train-holdout")),
+            )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{source}: malformed sensitivity JSON ({type(exc).__name__}: {exc})") from None
 
@@ -132,9 +152,11 @@ class SensitivityResult:
         width = max([len(layer.name) for layer in self.layers] + [5])
         first = self.layers[0] if self.layers else LayerSensitivity("", "", 0, 0, (), ())
         heads = [f"{t.setting}b" for t in first.bits] + [f"s{t.setting:g}" for t in first.sparsity]
-        lines = [f"KL(reference || compressed) per layer, nats, on {self.samples} held-out training samples of "
-                 f"{self.dataset} (baseline top-1 {self.baseline.top1:.2%})" + (" [cached]" if self.cached else ""),
-                 f"{'layer':<{width}}  " + " ".join(f"{h:>8}" for h in heads)]
+        lines = [
+            f"KL(reference || compressed) per layer, nats, on {self.samples} held-out training samples of "
+            f"{self.dataset} (baseline top-1 {self.baseline.top1:.2%})" + (" [cached]" if self.cached else ""),
+            f"{'layer':<{width}}  " + " ".join(f"{h:>8}" for h in heads),
+        ]
         for layer in self.layers:
             values = [t.kl for t in layer.bits + layer.sparsity]
             lines.append(f"{layer.name:<{width}}  " + " ".join(f"{v:>8.4f}" for v in values))
@@ -142,11 +164,21 @@ class SensitivityResult:
 
 
 def _layer_json(layer: LayerSensitivity) -> dict[str, Any]:
-    return {"name": layer.name, "tensor": layer.tensor, "numel": layer.numel, "fp32_bytes": layer.fp32_bytes,
-            **{axis: [asdict(t) for t in getattr(layer, axis)] for axis in (*AXES, "combined")}}
+    return {
+        "name": layer.name,
+        "tensor": layer.tensor,
+        "numel": layer.numel,
+        "fp32_bytes": layer.fp32_bytes,
+        **{axis: [asdict(t) for t in getattr(layer, axis)] for axis in (*AXES, "combined")},
+    }
 
 
 def _layer(data: dict[str, Any]) -> LayerSensitivity:
-    return LayerSensitivity(str(data["name"]), str(data["tensor"]), int(data["numel"]), int(data["fp32_bytes"]),
-                            *(tuple(Trial(**{"codebook_bytes": 0, **point}) for point in data[axis]) for axis in AXES),
-                            tuple(CombinedSize(**{"codebook_bytes": 0, **point}) for point in data.get("combined", ())))
+    return LayerSensitivity(
+        str(data["name"]),
+        str(data["tensor"]),
+        int(data["numel"]),
+        int(data["fp32_bytes"]),
+        *(tuple(Trial(**{"codebook_bytes": 0, **point}) for point in data[axis]) for axis in AXES),
+        tuple(CombinedSize(**{"codebook_bytes": 0, **point}) for point in data.get("combined", ())),
+    )

@@ -38,9 +38,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -48,13 +48,13 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from netshrink.budget.curves import FORMAT, CombinedSize, LayerSensitivity, Score, SensitivityResult, Trial
-from netshrink.format.codecs import Codec, Dense, Encoded, Palette, Sparse
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError
+from netshrink.format.codecs import Codec, Dense, Encoded, Palette, Sparse
 from netshrink.identity import ModelIdentity
-from netshrink.methods.prune import magnitude_masks
-from netshrink.methods.palette import WeightSharing
 from netshrink.methods.filter_prune import holdout_split
+from netshrink.methods.palette import WeightSharing
+from netshrink.methods.prune import magnitude_masks
 from netshrink.plan import fingerprint
 from netshrink.select import WEIGHT_LAYERS, Selection, select_modules
 
@@ -164,8 +164,9 @@ def combined_bytes(weight: torch.Tensor, config: SensitivityConfig) -> tuple[Com
     return tuple(out)
 
 
-def measure_layer(model: nn.Module, tensor: str, config: SensitivityConfig, scorer: CalibrationScorer,
-                  bar: tqdm) -> LayerSensitivity:
+def measure_layer(
+    model: nn.Module, tensor: str, config: SensitivityConfig, scorer: CalibrationScorer, bar: tqdm
+) -> LayerSensitivity:
     """Every setting of one layer, restoring its exact weight afterwards."""
     weight = model.state_dict()[tensor]
     original = weight.detach().clone()
@@ -179,8 +180,15 @@ def measure_layer(model: nn.Module, tensor: str, config: SensitivityConfig, scor
     finally:
         with torch.no_grad():
             weight.copy_(original)
-    return LayerSensitivity(tensor.rsplit(".", 1)[0], tensor, original.numel(), 4 * original.numel(),
-                            tuple(trials["bits"]), tuple(trials["sparsity"]), combined_bytes(original, config))
+    return LayerSensitivity(
+        tensor.rsplit(".", 1)[0],
+        tensor,
+        original.numel(),
+        4 * original.numel(),
+        tuple(trials["bits"]),
+        tuple(trials["sparsity"]),
+        combined_bytes(original, config),
+    )
 
 
 # --- the whole model, with the cache ------------------------------------------------------------------
@@ -215,8 +223,15 @@ def read_cached(path: Path, key: str) -> SensitivityResult | None:
     return cached if cached.key == key else None
 
 
-def measure(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *, dataset: str,
-            identity: ModelIdentity | None = None, progress: bool = True) -> SensitivityResult:
+def measure(
+    model: nn.Module,
+    train: ArrayDataset,
+    config: SensitivityConfig,
+    *,
+    dataset: str,
+    identity: ModelIdentity | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
     """Measure every selected layer at every setting (no cache; see `sensitivity`)."""
     model = model.eval().to(memory_format=torch.channels_last)
     calibration = calibration_split(train, config.samples, config.seed)
@@ -226,13 +241,27 @@ def measure(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *,
     with tqdm(total=steps, desc="sensitivity", unit="trial", disable=not progress) as bar:
         layers = tuple(measure_layer(model, name, config, scorer, bar) for name in tensors)
     settings = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
-    return SensitivityResult(cache_key(model, config, dataset), identity or ModelIdentity(), dataset, scorer.n,
-                             settings, scorer.score(model), layers)
+    return SensitivityResult(
+        cache_key(model, config, dataset),
+        identity or ModelIdentity(),
+        dataset,
+        scorer.n,
+        settings,
+        scorer.score(model),
+        layers,
+    )
 
 
-def sensitivity(model: nn.Module, train: ArrayDataset, config: SensitivityConfig, *, dataset: str,
-                path: str | Path | None = None, identity: ModelIdentity | None = None,
-                progress: bool = True) -> SensitivityResult:
+def sensitivity(
+    model: nn.Module,
+    train: ArrayDataset,
+    config: SensitivityConfig,
+    *,
+    dataset: str,
+    path: str | Path | None = None,
+    identity: ModelIdentity | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
     """Cached `measure`: reuse `path` (default: the user cache) when its key matches, else measure and write it."""
     key = cache_key(model, config, dataset)
     target = Path(path) if path is not None else default_cache_path(key)
@@ -253,6 +282,8 @@ def load_for_model(path: str | Path, model: nn.Module) -> SensitivityResult:
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path} is not a netshrink sensitivity JSON ({type(exc).__name__}: {exc})") from None
     if result.key != key:
-        raise DataError(f"{path} was measured on another model or data set than this one; re-run "
-                        "`netshrink sensitivity` on this model")
+        raise DataError(
+            f"{path} was measured on another model or data set than this one; re-run "
+            "`netshrink sensitivity` on this model"
+        )
     return result

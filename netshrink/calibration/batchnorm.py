@@ -48,8 +48,13 @@ def following_batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
             continue
         layer, norm = modules[node.target], modules[users[0].target]
         weight = getattr(layer, "weight", None)
-        if (isinstance(norm, _BatchNorm) and norm.running_var is not None and isinstance(weight, torch.Tensor)
-                and weight.dim() >= 1 and weight.shape[0] == norm.num_features):
+        if (
+            isinstance(norm, _BatchNorm)
+            and norm.running_var is not None
+            and isinstance(weight, torch.Tensor)
+            and weight.dim() >= 1
+            and weight.shape[0] == norm.num_features
+        ):
             norms[node.target] = norm
     return norms
 

@@ -15,8 +15,9 @@ from netshrink.calibration.layer_inputs import groups_of
 
 
 @torch.no_grad()
-def correct_bias(module: nn.Module, original: torch.Tensor, input_mean: torch.Tensor,
-                 norm: nn.Module | None = None) -> bool:
+def correct_bias(
+    module: nn.Module, original: torch.Tensor, input_mean: torch.Tensor, norm: nn.Module | None = None
+) -> bool:
     """Cancel the mean output change (Q - W) E[x] of `module` (weights now Q, before `original`).
 
     `input_mean`: E[x] per im2col entry of each group (`PatchMoments.mean`: border zeros of a padded

@@ -26,8 +26,9 @@ import torch
 DAMPING = 0.01
 
 
-def output_error(weight: torch.Tensor, quantized: torch.Tensor, gram: torch.Tensor,
-                 row_scale: torch.Tensor | None = None) -> float:
+def output_error(
+    weight: torch.Tensor, quantized: torch.Tensor, gram: torch.Tensor, row_scale: torch.Tensor | None = None
+) -> float:
     """sum_o s_o (w_o - q_o)^T H (w_o - q_o): the mean squared output error the change causes."""
     delta = (weight - quantized).double()
     per_row = ((delta @ gram.double()) * delta).sum(1)
@@ -48,8 +49,9 @@ def _inverse_factor(hessian: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
 
 
-def feedback_assign(weight: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,
-                    damping: float = DAMPING) -> torch.Tensor:
+def feedback_assign(
+    weight: torch.Tensor, values: torch.Tensor, gram: torch.Tensor, damping: float = DAMPING
+) -> torch.Tensor:
     """Labels [rows, cols] into `values` ([rows, k]: row r may use values[r]) for `weight`
     [rows, cols] under the input second moment `gram` [cols, cols], with error feedback."""
     rows, cols = weight.shape
@@ -64,14 +66,15 @@ def feedback_assign(weight: torch.Tensor, values: torch.Tensor, gram: torch.Tens
         chosen = (column[:, None] - book).abs().argmin(1)
         labels[:, j] = chosen
         error = (column - book.gather(1, chosen[:, None])[:, 0]) / upper[j, j]
-        work[:, j + 1:] -= error[:, None] * upper[j, j + 1:][None, :]
+        work[:, j + 1 :] -= error[:, None] * upper[j, j + 1 :][None, :]
     restored = torch.empty_like(labels)
     restored[:, order] = labels
     return restored
 
 
-def feedback_assign_vectors(weight: torch.Tensor, codebook: torch.Tensor, gram: torch.Tensor,
-                            damping: float = DAMPING) -> torch.Tensor:
+def feedback_assign_vectors(
+    weight: torch.Tensor, codebook: torch.Tensor, gram: torch.Tensor, damping: float = DAMPING
+) -> torch.Tensor:
     """Labels [rows, cols // d] into `codebook` [k, d] for the consecutive d-column sub-vectors of
     `weight` [rows, cols] (product quantization) with error feedback: the vector form of the update
     (GPTVQ, van Baalen et al. 2024). Fixing block b to Q_b costs (W_b - Q_b) (U_bb^T U_bb)^-1
@@ -89,12 +92,17 @@ def feedback_assign_vectors(weight: torch.Tensor, codebook: torch.Tensor, gram: 
         chosen = torch.cdist(work[:, span] @ inverse, book @ inverse).argmin(1)
         labels[:, block] = chosen
         error = (work[:, span] - book[chosen]) @ inverse
-        work[:, (block + 1) * d:] -= error @ upper[span, (block + 1) * d:]
+        work[:, (block + 1) * d :] -= error @ upper[span, (block + 1) * d :]
     return labels
 
 
-def refit_values(weight: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, gram: torch.Tensor,
-                 row_scale: torch.Tensor | None = None) -> torch.Tensor:
+def refit_values(
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    values: torch.Tensor,
+    gram: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The shared values that minimise `output_error` for fixed labels: one K x K least-squares system
     per codebook (one for the whole tensor when `values` has one row, else one per row). A value no
     weight uses keeps its old value."""
@@ -102,15 +110,18 @@ def refit_values(weight: torch.Tensor, labels: torch.Tensor, values: torch.Tenso
     k = values.shape[1]
     scale = torch.ones(rows, dtype=torch.float64) if row_scale is None else row_scale.double()
     onehot = torch.zeros(rows, cols, k, dtype=torch.float64).scatter_(2, labels[:, :, None], 1.0)
-    h_onehot = torch.einsum("ij,rjk->rik", gram.double(), onehot)                     # H E_r
-    systems = torch.einsum("rik,ril->rkl", onehot, h_onehot) * scale[:, None, None]   # s_r E_r^T H E_r
+    h_onehot = torch.einsum("ij,rjk->rik", gram.double(), onehot)  # H E_r
+    systems = torch.einsum("rik,ril->rkl", onehot, h_onehot) * scale[:, None, None]  # s_r E_r^T H E_r
     targets = torch.einsum("rik,ri->rk", h_onehot, weight.double()) * scale[:, None]  # s_r E_r^T H w_r
     if values.shape[0] == 1:
         systems, targets = systems.sum(0, keepdim=True), targets.sum(0, keepdim=True)
     old = values.double()
     # Ridge towards the old values: unused entries keep them, near-singular systems stay well posed.
-    ridge = 1e-9 * systems.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] \
+    ridge = (
+        1e-9
+        * systems.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None]
         * torch.eye(k, dtype=torch.float64)
+    )
     used = onehot.sum((0, 1)) > 0 if values.shape[0] == 1 else onehot.sum(1) > 0
     ridge = ridge + torch.diag_embed((~used).double().reshape(-1, k))
     solved = torch.linalg.solve(systems + ridge, (targets + (ridge @ old[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]

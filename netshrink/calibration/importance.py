@@ -26,15 +26,18 @@ import torch
 from torch import nn
 
 
-def weight_importance(module: nn.Module, out_scale: torch.Tensor | None, in_moment: torch.Tensor | None) -> torch.Tensor:
+def weight_importance(
+    module: nn.Module, out_scale: torch.Tensor | None, in_moment: torch.Tensor | None
+) -> torch.Tensor:
     """Importance of each weight of a Conv/Linear layer: out_scale[o]^2 * in_moment[input of w]."""
     weight = module.weight
     importance = torch.ones_like(weight, dtype=torch.float64)
     if out_scale is not None:
         importance *= out_scale.double().pow(2).reshape(-1, *([1] * (weight.dim() - 1)))
     if in_moment is not None:
-        importance *= _per_weight_input(module, in_moment.double()).reshape(weight.shape[0], weight.shape[1],
-                                                                            *([1] * (weight.dim() - 2)))
+        importance *= _per_weight_input(module, in_moment.double()).reshape(
+            weight.shape[0], weight.shape[1], *([1] * (weight.dim() - 2))
+        )
     return importance
 
 

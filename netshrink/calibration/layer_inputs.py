@@ -28,10 +28,11 @@ included.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,8 +64,11 @@ def block_points(weight: torch.Tensor, d: int, groups: int = 1) -> torch.Tensor:
     block j of row i of its group, so all points of one j share one input block, hence one metric."""
     rows = weight.shape[0]
     per_row = weight[0].numel() // d
-    return (weight.reshape(groups, rows // groups, per_row, d).permute(0, 2, 1, 3)
-            .reshape(groups * per_row, rows // groups, d))
+    return (
+        weight.reshape(groups, rows // groups, per_row, d)
+        .permute(0, 2, 1, 3)
+        .reshape(groups * per_row, rows // groups, d)
+    )
 
 
 def unblock_labels(labels: torch.Tensor, groups: int) -> torch.Tensor:
@@ -201,8 +205,9 @@ def channel_moments(model: nn.Module, names: Iterable[str], batches: Iterable[An
     modules = dict(model.named_modules())
     taps = {name: _ChannelSums(modules[name]) for name in names}
     run_passes(model, [(modules[name], tap) for name, tap in taps.items()], batches)
-    return {name: ChannelMoments(tap.sums / tap.count, tap.squares / tap.count)
-            for name, tap in taps.items() if tap.count}
+    return {
+        name: ChannelMoments(tap.sums / tap.count, tap.squares / tap.count) for name, tap in taps.items() if tap.count
+    }
 
 
 @dataclass(frozen=True)
@@ -215,8 +220,9 @@ class PatchMoments:
     mean: torch.Tensor
 
 
-def patch_moments(model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256,
-                  seed: int = 0) -> PatchMoments:
+def patch_moments(
+    model: nn.Module, module: nn.Module, d: int, batches: Iterable[Any], *, positions: int = 256, seed: int = 0
+) -> PatchMoments:
     """`PatchMoments` of `module`'s inputs over the calibration `batches` (inputs of the whole model),
     from `positions` random output positions per image of a convolution."""
     sums = _PatchSums(module, d, positions, torch.Generator().manual_seed(seed))
@@ -249,7 +255,7 @@ class _PatchSums(InputTap):
         self.totals += features.sum(0).double()
         step = max(1, _FEATURE_BLOCK // max(1, features.shape[1]))
         for first in range(0, features.shape[0], step):
-            part = features[first:first + step].reshape(-1, blocks, self.d)
+            part = features[first : first + step].reshape(-1, blocks, self.d)
             self.grams += torch.einsum("rbi,rbj->bij", part, part).double()
         self.count += features.shape[0]
 
@@ -266,6 +272,7 @@ def _conv_patches(module: nn.Conv2d, x: torch.Tensor, positions: int, generator:
     total = out_h * out_w
     chosen = torch.randperm(total, generator=generator)[:positions] if total > positions else torch.arange(total)
     rows, cols = (chosen // out_w) * sh, (chosen % out_w) * sw
-    patches = torch.stack([x[:, :, rows + i * dh, cols + j * dw]
-                           for i in range(kh) for j in range(kw)], 2)       # [n, C, kh*kw, P]
+    patches = torch.stack(
+        [x[:, :, rows + i * dh, cols + j * dw] for i in range(kh) for j in range(kw)], 2
+    )  # [n, C, kh*kw, P]
     return patches.reshape(x.shape[0], -1, len(chosen)).permute(0, 2, 1).reshape(-1, patches.shape[1] * kh * kw)

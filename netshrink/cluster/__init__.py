@@ -3,4 +3,14 @@
 from netshrink.cluster.kmeans import KMeansResult, assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
 from netshrink.cluster.kmeans1d import assign_nearest_1d, kmeans_1d, kmeans_1d_exact, kmeans_sse
 
-__all__ = ["KMeansResult", "assign_nearest", "assign_nearest_metric", "kmeans", "kmeans_metric", "assign_nearest_1d", "kmeans_1d", "kmeans_1d_exact", "kmeans_sse"]
+__all__ = [
+    "KMeansResult",
+    "assign_nearest",
+    "assign_nearest_metric",
+    "kmeans",
+    "kmeans_metric",
+    "assign_nearest_1d",
+    "kmeans_1d",
+    "kmeans_1d_exact",
+    "kmeans_sse",
+]

@@ -17,7 +17,6 @@ import numpy as np
 __all__ = ["optimal_partition"]
 
 
-
 class _PrefixSums:
     """Prefix sums of w, w*x, w*x^2 over sorted weighted points: any run's SSE in O(1).
 
@@ -43,8 +42,9 @@ def _segment_argmin(val: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np
     return hits[np.searchsorted(hits, starts)]
 
 
-def _dp_layer(prev: np.ndarray, prev_arg: np.ndarray, pre: _PrefixSums, c: int, i_hi: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _dp_layer(
+    prev: np.ndarray, prev_arg: np.ndarray, pre: _PrefixSums, c: int, i_hi: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One DP layer D[c][i], i in [c, i_hi], by monotone-argmin divide and conquer.
 
     All sub-problems (i-range, j-range) of one recursion level are evaluated in one flat batch;

@@ -29,8 +29,16 @@ import torch
 from netshrink.cluster.lloyd import exact_sse, lifted_points, lloyd, nearest, one_thread_per_part
 from netshrink.errors import CodecError
 
-__all__ = ["KMeansResult", "kmeans", "assign_nearest", "kmeans_metric", "assign_nearest_metric", "metric_centroids",
-           "metric_cost", "INITS"]
+__all__ = [
+    "KMeansResult",
+    "kmeans",
+    "assign_nearest",
+    "kmeans_metric",
+    "assign_nearest_metric",
+    "metric_centroids",
+    "metric_cost",
+    "INITS",
+]
 
 INITS = ("kmeans++", "random")
 
@@ -79,9 +87,7 @@ def kmeans(
         return KMeansResult(centroids, labels, exact_sse(points, centroids, labels), iterations)
 
 
-def assign_nearest(
-    x: torch.Tensor, centroids: torch.Tensor, chunk: int = DEFAULT_CHUNK
-) -> tuple[torch.Tensor, float]:
+def assign_nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, float]:
     """Index of each row's nearest centroid (ties: the lowest index) and the exact SSE."""
     points = _validated_points(x)
     book = _validated_points(centroids, "centroids")
@@ -181,8 +187,14 @@ _METRIC_BLOCK = 1 << 22
 
 
 def kmeans_metric(
-    x: torch.Tensor, k: int, grams: torch.Tensor, *, iters: int = 20, seed: int = 0,
-    init: torch.Tensor | None = None, point_weights: torch.Tensor | None = None,
+    x: torch.Tensor,
+    k: int,
+    grams: torch.Tensor,
+    *,
+    iters: int = 20,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    point_weights: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Cluster the points x [m, n, d] into k shared codewords, point x[j, i] measured by grams[j].
 
@@ -205,7 +217,7 @@ def kmeans_metric(
     mapped = torch.bmm(points, factors)  # x L_j, once: the assignment scores codewords against these
     labels = _nearest_metric(mapped, centroids, factors)
     iteration = 0
-    for iteration in range(1, iters + 1):
+    for _iteration in range(1, iters + 1):
         centroids = _metric_update(points, grams.double(), weights, centroids, labels)
         moved, labels = labels, _nearest_metric(mapped, centroids, factors)
         if torch.equal(moved, labels):
@@ -221,8 +233,9 @@ def assign_nearest_metric(x: torch.Tensor, centroids: torch.Tensor, grams: torch
     return labels, metric_cost(points, book, labels, grams)
 
 
-def metric_centroids(x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor, k: int,
-                     point_weights: torch.Tensor | None = None) -> torch.Tensor:
+def metric_centroids(
+    x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor, k: int, point_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """The closed-form update: c_k = (sum_p a_p G_p)^-1 sum_p a_p G_p x_p over the members p of cluster k.
 
     Setting the gradient 2 sum_p a_p G_p (c - x_p) of the (convex) objective to zero gives it, so it
@@ -233,14 +246,21 @@ def metric_centroids(x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor,
     return _solved_centroids(points, grams.double(), weights, labels, torch.zeros(k, points.shape[2]))[0]
 
 
-def metric_cost(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor,
-                point_weights: torch.Tensor | None = None) -> float:
+def metric_cost(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    labels: torch.Tensor,
+    grams: torch.Tensor,
+    point_weights: torch.Tensor | None = None,
+) -> float:
     """sum_j sum_i a_ji (x_ji - c_l)^T G_j (x_ji - c_l), from the differences, in float64."""
     errors = _metric_errors(x.double(), centroids.double(), labels, grams.double())
     return float((errors if point_weights is None else errors * point_weights.double()).sum())
 
 
-def _metric_errors(points: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+def _metric_errors(
+    points: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor
+) -> torch.Tensor:
     diff = points - centroids[labels]
     return torch.einsum("jnd,jde,jne->jn", diff, grams, diff)
 
@@ -248,7 +268,11 @@ def _metric_errors(points: torch.Tensor, centroids: torch.Tensor, labels: torch.
 def _point_weights(weights: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor:
     if weights is None:
         return torch.ones(points.shape[:2], dtype=torch.float64)
-    if tuple(weights.shape) != tuple(points.shape[:2]) or not torch.isfinite(weights).all() or bool((weights <= 0).any()):
+    if (
+        tuple(weights.shape) != tuple(points.shape[:2])
+        or not torch.isfinite(weights).all()
+        or bool((weights <= 0).any())
+    ):
         raise CodecError(f"point_weights must be positive and finite, of shape {tuple(points.shape[:2])}")
     return weights.detach().double()
 
@@ -258,8 +282,10 @@ def _validated_metric_problem(x: torch.Tensor, grams: torch.Tensor) -> tuple[tor
     if not isinstance(x, torch.Tensor) or x.dim() != 3 or 0 in x.shape:
         raise CodecError(f"metric k-means needs points [m groups, n, d], got {getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(grams, torch.Tensor) or tuple(grams.shape) != (x.shape[0], x.shape[2], x.shape[2]):
-        raise CodecError(f"metric k-means needs one d x d matrix per group: expected {(x.shape[0], x.shape[2], x.shape[2])}, "
-                         f"got {tuple(getattr(grams, 'shape', ()))}")
+        raise CodecError(
+            f"metric k-means needs one d x d matrix per group: expected {(x.shape[0], x.shape[2], x.shape[2])}, "
+            f"got {tuple(getattr(grams, 'shape', ()))}"
+        )
     if not torch.isfinite(x).all() or not torch.isfinite(grams).all():
         raise CodecError("metric k-means: points and metrics must be finite")
     factors, info = torch.linalg.cholesky_ex(grams.double())
@@ -285,9 +311,9 @@ def _nearest_metric(mapped: torch.Tensor, centroids: torch.Tensor, factors: torc
     step = max(1, _METRIC_BLOCK // max(1, n * k))
     for first in range(0, m, step):
         block = slice(first, first + step)
-        mapped_points = mapped[block]                                              # [g, n, d]
-        mapped_book = torch.matmul(centroids, factors[block])                      # [g, k, d]
-        half_norms = 0.5 * (mapped_book * mapped_book).sum(2).unsqueeze(1)         # [g, 1, k]
+        mapped_points = mapped[block]  # [g, n, d]
+        mapped_book = torch.matmul(centroids, factors[block])  # [g, k, d]
+        half_norms = 0.5 * (mapped_book * mapped_book).sum(2).unsqueeze(1)  # [g, 1, k]
         scores = torch.baddbmm(half_norms, mapped_points, mapped_book.transpose(1, 2), alpha=-1)
         labels[block] = scores.argmin(2)  # ||z - c||^2 / 2 minus the constant ||z||^2 / 2
     return labels
@@ -305,8 +331,9 @@ def _normal_equations(points: torch.Tensor, grams: torch.Tensor, weights: torch.
     return system, rhs, torch.bincount(labels.reshape(-1), minlength=k)
 
 
-def _metric_update(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor,
-                   labels: torch.Tensor) -> torch.Tensor:
+def _metric_update(
+    points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """The closed-form update; empty clusters re-seeded at the worst-served points (as `kmeans`)."""
     out, used = _solved_centroids(points, grams, weights, labels, centroids)
     empty = (~used).nonzero().squeeze(1)
@@ -317,8 +344,9 @@ def _metric_update(points: torch.Tensor, grams: torch.Tensor, weights: torch.Ten
     return out
 
 
-def _solved_centroids(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
-                      base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _solved_centroids(
+    points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, base: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`base` with each used cluster's row replaced by its solution; also the used-cluster mask."""
     system, rhs, counts = _normal_equations(points, grams, weights, labels, base.shape[0])
     out, used = base.double().clone(), counts > 0

@@ -22,8 +22,16 @@ from netshrink.data.text import SentencePairs
 from netshrink.errors import DataError
 
 __all__ = [
-    "AUGMENTATIONS", "DATASET_NAMES", "DEFAULT_AUGMENTATION", "ArrayDataset", "BatchLoader",
-    "SentencePairs", "augment_batch", "download", "load_dataset", "resolve_data_dir",
+    "AUGMENTATIONS",
+    "DATASET_NAMES",
+    "DEFAULT_AUGMENTATION",
+    "ArrayDataset",
+    "BatchLoader",
+    "SentencePairs",
+    "augment_batch",
+    "download",
+    "load_dataset",
+    "resolve_data_dir",
 ]
 
 DATASET_NAMES = ("mnist", "mnist5k", "cifar10", "imagenette", "stsb")

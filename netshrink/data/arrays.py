@@ -34,14 +34,9 @@ class ArrayDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(
-                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                f"{tuple(self.images.shape)}"
-            )
+            raise DataError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.shape != (len(self.images),):
-            raise DataError(
-                f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}"
-            )
+            raise DataError(f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
         self.labels = self.labels.to(torch.int64)
 
     def __len__(self) -> int:
@@ -67,15 +62,12 @@ class ArrayDataset(Dataset):
             return torch.tensor(self.imagenet_classes, dtype=torch.int64)
         raise DataError(
             f"a model with {num_outputs} outputs cannot be scored on a dataset with "
-            f"{self.num_classes} classes"
-            + ("" if self.imagenet_classes is None else " (or 1000 ImageNet classes)")
+            f"{self.num_classes} classes" + ("" if self.imagenet_classes is None else " (or 1000 ImageNet classes)")
         )
 
     def subset(self, indices: torch.Tensor) -> ArrayDataset:
         """The samples at `indices` (copied), keeping the label metadata."""
-        return ArrayDataset(
-            self.images[indices], self.labels[indices], self.label_names, self.imagenet_classes
-        )
+        return ArrayDataset(self.images[indices], self.labels[indices], self.label_names, self.imagenet_classes)
 
     def sample(self, n: int, seed: int = 0) -> ArrayDataset:
         """A deterministic random subset of `n` samples, in dataset order.
@@ -88,9 +80,7 @@ class ArrayDataset(Dataset):
         indices = torch.randperm(len(self), generator=generator)[:n].sort().values
         return self.subset(indices)
 
-    def loader(
-        self, batch_size: int, shuffle: bool = False, augment: str | None = None, seed: int = 0
-    ) -> BatchLoader:
+    def loader(self, batch_size: int, shuffle: bool = False, augment: str | None = None, seed: int = 0) -> BatchLoader:
         """Batches of (float images in [0, 1], labels); see `augment_batch` for `augment`."""
         return BatchLoader(self, batch_size, shuffle, augment, seed)
 
@@ -102,9 +92,7 @@ class BatchLoader:
     differ.
     """
 
-    def __init__(
-        self, data: ArrayDataset, batch_size: int, shuffle: bool, augment: str | None, seed: int
-    ) -> None:
+    def __init__(self, data: ArrayDataset, batch_size: int, shuffle: bool, augment: str | None, seed: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle

@@ -31,7 +31,16 @@ BINARY_MEMBERS = {
 }
 # Alphabetical, which is also CIFAR's label order.
 CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 IMAGE_SIZE = 32
 RECORD = 1 + 3 * IMAGE_SIZE * IMAGE_SIZE  # one label byte, then R, G, B planes

@@ -25,8 +25,16 @@ SPLIT_FOLDER = {"train": "train", "test": "val"}  # Imagenette's held-out split 
 
 # wnid -> ImageNet-1k class index; sorted wnids are the 10-way label order.
 IMAGENET_INDEX = {
-    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
-    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+    "n01440764": 0,
+    "n02102040": 217,
+    "n02979186": 482,
+    "n03000684": 491,
+    "n03028079": 497,
+    "n03394916": 566,
+    "n03417042": 569,
+    "n03425413": 571,
+    "n03445777": 574,
+    "n03888257": 701,
 }
 WNIDS = tuple(sorted(IMAGENET_INDEX))
 

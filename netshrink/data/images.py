@@ -73,9 +73,7 @@ def _decode_to_cache(archive: Path, split: str, size: int, folder: Path, progres
     labels = np.array([classes.index(PurePosixPath(n).parent.name) for n in names], np.int64)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    images = np.lib.format.open_memmap(
-        tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(names), 3, size, size)
-    )
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(names), 3, size, size))
     _decode_all([encoded[n] for n in names], images, size, f"decoding {archive.name}", progress)
     images.flush()
     del images
@@ -104,22 +102,17 @@ def read_split_members(archive: Path, split: str) -> dict[str, bytes]:
         raise DataError(f"cannot read {archive}: {exc}; re-download or replace it") from exc
     if not found:
         raise DataError(
-            f"{archive} has no images under {split}/<class>/; expected members like "
-            f"{split}/<class>/<name>.jpg"
+            f"{archive} has no images under {split}/<class>/; expected members like {split}/<class>/<name>.jpg"
         )
     return found
 
 
 def _is_split_image(name: str, split: str) -> bool:
     parts = PurePosixPath(name).parts
-    return (
-        len(parts) >= 3 and parts[-3] == split and name.lower().endswith(IMAGE_SUFFIXES)
-    )
+    return len(parts) >= 3 and parts[-3] == split and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _decode_all(
-    encoded: list[bytes], out: np.ndarray, size: int, desc: str, progress: bool
-) -> None:
+def _decode_all(encoded: list[bytes], out: np.ndarray, size: int, desc: str, progress: bool) -> None:
     """Decode `encoded[i]` into `out[i]`; Pillow releases the GIL, so threads use all cores."""
 
     def decode_into(i: int) -> None:

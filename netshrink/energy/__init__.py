@@ -22,10 +22,31 @@ a stored weight), `model` (the per-layer estimate), `files` (models in memory an
 """
 
 from netshrink.energy.costs import LEVELS, EnergyConfig
-from netshrink.energy.files import EnergySummary, energy_of_file, energy_of_model, energy_summary, stored_formats, zoo_input_shape
+from netshrink.energy.files import (
+    EnergySummary,
+    energy_of_file,
+    energy_of_model,
+    energy_summary,
+    stored_formats,
+    zoo_input_shape,
+)
 from netshrink.energy.formats import WeightFormat, dense_formats, weight_format
 from netshrink.energy.model import LayerEnergy, ModelEnergy, estimate, movement
 
-__all__ = ["LEVELS", "EnergyConfig", "EnergySummary", "LayerEnergy", "ModelEnergy", "WeightFormat", "dense_formats",
-           "energy_of_file", "energy_of_model", "energy_summary", "estimate", "movement", "stored_formats",
-           "weight_format", "zoo_input_shape"]
+__all__ = [
+    "LEVELS",
+    "EnergyConfig",
+    "EnergySummary",
+    "LayerEnergy",
+    "ModelEnergy",
+    "WeightFormat",
+    "dense_formats",
+    "energy_of_file",
+    "energy_of_model",
+    "energy_summary",
+    "estimate",
+    "movement",
+    "stored_formats",
+    "weight_format",
+    "zoo_input_shape",
+]

@@ -45,8 +45,14 @@ class EnergyConfig:
     ifmap_spad_bits: int = IFMAP_SPAD_BITS
 
     def __post_init__(self) -> None:
-        for key in ("activation_bits", "original_weight_bits", "pes", "array_columns", "filter_spad_bits",
-                    "ifmap_spad_bits"):
+        for key in (
+            "activation_bits",
+            "original_weight_bits",
+            "pes",
+            "array_columns",
+            "filter_spad_bits",
+            "ifmap_spad_bits",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"energy {key} must be a positive integer, got {value!r}")
@@ -60,4 +66,3 @@ class EnergyConfig:
     def access_pj(self, level: str, bits: float) -> float:
         """Moving `bits` once through `level` (Eyeriss relative cost x a 16-bit MAC, linear in bits)."""
         return RELATIVE_ACCESS_COST[level] * self.mac_pj(REFERENCE_BITS, REFERENCE_BITS) * bits / REFERENCE_BITS
-

@@ -17,15 +17,23 @@ from netshrink.flops import layer_shapes
 from netshrink.identity import ModelIdentity
 
 
-def energy_of_model(model: nn.Module, input_shape: Sequence[int], formats: Mapping[str, WeightFormat] | None = None,
-                    config: EnergyConfig = EnergyConfig()) -> ModelEnergy:
+def energy_of_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    formats: Mapping[str, WeightFormat] | None = None,
+    config: EnergyConfig = EnergyConfig(),
+) -> ModelEnergy:
     """Energy of `model` on one input of `input_shape` (no batch dim); weights dense unless `formats`."""
     shapes = layer_shapes(model, input_shape)
     return estimate(shapes, dense_formats(model) if formats is None else formats, config, input_shape)
 
 
-def energy_of_file(path: str | Path, input_shape: Sequence[int] | None = None,
-                   config: EnergyConfig = EnergyConfig(), model: nn.Module | None = None) -> ModelEnergy:
+def energy_of_file(
+    path: str | Path,
+    input_shape: Sequence[int] | None = None,
+    config: EnergyConfig = EnergyConfig(),
+    model: nn.Module | None = None,
+) -> ModelEnergy:
     """Energy of the model in a .nsk file, weights as the file stores them. The input shape comes from
     the zoo entry the header names; for any other model pass `input_shape` (else ModelError) and,
     as for `netshrink.load`, the module."""
@@ -69,8 +77,13 @@ class EnergySummary:
         return self.estimate.to_json() if self.estimate is not None else {"available": False, "reason": self.reason}
 
 
-def energy_summary(path: str | Path, model: nn.Module | None, identity: ModelIdentity,
-                   formats: Mapping[str, WeightFormat], why_no_model: str = "") -> EnergySummary:
+def energy_summary(
+    path: str | Path,
+    model: nn.Module | None,
+    identity: ModelIdentity,
+    formats: Mapping[str, WeightFormat],
+    why_no_model: str = "",
+) -> EnergySummary:
     """The energy of a file's model already loaded (`model`, None when it could not be built: then
     `why_no_model` says why); says why when it cannot be estimated (model outside the zoo, input the
     zero-input forward cannot take)."""

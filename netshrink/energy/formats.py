@@ -27,7 +27,7 @@ class WeightFormat:
     shared: bool = False
 
     @classmethod
-    def dense(cls, numel: int, bits: int) -> "WeightFormat":
+    def dense(cls, numel: int, bits: int) -> WeightFormat:
         return cls(value_bits=bits, stored_bits=numel * bits)
 
     def rf_bits(self, numel: int) -> float:
@@ -60,5 +60,8 @@ def _value_bits(enc: Encoded) -> tuple[int, bool]:
 
 def dense_formats(model: nn.Module) -> dict[str, WeightFormat]:
     """Formats of an in-memory model: every weight dense at its dtype (a dense tensor has no zeros to skip)."""
-    return {name: WeightFormat.dense(tensor.numel(), 8 * tensor.element_size())
-            for name, tensor in model.state_dict().items() if name.endswith("weight")}
+    return {
+        name: WeightFormat.dense(tensor.numel(), 8 * tensor.element_size())
+        for name, tensor in model.state_dict().items()
+        if name.endswith("weight")
+    }

@@ -54,36 +54,52 @@ class ModelEnergy:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "available": True, "unit": "pJ", "input_shape": list(self.input_shape),
-            "total_pj": self.total(), "original_total_pj": self.total("original"), "ratio": self.ratio,
-            "computation_pj": self.total("computation"), "weights_pj": self.total("weights"),
-            "activations_pj": self.total("activations"), "config": asdict(self.config),
+            "available": True,
+            "unit": "pJ",
+            "input_shape": list(self.input_shape),
+            "total_pj": self.total(),
+            "original_total_pj": self.total("original"),
+            "ratio": self.ratio,
+            "computation_pj": self.total("computation"),
+            "weights_pj": self.total("weights"),
+            "activations_pj": self.total("activations"),
+            "config": asdict(self.config),
             "layers": [{**asdict(layer), "total_pj": layer.total_pj} for layer in self.layers],
         }
 
     def summary(self) -> str:
-        return (f"estimated energy {self.total() / 1e6:.4g} uJ per inference (computation "
-                f"{self.total('computation') / 1e6:.3g}, weights {self.total('weights') / 1e6:.3g}, "
-                f"activations {self.total('activations') / 1e6:.3g}); original fp32 "
-                f"{self.total('original') / 1e6:.4g} uJ; energy ratio {self.ratio:.2f}x "
-                f"(45 nm model, activations {self.config.activation_bits} b; netshrink.energy)")
+        return (
+            f"estimated energy {self.total() / 1e6:.4g} uJ per inference (computation "
+            f"{self.total('computation') / 1e6:.3g}, weights {self.total('weights') / 1e6:.3g}, "
+            f"activations {self.total('activations') / 1e6:.3g}); original fp32 "
+            f"{self.total('original') / 1e6:.4g} uJ; energy ratio {self.ratio:.2f}x "
+            f"(45 nm model, activations {self.config.activation_bits} b; netshrink.energy)"
+        )
 
     def table(self) -> str:
         width = max([len(layer.name) for layer in self.layers] + [5])
-        lines = [f"{'layer':<{width}}  {'MACs':>12} {'density':>7} {'bits/w':>7} {'comp uJ':>9} "
-                 f"{'weights uJ':>10} {'act uJ':>9} {'total uJ':>9} {'vs orig':>7}"]
+        lines = [
+            f"{'layer':<{width}}  {'MACs':>12} {'density':>7} {'bits/w':>7} {'comp uJ':>9} "
+            f"{'weights uJ':>10} {'act uJ':>9} {'total uJ':>9} {'vs orig':>7}"
+        ]
         for layer in self.layers:
             ratio = layer.original_pj / layer.total_pj if layer.total_pj else float("nan")
-            lines.append(f"{layer.name:<{width}}  {layer.macs:>12,} {layer.density:>7.3f} "
-                         f"{layer.stored_bits_per_weight:>7.2f} {layer.computation_pj / 1e6:>9.4f} "
-                         f"{layer.weights_pj / 1e6:>10.4f} {layer.activations_pj / 1e6:>9.4f} "
-                         f"{layer.total_pj / 1e6:>9.4f} {ratio:>6.2f}x")
+            lines.append(
+                f"{layer.name:<{width}}  {layer.macs:>12,} {layer.density:>7.3f} "
+                f"{layer.stored_bits_per_weight:>7.2f} {layer.computation_pj / 1e6:>9.4f} "
+                f"{layer.weights_pj / 1e6:>10.4f} {layer.activations_pj / 1e6:>9.4f} "
+                f"{layer.total_pj / 1e6:>9.4f} {ratio:>6.2f}x"
+            )
         lines.append(self.summary())
         return "\n".join(lines)
 
 
-def estimate(shapes: Sequence[LayerShape], formats: Mapping[str, WeightFormat],
-             config: EnergyConfig = EnergyConfig(), input_shape: Sequence[int] = ()) -> ModelEnergy:
+def estimate(
+    shapes: Sequence[LayerShape],
+    formats: Mapping[str, WeightFormat],
+    config: EnergyConfig = EnergyConfig(),
+    input_shape: Sequence[int] = (),
+) -> ModelEnergy:
     """Energy of the layer calls `shapes` with weights stored as `formats` (by state-dict name;
     a layer missing from it is dense at the original bit width)."""
     layers = []
@@ -92,11 +108,23 @@ def estimate(shapes: Sequence[LayerShape], formats: Mapping[str, WeightFormat],
         fmt = formats.get(shape.weight_name, original)
         parts = _layer_parts(shape, fmt, config)
         reference = _layer_parts(shape, original, config)
-        layers.append(LayerEnergy(
-            shape.name, shape.module_type, shape.macs, shape.macs * fmt.density, fmt.value_bits,
-            fmt.stored_bits / shape.weight_numel if shape.weight_numel else 0.0, fmt.density, fmt.shared,
-            parts["computation"], parts["weights"], parts["activations"], sum(reference[k] for k in
-            ("computation", "weights", "activations")), {level: parts[level] for level in LEVELS}))
+        layers.append(
+            LayerEnergy(
+                shape.name,
+                shape.module_type,
+                shape.macs,
+                shape.macs * fmt.density,
+                fmt.value_bits,
+                fmt.stored_bits / shape.weight_numel if shape.weight_numel else 0.0,
+                fmt.density,
+                fmt.shared,
+                parts["computation"],
+                parts["weights"],
+                parts["activations"],
+                sum(reference[k] for k in ("computation", "weights", "activations")),
+                {level: parts[level] for level in LEVELS},
+            )
+        )
     return ModelEnergy(layers, config, tuple(input_shape))
 
 
@@ -104,8 +132,12 @@ def _layer_parts(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> 
     """Computation, weight and activation energy of one layer call, and the same split by level."""
     macs = shape.macs * fmt.density
     act = config.activation_bits
-    parts = {"computation": macs * config.mac_pj(fmt.value_bits, act), "weights": 0.0, "activations": 0.0,
-             **{level: 0.0 for level in LEVELS}}
+    parts = {
+        "computation": macs * config.mac_pj(fmt.value_bits, act),
+        "weights": 0.0,
+        "activations": 0.0,
+        **{level: 0.0 for level in LEVELS},
+    }
     for kind, level, bits in movement(shape, fmt, config):
         energy = config.access_pj(level, bits)
         parts[kind] += energy
@@ -136,12 +168,16 @@ def movement(shape: LayerShape, fmt: WeightFormat, config: EnergyConfig) -> list
     weight_tiles = math.ceil(shape.weight_numel * fmt.density * rf_bits / spad_bits) or 1
     passes = _channel_passes(shape, config)
     moves = [
-        ("weights", "dram", fmt.stored_bits), ("weights", "buffer", fmt.stored_bits),
+        ("weights", "dram", fmt.stored_bits),
+        ("weights", "buffer", fmt.stored_bits),
         ("weights", "array", deliveries * rf_bits),
         ("weights", "rf", macs * rf_bits),
-        ("inputs", "dram", shape.input_numel * act), ("inputs", "buffer", shape.input_numel * act * weight_tiles),
-        ("inputs", "array", macs * min(1.0, stride / width) * act), ("inputs", "rf", macs * act),
-        ("outputs", "rf", 2 * macs * act), ("outputs", "array", macs / width * act),
+        ("inputs", "dram", shape.input_numel * act),
+        ("inputs", "buffer", shape.input_numel * act * weight_tiles),
+        ("inputs", "array", macs * min(1.0, stride / width) * act),
+        ("inputs", "rf", macs * act),
+        ("outputs", "rf", 2 * macs * act),
+        ("outputs", "array", macs / width * act),
         ("outputs", "buffer", shape.output_numel * act * (2 * passes - 1)),
         ("outputs", "dram", shape.output_numel * act),
     ]
@@ -164,4 +200,3 @@ def _channel_passes(shape: LayerShape, config: EnergyConfig) -> int:
     sets = max(1, config.pes // (height * min(out_rows, config.array_columns)))
     channels = shape.input_shape[0] // shape.groups if shape.kernel else shape.input_shape[-1]  # Linear: features
     return math.ceil(channels / (per_pe * sets))
-

@@ -67,10 +67,27 @@ from netshrink.paths import check_output_path
 # The reading side lives in `netshrink.format.reader`; it is re-exported so that code can import the
 # whole container API from here.
 __all__ = [
-    "DECODE_INFLATION", "FORMAT_VERSION", "JSON_INFLATION", "MAGIC", "MAX_DECODE_ENV", "MAX_DEPTH",
-    "MAX_HEADER_BYTES", "MAX_JSON_BYTES", "MAX_TENSORS", "MIN_DECODE_LIMIT", "MIN_JSON_LIMIT", "PREFIX",
-    "READABLE_VERSIONS", "NskFile", "TensorRecord", "check_decoded_size", "decode_limit", "parse", "read_nsk",
-    "serialize", "write_nsk",
+    "DECODE_INFLATION",
+    "FORMAT_VERSION",
+    "JSON_INFLATION",
+    "MAGIC",
+    "MAX_DECODE_ENV",
+    "MAX_DEPTH",
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_BYTES",
+    "MAX_TENSORS",
+    "MIN_DECODE_LIMIT",
+    "MIN_JSON_LIMIT",
+    "PREFIX",
+    "READABLE_VERSIONS",
+    "NskFile",
+    "TensorRecord",
+    "check_decoded_size",
+    "decode_limit",
+    "parse",
+    "read_nsk",
+    "serialize",
+    "write_nsk",
 ]
 
 
@@ -88,8 +105,10 @@ def _enc_to_json(enc: Encoded) -> dict[str, Any]:
         "codec": enc.codec,
         "shape": list(enc.shape),
         "params": enc.params,
-        "streams": [[role, s.kind, len(s.data), *([s.borrowed_from] if s.borrowed_from else [])]
-                    for role, s in enc.streams.items()],
+        "streams": [
+            [role, s.kind, len(s.data), *([s.borrowed_from] if s.borrowed_from else [])]
+            for role, s in enc.streams.items()
+        ],
         "children": {role: _enc_to_json(child) for role, child in enc.children.items()},
     }
 
@@ -103,12 +122,20 @@ def serialize(nsk: NskFile) -> bytes:
             records.append({"name": rec.name, "module": rec.module_type, "length": 0, "tied": rec.tied_to})
             continue
         data = b"".join(_stream_order(rec.encoded))
-        records.append({"name": rec.name, "module": rec.module_type, "length": len(data),
-                        "enc": _enc_to_json(rec.encoded)})
+        records.append(
+            {"name": rec.name, "module": rec.module_type, "length": len(data), "enc": _enc_to_json(rec.encoded)}
+        )
         blobs.append(data)
     payload = b"".join(blobs)
-    header = {"netshrink": FORMAT_VERSION, "model": nsk.model, "recipe": nsk.recipe, "meta": nsk.meta,
-              "payload_bytes": len(payload), "payload_crc32": zlib.crc32(payload), "tensors": records}
+    header = {
+        "netshrink": FORMAT_VERSION,
+        "model": nsk.model,
+        "recipe": nsk.recipe,
+        "meta": nsk.meta,
+        "payload_bytes": len(payload),
+        "payload_crc32": zlib.crc32(payload),
+        "tensors": records,
+    }
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     packed = zlib.compress(text, 9)
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed))
@@ -131,8 +158,10 @@ def _check_borrowed(tensors: list[TensorRecord]) -> None:
             source = seen.get(stream.borrowed_from)
             lent = source.streams.get(role) if source is not None else None
             if lent is None or lent.borrowed_from or lent.kind != stream.kind or lent.data != stream.data:
-                raise NetshrinkError(f"tensor {rec.name!r} borrows its {role!r} stream from {stream.borrowed_from!r}, "
-                                     "which is not an earlier tensor holding the same bytes")
+                raise NetshrinkError(
+                    f"tensor {rec.name!r} borrows its {role!r} stream from {stream.borrowed_from!r}, "
+                    "which is not an earlier tensor holding the same bytes"
+                )
         seen[rec.name] = rec.encoded
 
 

@@ -54,9 +54,20 @@ from netshrink.format.bitpack import (
 )
 
 __all__ = [
-    "MAX_ALPHABET", "MAX_COUNT", "MAX_PACK_WIDTH", "MAX_RANS_SYMBOLS", "MODE_NAMES", "decode_symbols",
-    "empirical_entropy_bits", "encode_count_table", "encode_rans", "encode_symbols", "pack_bits",
-    "stream_mode", "symbol_histogram", "unpack_bits",
+    "MAX_ALPHABET",
+    "MAX_COUNT",
+    "MAX_PACK_WIDTH",
+    "MAX_RANS_SYMBOLS",
+    "MODE_NAMES",
+    "decode_symbols",
+    "empirical_entropy_bits",
+    "encode_count_table",
+    "encode_rans",
+    "encode_symbols",
+    "pack_bits",
+    "stream_mode",
+    "symbol_histogram",
+    "unpack_bits",
 ]
 
 MAX_ALPHABET = 1 << 24
@@ -187,8 +198,9 @@ def _decode_rans_dense(body: np.ndarray, count: int, alphabet_size: int) -> np.n
 def _decode_rans_sparse(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
     (k,), pos = read_varints(body, 0, 1)
     if k > min(alphabet_size, count, MAX_RANS_SYMBOLS):
-        raise FormatError(f"rANS table lists {k} symbols; at most min(alphabet, count) = "
-                          f"{min(alphabet_size, count)} can occur")
+        raise FormatError(
+            f"rANS table lists {k} symbols; at most min(alphabet, count) = {min(alphabet_size, count)} can occur"
+        )
     table, pos = read_varints(body, pos, 2 * int(k))
     gaps, freqs = table[: int(k)], table[int(k) :]
     if gaps.size and int(gaps.max()) >= alphabet_size:  # also keeps the cumsum below from overflowing
@@ -235,8 +247,10 @@ def _decode_packed(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarr
     if not 1 <= width <= max(1, (alphabet_size - 1).bit_length()):
         raise FormatError(f"bit-packed stream width {width} does not fit alphabet of {alphabet_size}")
     if count == 0 or bits.size != packed_len(count, width):
-        raise FormatError(f"bit-packed stream has {bits.size} bytes; {count} x {width}-bit values need "
-                          f"{packed_len(count, width)} (and count >= 1)")
+        raise FormatError(
+            f"bit-packed stream has {bits.size} bytes; {count} x {width}-bit values need "
+            f"{packed_len(count, width)} (and count >= 1)"
+        )
     pad = bits.size * 8 - count * width
     if pad and int(bits[-1]) >> (8 - pad):
         raise FormatError("bit-packed stream has nonzero padding bits: corrupt")
@@ -249,8 +263,10 @@ def _decode_packed(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarr
 def _decode_constant(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
     (symbol,), pos = read_varints(body, 0, 1)
     if count == 0 or pos != body.size or symbol >= alphabet_size:
-        raise FormatError(f"constant stream invalid: symbol {symbol}, alphabet {alphabet_size}, "
-                          f"count {count}, {body.size - pos} trailing bytes")
+        raise FormatError(
+            f"constant stream invalid: symbol {symbol}, alphabet {alphabet_size}, "
+            f"count {count}, {body.size - pos} trailing bytes"
+        )
     return np.full(count, int(symbol), dtype=np.int64)
 
 

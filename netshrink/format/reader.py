@@ -100,7 +100,9 @@ def parse(data: bytes, max_bytes: int | None = None) -> NskFile:
     payload_start = PREFIX.size + _header_len(data)
     tensors = _read_records(header, data, payload_start)
     check_decoded_size(tensors, len(data), max_bytes)
-    return NskFile(tensors, _dict_field(header, "model"), _recipe_field(header), _dict_field(header, "meta"), payload_start)
+    return NskFile(
+        tensors, _dict_field(header, "model"), _recipe_field(header), _dict_field(header, "meta"), payload_start
+    )
 
 
 def decode_limit(file_bytes: int, max_bytes: int | None = None) -> int:
@@ -124,8 +126,10 @@ def check_decoded_size(tensors: list[TensorRecord], file_bytes: int, max_bytes: 
     declared = sum(rec.encoded.decoded_nbytes() for rec in tensors if not rec.tied_to)
     limit = decode_limit(file_bytes, max_bytes)
     if declared > limit:
-        raise TooLarge(f"declares {declared:,} bytes of decoded tensors in a {file_bytes:,}-byte file, over the "
-                       f"{limit:,}-byte limit; if you trust the file, raise it (max_bytes=, or ${MAX_DECODE_ENV})")
+        raise TooLarge(
+            f"declares {declared:,} bytes of decoded tensors in a {file_bytes:,}-byte file, over the "
+            f"{limit:,}-byte limit; if you trust the file, raise it (max_bytes=, or ${MAX_DECODE_ENV})"
+        )
     return declared
 
 
@@ -142,13 +146,15 @@ def _read_header(data: bytes) -> dict[str, Any]:
     if magic != MAGIC:
         raise NotNetshrinkFile("not a netshrink file (wrong magic bytes)")
     if version not in READABLE_VERSIONS:
-        raise UnsupportedVersion(f"format version {version} is not supported (this netshrink reads versions "
-                                 f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade netshrink")
+        raise UnsupportedVersion(
+            f"format version {version} is not supported (this netshrink reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade netshrink"
+        )
     if flags:
         raise MalformedHeader(f"reserved flags {flags:#06x} are set: written by a newer netshrink, or corrupt")
     if header_len > MAX_HEADER_BYTES:
         raise MalformedHeader(f"header length {header_len} exceeds the {MAX_HEADER_BYTES} byte limit")
-    packed = data[PREFIX.size: PREFIX.size + header_len]
+    packed = data[PREFIX.size : PREFIX.size + header_len]
     if len(packed) < header_len:
         raise TruncatedFile(f"truncated: header needs {header_len} bytes, file has {len(packed)}")
     if zlib.crc32(packed) != header_crc:
@@ -226,8 +232,9 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
     return tensors
 
 
-def _read_record(record: Any, index: int, data: bytes, payload_start: int, offset: int,
-                 earlier: dict[str, Encoded], version: int) -> TensorRecord:
+def _read_record(
+    record: Any, index: int, data: bytes, payload_start: int, offset: int, earlier: dict[str, Encoded], version: int
+) -> TensorRecord:
     """One tensor record. Version 1 records carry their offset and CRC-32; version 3 may be tied."""
     per_tensor_crc = version == 1
     if not isinstance(record, dict):
@@ -237,10 +244,14 @@ def _read_record(record: Any, index: int, data: bytes, payload_start: int, offse
         raise MalformedHeader(f"malformed header: tensor record {index} lacks a name")
     if "tied" in record and version >= 3:
         return _tied_record(record, name, module, earlier)
-    if not _is_count(length) or per_tensor_crc and (record.get("offset") != offset or not _is_count(record.get("crc32"))):
+    if (
+        not _is_count(length)
+        or per_tensor_crc
+        and (record.get("offset") != offset or not _is_count(record.get("crc32")))
+    ):
         raise MalformedHeader(f"malformed header: tensor {name!r} has a bad offset, length or checksum field")
     start = payload_start + offset
-    blob = data[start: start + length]
+    blob = data[start : start + length]
     if len(blob) != length:
         raise TruncatedFile(f"truncated: tensor {name!r} runs past the end of the file")
     if per_tensor_crc and zlib.crc32(blob) != record["crc32"]:
@@ -257,18 +268,26 @@ def _tied_record(record: dict[str, Any], name: str, module: str, earlier: dict[s
     if record.get("length") != 0 or "enc" in record:
         raise MalformedHeader(f"malformed header: tied tensor {name!r} must have length 0 and no encoding")
     if not isinstance(source, str) or source not in earlier:
-        raise MalformedHeader(f"malformed header: tensor {name!r} is tied to {source!r}, which is not an earlier tensor")
+        raise MalformedHeader(
+            f"malformed header: tensor {name!r} is tied to {source!r}, which is not an earlier tensor"
+        )
     return TensorRecord(name, earlier[source], module, tied_to=source)
 
 
-def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int,
-                   earlier: dict[str, Encoded]) -> tuple[Encoded, int]:
+def _enc_from_json(
+    node: Any, blob: bytes, pos: int, name: str, depth: int, earlier: dict[str, Encoded]
+) -> tuple[Encoded, int]:
     """Rebuild an Encoded tree from its JSON, slicing stream bytes from `blob` starting at `pos`
     (borrowed streams from the `earlier` tensors instead)."""
     if depth > MAX_DEPTH or not isinstance(node, dict):
         raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid codec record")
     codec, params, streams, children = node.get("codec"), node.get("params"), node.get("streams"), node.get("children")
-    if not isinstance(codec, str) or not isinstance(params, dict) or not isinstance(streams, list) or not isinstance(children, dict):
+    if (
+        not isinstance(codec, str)
+        or not isinstance(params, dict)
+        or not isinstance(streams, list)
+        or not isinstance(children, dict)
+    ):
         raise MalformedHeader(f"malformed header: tensor {name!r} codec record lacks codec/params/streams/children")
     try:
         shape = check_shape(node.get("shape"))
@@ -276,8 +295,14 @@ def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int,
         raise MalformedHeader(f"malformed header: tensor {name!r}: {exc}") from None
     enc = Encoded(codec, shape, params)
     for entry in streams:
-        if not (isinstance(entry, list) and len(entry) in (3, 4) and isinstance(entry[0], str)
-                and entry[1] in STREAM_KINDS and _is_count(entry[2]) and all(isinstance(e, str) for e in entry[3:])):
+        if not (
+            isinstance(entry, list)
+            and len(entry) in (3, 4)
+            and isinstance(entry[0], str)
+            and entry[1] in STREAM_KINDS
+            and _is_count(entry[2])
+            and all(isinstance(e, str) for e in entry[3:])
+        ):
             raise MalformedHeader(f"malformed header: tensor {name!r} has an invalid stream entry")
         role, kind, length = entry[:3]
         if len(entry) == 4:
@@ -285,7 +310,7 @@ def _enc_from_json(node: Any, blob: bytes, pos: int, name: str, depth: int,
             continue
         if pos + length > len(blob):
             raise MalformedHeader(f"malformed header: tensor {name!r} stream {role!r} runs past its bytes")
-        enc.streams[role] = Stream(kind, blob[pos: pos + length])
+        enc.streams[role] = Stream(kind, blob[pos : pos + length])
         pos += length
     for role, child in children.items():
         enc.children[role], pos = _enc_from_json(child, blob, pos, name, depth + 1, earlier)
@@ -297,8 +322,10 @@ def _borrowed(source: str, role: str, kind: str, length: int, name: str, earlier
     lender = earlier.get(source)
     stream = lender.streams.get(role) if lender is not None else None
     if stream is None or stream.borrowed_from or stream.kind != kind or len(stream.data) != length:
-        raise MalformedHeader(f"malformed header: tensor {name!r} borrows a {role!r} stream of {length} bytes "
-                              f"from {source!r}, which is not an earlier tensor holding one")
+        raise MalformedHeader(
+            f"malformed header: tensor {name!r} borrows a {role!r} stream of {length} bytes "
+            f"from {source!r}, which is not an earlier tensor holding one"
+        )
     return Stream(kind, stream.data, borrowed_from=source)
 
 

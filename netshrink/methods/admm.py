@@ -19,9 +19,10 @@ stored as Sparse(values) and Sparse(Palette(b_i)): values plus entropy-coded gap
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, ClassVar, Literal, Mapping
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -30,11 +31,17 @@ from netshrink.cluster import assign_nearest_1d, kmeans_1d
 from netshrink.format.codecs import Palette
 from netshrink.format.codecs.palette import MAX_BITS
 from netshrink.methods.prune import sparse_of
-from netshrink.training.retraining import (MaskHook, RetrainingStep, SharedValueHook, nonzero_masks, parameters_named,
-                                           value_labels)
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
+from netshrink.training.retraining import (
+    MaskHook,
+    RetrainingStep,
+    SharedValueHook,
+    nonzero_masks,
+    parameters_named,
+    value_labels,
+)
 
 log = logging.getLogger(__name__)
 LEVELS = ("kmeans", "uniform")
@@ -100,7 +107,10 @@ def uniform_levels(w: torch.Tensor, bits: int, iterations: int = 20) -> torch.Te
     return (grid * scale).to(w.dtype)
 
 
-LEVEL_FITTERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {"kmeans": kmeans_levels, "uniform": uniform_levels}
+LEVEL_FITTERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "kmeans": kmeans_levels,
+    "uniform": uniform_levels,
+}
 
 
 def quantize_to_levels(w: torch.Tensor, bits: int, levels: str) -> torch.Tensor:
@@ -118,8 +128,9 @@ class AdmmHook(TrainHook):
     each Z update: it falls towards zero as the weights converge into the constraint set.
     """
 
-    def __init__(self, projections: Mapping[str, Projection], interval: int, rho: float, rho_factor: float,
-                 rho_max: float) -> None:
+    def __init__(
+        self, projections: Mapping[str, Projection], interval: int, rho: float, rho_factor: float, rho_max: float
+    ) -> None:
         self.projections, self.interval = dict(projections), max(1, int(interval))
         self.rho, self.rho_factor, self.rho_max = rho, rho_factor, rho_max
         self.params: dict[str, nn.Parameter] = {}
@@ -194,13 +205,24 @@ class AdmmStep(RetrainingStep):
 
     admm: AdmmSchedule = AdmmSchedule()
 
-    def run_admm(self, model: nn.Module, ctx: StepContext, projections: Mapping[str, Projection], desc: str,
-                 hooks: tuple[TrainHook, ...] = ()) -> AdmmHook:
+    def run_admm(
+        self,
+        model: nn.Module,
+        ctx: StepContext,
+        projections: Mapping[str, Projection],
+        desc: str,
+        hooks: tuple[TrainHook, ...] = (),
+    ) -> AdmmHook:
         """Train with the ADMM penalty (plus `hooks`), then set each weight to its hard projection."""
         # Without data, retrain() below reports it; the interval only needs a placeholder then.
         per_epoch = -(-len(ctx.data) // self.train.batch_size) if ctx.data is not None else 1
-        admm = AdmmHook(projections, round(self.admm.admm_interval * per_epoch), self.admm.rho_init,
-                        self.admm.rho_factor, self.admm.rho_max)
+        admm = AdmmHook(
+            projections,
+            round(self.admm.admm_interval * per_epoch),
+            self.admm.rho_init,
+            self.admm.rho_factor,
+            self.admm.rho_max,
+        )
         if self.train.epochs > 0 or ctx.data is None:  # zero epochs: a one-shot projection (TrainConfig rejects 0)
             self.retrain(model, ctx, (*hooks, admm), desc)
         params = dict(model.named_parameters())
@@ -214,8 +236,9 @@ class AdmmStep(RetrainingStep):
         """Retrain with the constraint held by `hook` (masks or shared values); zero epochs skip it."""
         if self.admm.retrain_epochs == 0:  # TrainConfig rejects epochs=0 before retrain() could skip
             return
-        self.retrain(model, ctx, (hook,), desc, epochs=self.admm.retrain_epochs,
-                     lr=self.admm.retrain_lr or self.train.lr)
+        self.retrain(
+            model, ctx, (hook,), desc, epochs=self.admm.retrain_epochs, lr=self.admm.retrain_lr or self.train.lr
+        )
 
 
 # --- the two recipe steps ------------------------------------------------------------------------
@@ -266,13 +289,16 @@ class AdmmQuantize(AdmmStep):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be an integer in 1..{MAX_BITS}, got {self.bits!r}")
         if self.levels not in LEVELS or self.reduce not in ("sum", "mean"):
-            raise ValueError(f"levels must be one of {', '.join(LEVELS)} and reduce 'sum' or 'mean', "
-                             f"got {self.levels!r} and {self.reduce!r}")
+            raise ValueError(
+                f"levels must be one of {', '.join(LEVELS)} and reduce 'sum' or 'mean', "
+                f"got {self.levels!r} and {self.reduce!r}"
+            )
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         layers = {f"{name}.weight": self.for_layer(name) for name, _ in self.layers(model)}
-        projections = {name: partial(quantize_to_levels, bits=layer.bits, levels=layer.levels)
-                       for name, layer in layers.items()}
+        projections = {
+            name: partial(quantize_to_levels, bits=layer.bits, levels=layer.levels) for name, layer in layers.items()
+        }
         # Pruning came first (Ye et al. 2018): its zeros are held while the survivors are quantized.
         self.run_admm(model, ctx, projections, "admm quantize", (MaskHook(nonzero_masks(model, list(layers))),))
         state = model.state_dict()

@@ -31,6 +31,6 @@ class Cast(LayerStep):
         for module_name, _ in self.layers(model):
             codec = Dense(self.for_layer(module_name).dtype)
             prefix = f"{module_name}." if module_name else ""
-            for name in [n for n in state if n.startswith(prefix) and "." not in n[len(prefix):]]:
+            for name in [n for n in state if n.startswith(prefix) and "." not in n[len(prefix) :]]:
                 if state[name].is_floating_point() and plan.codec_for(name) == EXACT:
                     plan.assign(model, name, codec)

@@ -34,10 +34,10 @@ from torch import nn
 
 from netshrink.cluster.kmeans import kmeans
 from netshrink.format.codecs.pq import PQ, subvectors
-from netshrink.training.retraining import RetrainingStep, SharedValueHook, parameters_named, scalar_labels, store_shared
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
+from netshrink.training.retraining import RetrainingStep, SharedValueHook, parameters_named, scalar_labels, store_shared
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class SpectralTerm:
 
     d: int
     k: int
-    basis: torch.Tensor | None = None   # svd: F as an N x r orthonormal matrix
+    basis: torch.Tensor | None = None  # svd: F as an N x r orthonormal matrix
     labels: torch.Tensor | None = None  # kmeans: cluster of each column (F is their normalised indicator)
 
     def refresh(self, weight: torch.Tensor, source: str, seed: int) -> None:
@@ -127,17 +127,27 @@ class DeepKMeans(RetrainingStep):
 
     def terms(self, model: nn.Module) -> dict[str, SpectralTerm]:
         layers = {name: (module, self.for_layer(name)) for name, module in self.layers(model)}
-        return {f"{name}.weight": SpectralTerm(vector_length(module, layer.vector, layer.linear_d), layer.clusters)
-                for name, (module, layer) in layers.items()}
+        return {
+            f"{name}.weight": SpectralTerm(vector_length(module, layer.vector, layer.linear_d), layer.clusters)
+            for name, (module, layer) in layers.items()
+        }
 
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         terms = self.terms(model)
-        hooks = [SpectralKMeansHook(terms, self.lam, self.refresh_steps, self.f_source, ctx.seed)] if self.lam > 0 else []
+        hooks = (
+            [SpectralKMeansHook(terms, self.lam, self.refresh_steps, self.f_source, ctx.seed)] if self.lam > 0 else []
+        )
         self.retrain(model, ctx, hooks, desc="deep k-means re-training" if hooks else "re-training (no regulariser)")
         for name, term in terms.items():
             plan.assign(model, name, PQ(d=term.d, k=term.k, seed=ctx.seed))
         labels = {name: scalar_labels(plan.entries[name].encoded, term.d) for name, term in terms.items()}
-        self.retrain(model, ctx, [SharedValueHook(labels)], desc="fine-tune shared centres",
-                     epochs=self.finetune_epochs, lr=self.finetune_lr)
+        self.retrain(
+            model,
+            ctx,
+            [SharedValueHook(labels)],
+            desc="fine-tune shared centres",
+            epochs=self.finetune_epochs,
+            lr=self.finetune_lr,
+        )
         for name, term in terms.items():
             store_shared(model, plan, [name], labels, term.d)

@@ -20,9 +20,10 @@ import copy
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import fx, nn
@@ -32,16 +33,25 @@ from netshrink.data import ArrayDataset
 from netshrink.errors import DATA_HINT, DataError, ModelError, RecipeError
 from netshrink.evaluate import evaluate
 from netshrink.flops import flops
-from netshrink.training.retraining import RetrainingStep
 from netshrink.plan import CompressionPlan
-from netshrink.step import StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
+from netshrink.step import StepContext, register_step
+from netshrink.training.retraining import RetrainingStep
 from netshrink.zoo.protocols import DescribesArch
 
 log = logging.getLogger(__name__)
 
-_CHANNELWISE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout,
-                        nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_CHANNELWISE_MODULES = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
 _CHANNELWISE_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout}
 
 
@@ -217,8 +227,10 @@ def input_shape(data) -> tuple[int, ...]:
     pruning works on image tensors only."""
     inputs, _ = next(iter(data.loader(1)))
     if not isinstance(inputs, torch.Tensor):
-        raise RecipeError(f"step filter_prune removes channels of image models, but the training data gives "
-                          f"{type(inputs).__name__} batches (text); use a weight-sharing or pruning step instead")
+        raise RecipeError(
+            f"step filter_prune removes channels of image models, but the training data gives "
+            f"{type(inputs).__name__} batches (text); use a weight-sharing or pruning step instead"
+        )
     return tuple(inputs.shape[1:])
 
 
@@ -226,8 +238,10 @@ def require_no_codecs(plan: CompressionPlan, step: str) -> None:
     """Steps that change tensor shapes must run before any step assigns codecs to those tensors."""
     if plan.entries:
         first = next(iter(plan.entries))
-        raise RecipeError(f"step {step} changes the architecture, so it must come before the steps that assign "
-                          f"codecs (tensor {first!r} already has one); move it earlier in the recipe")
+        raise RecipeError(
+            f"step {step} changes the architecture, so it must come before the steps that assign "
+            f"codecs (tensor {first!r} already has one); move it earlier in the recipe"
+        )
 
 
 def record_arch(model: nn.Module, ctx: StepContext, step: str) -> None:
@@ -235,8 +249,12 @@ def record_arch(model: nn.Module, ctx: StepContext, step: str) -> None:
     if isinstance(model, DescribesArch):
         ctx.arch.update(model.arch_options())
     else:
-        log.warning("%s: %s has no arch_options(); load the file with netshrink.load(path, model=...) given a "
-                    "module of the new shape", step, type(model).__name__)
+        log.warning(
+            "%s: %s has no arch_options(); load the file with netshrink.load(path, model=...) given a "
+            "module of the new shape",
+            step,
+            type(model).__name__,
+        )
 
 
 @register_step("filter_prune")
@@ -304,8 +322,13 @@ class FilterPrune(RetrainingStep):
             pruned = self.prune_round(model, cuts, holdout, ratio)
             if self.train.epochs > 0:
                 self.retrain(model, train_ctx, [], desc=f"filter_prune round {round_index} ({ratio():.2f}x fewer MACs)")
-            log.info("filter_prune round %d: %s; %.2fx fewer MACs; held-out top1 %.2f %%", round_index,
-                     ", ".join(pruned), ratio(), 100 * holdout_accuracy(model, holdout))
+            log.info(
+                "filter_prune round %d: %s; %.2fx fewer MACs; held-out top1 %.2f %%",
+                round_index,
+                ", ".join(pruned),
+                ratio(),
+                100 * holdout_accuracy(model, holdout),
+            )
         self.finish(model, train_ctx, ratio())
         record_arch(model, ctx, self.step_name)
 
@@ -326,13 +349,17 @@ class FilterPrune(RetrainingStep):
         producers = {g.producer for g in groups}
         blocked = [p for p in self.include if p in selected and p not in producers]
         if blocked:
-            raise RecipeError(f"step filter_prune: layer {blocked[0]!r} cannot lose filters: its output reaches a "
-                              "residual add, a concatenation or the model output")
+            raise RecipeError(
+                f"step filter_prune: layer {blocked[0]!r} cannot lose filters: its output reaches a "
+                "residual add, a concatenation or the model output"
+            )
         for pattern, settings in self.overrides.items():
             if not any(fnmatchcase(p, pattern) for p in producers):
-                raise RecipeError(f"step filter_prune: overrides pattern {pattern!r} (field "
-                                  f"{', '.join(map(repr, settings))}) matches no prunable layer; "
-                                  f"prunable: {', '.join(sorted(producers))}")
+                raise RecipeError(
+                    f"step filter_prune: overrides pattern {pattern!r} (field "
+                    f"{', '.join(map(repr, settings))}) matches no prunable layer; "
+                    f"prunable: {', '.join(sorted(producers))}"
+                )
         if not groups:
             raise RecipeError(f"step filter_prune: no selected layer of {type(model).__name__} can lose filters")
         return groups
@@ -347,8 +374,9 @@ class FilterPrune(RetrainingStep):
     def reached(self, ratio: float) -> bool:
         return self.target_flops_ratio is not None and ratio >= self.target_flops_ratio
 
-    def prune_round(self, model: nn.Module, cuts: dict[ChannelGroup, int], holdout: ArrayDataset,
-                    ratio: Callable[[], float]) -> list[str]:
+    def prune_round(
+        self, model: nn.Module, cuts: dict[ChannelGroup, int], holdout: ArrayDataset, ratio: Callable[[], float]
+    ) -> list[str]:
         """Cut the least sensitive layers (stopping once the target is met); what was cut, as text."""
         drops = sensitivities(model, cuts, holdout)
         done = []
@@ -362,7 +390,11 @@ class FilterPrune(RetrainingStep):
 
     def finish(self, model: nn.Module, ctx: StepContext, ratio: float) -> None:
         if self.target_flops_ratio is not None and not self.reached(ratio):
-            log.warning("filter_prune reached only %.2fx fewer MACs (target %.2fx): every layer is at min_keep "
-                        "or max_rounds ran out", ratio, self.target_flops_ratio)
+            log.warning(
+                "filter_prune reached only %.2fx fewer MACs (target %.2fx): every layer is at min_keep "
+                "or max_rounds ran out",
+                ratio,
+                self.target_flops_ratio,
+            )
         if self.final_epochs > 0:
             self.retrain(model, ctx, [], desc="filter_prune final", epochs=self.final_epochs)

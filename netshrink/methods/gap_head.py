@@ -18,10 +18,10 @@ from torch import nn
 
 from netshrink import zoo
 from netshrink.errors import RecipeError
-from netshrink.training.retraining import TrainingStep
 from netshrink.methods.filter_prune import record_arch, require_no_codecs
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
+from netshrink.training.retraining import TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,15 @@ class GapHead(TrainingStep):
     def apply(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         name = type(model).__name__
         if isinstance(model, zoo.HasHead) and model.head == "gap":
-            log.warning("gap_head: %s already ends in global average pooling + linear; nothing to replace, "
-                        "step skipped", name)
+            log.warning(
+                "gap_head: %s already ends in global average pooling + linear; nothing to replace, step skipped", name
+            )
             return
         if not isinstance(model, zoo.GapHeadSwitch):
-            raise RecipeError(f"step gap_head: {name} has no global-average-pooling head option (to_gap_head); "
-                              f"zoo models with one: {', '.join(zoo.models_with(zoo.GapHeadSwitch))}")
+            raise RecipeError(
+                f"step gap_head: {name} has no global-average-pooling head option (to_gap_head); "
+                f"zoo models with one: {', '.join(zoo.models_with(zoo.GapHeadSwitch))}"
+            )
         require_no_codecs(plan, self.step_name)
         model.to_gap_head()
         record_arch(model, ctx, self.step_name)

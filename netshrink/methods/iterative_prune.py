@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from netshrink.methods.prune import check_sparsity, prune_in_place, sparse_of
-from netshrink.training.retraining import MaskHook, RetrainingStep
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
+from netshrink.training.retraining import MaskHook, RetrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,12 @@ class IterativePrune(RetrainingStep):
         for round_ in range(1, self.rounds + 1):
             fraction = 1 - (1 - round_ / self.rounds) ** 3
             masks = prune_in_place(model.state_dict(), {name: s * fraction for name, s in targets.items()}, self.scope)
-            log.info("iterative_prune round %d/%d: sparsity %.1f %% of selected weights", round_, self.rounds,
-                     100 * sparsity_of(masks))
+            log.info(
+                "iterative_prune round %d/%d: sparsity %.1f %% of selected weights",
+                round_,
+                self.rounds,
+                100 * sparsity_of(masks),
+            )
             self.retrain(model, ctx, [MaskHook(masks)], desc=f"prune round {round_}/{self.rounds}")
         for name in targets:
             plan.assign(model, name, sparse_of(plan.codec_for(name)))

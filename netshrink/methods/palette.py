@@ -17,18 +17,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.cluster.kmeans1d import KMeans1DInit
-from netshrink.format.codecs import Dense, Encoded, Palette, Sparse
-from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.calibration.batchnorm import batchnorm_scale, following_batchnorms
 from netshrink.calibration.bias_correction import correct_bias
-from netshrink.calibration.importance import weight_importance
 from netshrink.calibration.error_feedback import feedback_assign, refit_values
-from netshrink.calibration.layer_inputs import (ChannelMoments, calibration_batches, channel_moments, forward_order,
-                                            groups_of, patch_moments, row_groups)
+from netshrink.calibration.importance import weight_importance
+from netshrink.calibration.layer_inputs import (
+    ChannelMoments,
+    calibration_batches,
+    channel_moments,
+    forward_order,
+    groups_of,
+    patch_moments,
+    row_groups,
+)
+from netshrink.cluster.kmeans1d import KMeans1DInit
+from netshrink.errors import DATA_HINT, DataError, RecipeError
+from netshrink.format.codecs import Dense, Encoded, Palette, Sparse
 from netshrink.plan import CompressionPlan
-from netshrink.step import LayerStep, StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
+from netshrink.step import LayerStep, StepContext, register_step
 
 
 @register_step("palette")
@@ -74,16 +81,20 @@ class WeightSharing(LayerStep):
         norms = following_batchnorms(model) if self.weighting != "none" else {}
         importance = self.importances(model, moments, {name: batchnorm_scale(norm) for name, norm in norms.items()})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
-        for module_name, _ in tqdm(self.layers(model), desc=f"palette {self.bits}b", disable=not ctx.progress,
-                                   leave=False):
+        for module_name, _ in tqdm(
+            self.layers(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False
+        ):
             name, layer = f"{module_name}.weight", self.for_layer(module_name)
             current = plan.codec_for(name)
             pruned = isinstance(current, Sparse)
             if name in importance and pruned:
-                raise RecipeError(f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
-                                  "use weighting: none after pruning")
-            codec = Palette(layer.bits, layer.channelwise(state[name], pruned), layer.init, ctx.seed,
-                            importance.get(name))
+                raise RecipeError(
+                    f"palette weighting {self.weighting!r} needs dense weights, but {name} is pruned; "
+                    "use weighting: none after pruning"
+                )
+            codec = Palette(
+                layer.bits, layer.channelwise(state[name], pruned), layer.init, ctx.seed, importance.get(name)
+            )
             plan.assign(model, name, current.with_inner(codec))
         modules = dict(model.named_modules())
         for name, original in originals.items():
@@ -100,15 +111,19 @@ class WeightSharing(LayerStep):
             raise DataError(f"palette {what} measures inputs on training samples {DATA_HINT}")
         return calibration_batches(ctx.data, self.calibration, 64, ctx.seed, "palette")
 
-    def importances(self, model: nn.Module, moments: dict[str, ChannelMoments],
-                    scales: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def importances(
+        self, model: nn.Module, moments: dict[str, ChannelMoments], scales: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """weight name -> importance per weight (empty for weighting "none"); `scales`: |g / sigma|
         per output channel of the BatchNorm after each layer."""
         if self.weighting == "none":
             return {}
-        return {f"{name}.weight": weight_importance(module, scales.get(name),
-                                                    moments[name].variance if name in moments else None)
-                for name, module in self.layers(model)}
+        return {
+            f"{name}.weight": weight_importance(
+                module, scales.get(name), moments[name].variance if name in moments else None
+            )
+            for name, module in self.layers(model)
+        }
 
     def apply_with_feedback(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         """`compensate`: each layer, in forward order, measured on the inputs the already-quantized
@@ -117,23 +132,36 @@ class WeightSharing(LayerStep):
         for name, module in layers.items():
             codec = plan.codec_for(f"{name}.weight")
             if not isinstance(module, MATRIX_LAYERS) or not isinstance(codec, Dense):
-                raise RecipeError(f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
-                                  f"{'pruned ' if isinstance(codec, Sparse) else ''}{type(module).__name__}; "
-                                  "exclude it or use compensate: false")
+                raise RecipeError(
+                    f"palette compensate needs dense weights of Conv2d / Linear layers, but {name} is a "
+                    f"{'pruned ' if isinstance(codec, Sparse) else ''}{type(module).__name__}; "
+                    "exclude it or use compensate: false"
+                )
         batches = self.calibration_batches(ctx)
         norms = following_batchnorms(model)
         scales = {name: batchnorm_scale(norm) for name, norm in norms.items()}
         moments = self.calibrate(model, batches) if self.weighting == "activation" else {}
         importance = self.importances(model, moments, scales)
-        for name in tqdm(forward_order(model, layers, batches[0]), desc=f"palette {self.bits}b (feedback)",
-                         disable=not ctx.progress, leave=False):
+        for name in tqdm(
+            forward_order(model, layers, batches[0]),
+            desc=f"palette {self.bits}b (feedback)",
+            disable=not ctx.progress,
+            leave=False,
+        ):
             module, layer = layers[name], self.for_layer(name)
-            codec = Palette(layer.bits, layer.channelwise(module.weight, False), layer.init, ctx.seed,
-                            importance.get(f"{name}.weight"))
-            inputs = patch_moments(model, module, module.weight[0].numel(), batches, positions=self.positions,
-                                   seed=ctx.seed)
-            encoded = assign_layer_with_feedback(module, codec, inputs.gram,
-                                                 scales[name].pow(2) if name in scales else None)
+            codec = Palette(
+                layer.bits,
+                layer.channelwise(module.weight, False),
+                layer.init,
+                ctx.seed,
+                importance.get(f"{name}.weight"),
+            )
+            inputs = patch_moments(
+                model, module, module.weight[0].numel(), batches, positions=self.positions, seed=ctx.seed
+            )
+            encoded = assign_layer_with_feedback(
+                module, codec, inputs.gram, scales[name].pow(2) if name in scales else None
+            )
             original = module.weight.detach().clone()
             plan.set_encoded(model, f"{name}.weight", codec, encoded)
             correct_bias(module, original, inputs.mean, norms.get(name))
@@ -148,8 +176,9 @@ class WeightSharing(LayerStep):
         return not sparse and weight.dim() >= 2 and weight[0].numel() <= (1 << self.bits)
 
 
-def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Tensor,
-                               row_scale: torch.Tensor | None) -> Encoded:
+def assign_layer_with_feedback(
+    module: nn.Module, codec: Palette, gram: torch.Tensor, row_scale: torch.Tensor | None
+) -> Encoded:
     """The layer's palette: the codec's k-means values, labels by error feedback under each group's
     input second moment `gram` [groups, cols, cols], values refit for the output error."""
     weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
@@ -159,8 +188,12 @@ def assign_layer_with_feedback(module: nn.Module, codec: Palette, gram: torch.Te
     row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values
     labels = torch.cat([feedback_assign(weight[p], row_values[p], gram[g]) for g, p in enumerate(parts)])
     if values.shape[0] > 1:  # one palette per row: each refit on its group's inputs
-        values = torch.cat([refit_values(weight[p], labels[p], values[p], gram[g],
-                                         None if row_scale is None else row_scale[p]) for g, p in enumerate(parts)])
+        values = torch.cat(
+            [
+                refit_values(weight[p], labels[p], values[p], gram[g], None if row_scale is None else row_scale[p])
+                for g, p in enumerate(parts)
+            ]
+        )
     elif groups == 1:
         values = refit_values(weight, labels, values, gram[0], row_scale)
     return codec.encode_assigned(values, labels, tuple(module.weight.shape))

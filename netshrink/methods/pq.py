@@ -43,19 +43,32 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from netshrink.cluster import assign_nearest_metric, kmeans, kmeans_metric
-from netshrink.format.codecs import Codebook, Encoded
-from netshrink.format.codecs.pq import PQ, row_length, subvectors
-from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.calibration.batchnorm import batchnorm_scales, recalibrate_batchnorms
 from netshrink.calibration.error_feedback import feedback_assign_vectors
-from netshrink.calibration.layer_inputs import (block_points, calibration_batches, forward_order, groups_of,
-                                            patch_moments, row_groups, unblock_labels)
-from netshrink.training.retraining import (ReassignHook, RetrainingStep, RetrainSettings, SharedValueHook,
-                                          scalar_labels, store_shared)
+from netshrink.calibration.layer_inputs import (
+    block_points,
+    calibration_batches,
+    forward_order,
+    groups_of,
+    patch_moments,
+    row_groups,
+    unblock_labels,
+)
+from netshrink.cluster import assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.errors import DATA_HINT, DataError, RecipeError
+from netshrink.format.codecs import Codebook, Encoded
+from netshrink.format.codecs.pq import PQ, row_length, subvectors
 from netshrink.plan import CompressionPlan
-from netshrink.step import StepContext, register_step
 from netshrink.select import MATRIX_LAYERS
+from netshrink.step import StepContext, register_step
+from netshrink.training.retraining import (
+    ReassignHook,
+    RetrainingStep,
+    RetrainSettings,
+    SharedValueHook,
+    scalar_labels,
+    store_shared,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +137,10 @@ class OutputAwarePQ(RetrainingStep):
         length = row_length(module.weight.shape)
         if length % d:
             divisors = [v for v in range(1, min(length, 64) + 1) if length % v == 0]
-            raise RecipeError(f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
-                              f"(weight {tuple(module.weight.shape)}); set its d (overrides) to one of {divisors}")
+            raise RecipeError(
+                f"step pq: d={d} does not divide the row length {length} of layer {name!r} "
+                f"(weight {tuple(module.weight.shape)}); set its d (overrides) to one of {divisors}"
+            )
         return d
 
     def default_d(self, module: nn.Module) -> int:
@@ -142,18 +157,24 @@ class OutputAwarePQ(RetrainingStep):
         layers = dict(self.layers(model))
         settings = {name: (self.d_for(name, module), self.for_layer(name).k) for name, module in layers.items()}
         if self.needs_data and ctx.data is None:
-            raise DataError(f"step pq needs training data for calibration and fine-tuning {DATA_HINT}; "
-                            "or use objective: weights with epochs: 0")
+            raise DataError(
+                f"step pq needs training data for calibration and fine-tuning {DATA_HINT}; "
+                "or use objective: weights with epochs: 0"
+            )
         if self.train.epochs or self.stage_epochs:
             self.train.freeze_teacher(model, ctx)  # before any layer is quantized
-        samples = calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq") \
-            if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn) else None
+        samples = (
+            calibration_batches(ctx.data, self.calibration, self.calibration_batch, ctx.seed, "pq")
+            if ctx.data is not None and (self.objective == "output" or self.recalibrate_bn)
+            else None
+        )
         calibration = samples if self.objective == "output" else None
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
         row_scales: dict[str, torch.Tensor] = {}
         if calibration and self.weigh_by_norm:  # an error in row o reaches the next layer scaled by g_o / sigma_o
-            row_scales = {name: scale.double().pow(2).clamp_min(1e-12)
-                          for name, scale in batchnorm_scales(model).items()}
+            row_scales = {
+                name: scale.double().pow(2).clamp_min(1e-12) for name, scale in batchnorm_scales(model).items()
+            }
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
         books_of = [self._codebook_groups(stage, settings) for stage in stages]
@@ -164,8 +185,9 @@ class OutputAwarePQ(RetrainingStep):
             for index, (stage, stage_books) in enumerate(zip(stages, books_of)):
                 for book in stage_books:
                     quantize = self._quantize if len(book) == 1 else self._quantize_shared
-                    labels.update(quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales,
-                                           ctx.seed))
+                    labels.update(
+                        quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales, ctx.seed)
+                    )
                     bar.update(len(book))
                 if self.recalibrate_bn and samples:
                     recalibrate_batchnorms(model, samples)
@@ -196,13 +218,24 @@ class OutputAwarePQ(RetrainingStep):
             books.setdefault(settings[name][0], []).append(name)
         for book in books.values():
             if len({settings[name][1] for name in book}) > 1:
-                raise RecipeError(f"step pq: layers {book} share a codebook (share_codebook) but overrides give "
-                                  "them different k; give the layers of a stage one k")
+                raise RecipeError(
+                    f"step pq: layers {book} share a codebook (share_codebook) but overrides give "
+                    "them different k; give the layers of a stage one k"
+                )
         return list(books.values())
 
-    def _quantize(self, model: nn.Module, plan: CompressionPlan, names: list[str], layers: dict[str, nn.Module],
-                  d: int, k: int, calibration: list[Any] | None, row_scales: dict[str, torch.Tensor],
-                  seed: int) -> dict[str, torch.Tensor]:
+    def _quantize(
+        self,
+        model: nn.Module,
+        plan: CompressionPlan,
+        names: list[str],
+        layers: dict[str, nn.Module],
+        d: int,
+        k: int,
+        calibration: list[Any] | None,
+        row_scales: dict[str, torch.Tensor],
+        seed: int,
+    ) -> dict[str, torch.Tensor]:
         """Give the layer `names[0]` its own PQ codebook and labels (model updated); returns its per-weight labels."""
         name, module = names[0], layers[names[0]]
         weight_name = f"{name}.weight"
@@ -210,31 +243,59 @@ class OutputAwarePQ(RetrainingStep):
         if calibration is None or isinstance(module, nn.Embedding):
             plan.assign(model, weight_name, codec)
         else:
-            full = patch_moments(model, module, row_length(module.weight.shape) if self.feedback else d, calibration,
-                                 positions=self.positions, seed=seed).gram
+            full = patch_moments(
+                model,
+                module,
+                row_length(module.weight.shape) if self.feedback else d,
+                calibration,
+                positions=self.positions,
+                seed=seed,
+            ).gram
             grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
             points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
-            result = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams.float(),
-                                   iters=self.kmeans_iters, seed=seed, point_weights=weights)
+            result = kmeans_metric(
+                points,
+                min(k, points.shape[0] * points.shape[1]),
+                grams.float(),
+                iters=self.kmeans_iters,
+                seed=seed,
+                point_weights=weights,
+            )
             encoded = _metric_encoding(module, d, Codebook.fp16(result.centroids), grams)
             if self.feedback:
                 encoded = _with_feedback(module, encoded, full)
             plan.set_encoded(model, weight_name, codec, encoded)
         return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
 
-    def _quantize_shared(self, model: nn.Module, plan: CompressionPlan, names: list[str],
-                         layers: dict[str, nn.Module], d: int, k: int, calibration: list[Any] | None,
-                         row_scales: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    def _quantize_shared(
+        self,
+        model: nn.Module,
+        plan: CompressionPlan,
+        names: list[str],
+        layers: dict[str, nn.Module],
+        d: int,
+        k: int,
+        calibration: list[Any] | None,
+        row_scales: dict[str, torch.Tensor],
+        seed: int,
+    ) -> dict[str, torch.Tensor]:
         """One codebook for the layers `names`: learnt from all their sub-vectors (each in its own
         layer's metric), then each layer assigned to it in forward order (model updated)."""
         codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
         by_output = calibration is not None and not any(isinstance(layers[n], nn.Embedding) for n in names)
         if by_output:
-            problems = [self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed)
-                        for name in names]
+            problems = [
+                self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed) for name in names
+            ]
             points, grams, weights = _joined(problems)
-            codebook = kmeans_metric(points, min(k, points.shape[0] * points.shape[1]), grams, iters=self.kmeans_iters,
-                                     seed=seed, point_weights=weights).centroids
+            codebook = kmeans_metric(
+                points,
+                min(k, points.shape[0] * points.shape[1]),
+                grams,
+                iters=self.kmeans_iters,
+                seed=seed,
+                point_weights=weights,
+            ).centroids
         else:
             vectors = torch.cat([subvectors(layers[name].weight.detach().float(), d) for name in names])
             codebook = kmeans(vectors, min(k, vectors.shape[0]), iters=self.kmeans_iters, seed=seed).centroids
@@ -242,9 +303,16 @@ class OutputAwarePQ(RetrainingStep):
         labels = {}
         for index, name in enumerate(names):
             module = layers[name]
-            if by_output:  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
-                grams = problems[0][1] if index == 0 else self._metric(
-                    patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
+            if (
+                by_output
+            ):  # the inputs of this layer as the quantized earlier layers make them (the first's are unchanged)
+                grams = (
+                    problems[0][1]
+                    if index == 0
+                    else self._metric(
+                        patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram
+                    )
+                )
                 encoded = _metric_encoding(module, d, book, grams)
             else:
                 encoded = codec.encode(module.weight, book)
@@ -252,8 +320,15 @@ class OutputAwarePQ(RetrainingStep):
             labels[f"{name}.weight"] = scalar_labels(encoded, d)
         return labels
 
-    def _metric_problem(self, model: nn.Module, module: nn.Module, d: int, calibration: list[Any],
-                        row_scales: torch.Tensor | None, seed: int):
+    def _metric_problem(
+        self,
+        model: nn.Module,
+        module: nn.Module,
+        d: int,
+        calibration: list[Any],
+        row_scales: torch.Tensor | None,
+        seed: int,
+    ):
         """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n]."""
         grams = self._metric(patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
         points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales)
@@ -268,8 +343,16 @@ class OutputAwarePQ(RetrainingStep):
         scale = float(torch.diagonal(grams, dim1=1, dim2=2).mean()) or 1.0
         return grams + (self.ridge * scale + 1e-12) * torch.eye(d, dtype=grams.dtype)
 
-    def _finetune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor],
-                  shared: list[list[str]], d_of: dict[str, int], epochs: float, desc: str) -> None:
+    def _finetune(
+        self,
+        model: nn.Module,
+        ctx: StepContext,
+        labels: dict[str, torch.Tensor],
+        shared: list[list[str]],
+        d_of: dict[str, int],
+        epochs: float,
+        desc: str,
+    ) -> None:
         """Distillation of the codewords (and of every parameter not coded); with `reassign_every`,
         of latent weights re-assigned to codewords as they move (`ReassignHook`; `labels` updated)."""
         if epochs <= 0:
@@ -283,8 +366,9 @@ class OutputAwarePQ(RetrainingStep):
         labels.update(hook.labels())
 
 
-def metric_points(weight: torch.Tensor, d: int, groups: int,
-                  row_scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def metric_points(
+    weight: torch.Tensor, d: int, groups: int, row_scales: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The sub-vectors in `block_points` layout and their weights (rows weighted by `row_scales`,
     e.g. the following BatchNorm's scale^2; None: all 1)."""
     points = block_points(weight.float(), d, groups)
@@ -308,8 +392,14 @@ def _joined(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None
     """Several layers' metric k-means problems as one: concatenated blocks when every layer has the
     same rows per block, else one block per point (each carrying its block's metric)."""
     if len({points.shape[1] for points, _, _ in problems}) > 1:
-        problems = [(points.reshape(-1, 1, points.shape[2]), grams.repeat_interleave(points.shape[1], 0),
-                     None if weights is None else weights.reshape(-1, 1)) for points, grams, weights in problems]
+        problems = [
+            (
+                points.reshape(-1, 1, points.shape[2]),
+                grams.repeat_interleave(points.shape[1], 0),
+                None if weights is None else weights.reshape(-1, 1),
+            )
+            for points, grams, weights in problems
+        ]
     points = torch.cat([p for p, _, _ in problems])
     grams = torch.cat([g for _, g, _ in problems])
     if all(w is None for _, _, w in problems):
@@ -334,8 +424,10 @@ def _with_feedback(module: nn.Module, encoded: Encoded, grams: torch.Tensor) -> 
     a row absorb the output error of earlier ones."""
     book = encoded.state
     weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-    labels = torch.cat([feedback_assign_vectors(weight[rows], book.values.float(), grams[g])
-                        for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))])
+    labels = torch.cat(
+        [
+            feedback_assign_vectors(weight[rows], book.values.float(), grams[g])
+            for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))
+        ]
+    )
     return PQ.encode_assigned(book, labels.reshape(-1), tuple(module.weight.shape))
-
-

@@ -31,7 +31,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: st
     keep = _keep_largest(flat, sparsity)
     masks, start = {}, 0
     for name, w in weights.items():
-        masks[name] = keep[start: start + w.numel()].reshape(w.shape)
+        masks[name] = keep[start : start + w.numel()].reshape(w.shape)
         start += w.numel()
     return masks
 
@@ -45,8 +45,9 @@ def _keep_largest(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
-def prune_in_place(state: dict[str, torch.Tensor], sparsities: dict[str, float],
-                   scope: str = "layer") -> dict[str, torch.Tensor]:
+def prune_in_place(
+    state: dict[str, torch.Tensor], sparsities: dict[str, float], scope: str = "layer"
+) -> dict[str, torch.Tensor]:
     """Zero the smallest weights of each tensor `state[name]` to its sparsity (one threshold over all of
     them for "global", which takes one sparsity); returns the keep-masks."""
     if scope == "global":

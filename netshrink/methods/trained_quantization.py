@@ -18,11 +18,17 @@ from torch import nn
 
 from netshrink.cluster.kmeans1d import KMeans1DInit
 from netshrink.format.codecs import Palette, Sparse
-from netshrink.training.retraining import (MaskHook, RetrainingStep, RetrainSettings, SharedValueHook, nonzero_masks,
-                                           value_labels)
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
 from netshrink.training.loop import TrainHook
+from netshrink.training.retraining import (
+    MaskHook,
+    RetrainingStep,
+    RetrainSettings,
+    SharedValueHook,
+    nonzero_masks,
+    value_labels,
+)
 
 
 @register_step("trained_quantization")

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from netshrink.report import plots
 from netshrink.errors import NetshrinkError
-from netshrink.report.sizes import WEIGHTS_RATIO_LABEL, FileReport, TensorReport
+from netshrink.report import plots
 from netshrink.report.inputs import BenchmarkRun, Sensitivity, read_runs, read_sensitivity
+from netshrink.report.sizes import WEIGHTS_RATIO_LABEL, FileReport, TensorReport
 
 PLOT_IDS = ("plot-bits", "plot-sparsity", "plot-sizes", "plot-energy", "plot-sensitivity", "plot-tradeoff")
 STYLE = """
@@ -63,8 +63,9 @@ class ReportExtras:
 
 def read_extras(runs: Sequence[str] = (), sensitivity: str | None = None) -> ReportExtras:
     """Read the user's JSON files up front, so a bad one fails before any compression is spent."""
-    return ReportExtras([run for path in runs for run in read_runs(path)],
-                        read_sensitivity(sensitivity) if sensitivity else None)
+    return ReportExtras(
+        [run for path in runs for run in read_runs(path)], read_sensitivity(sensitivity) if sensitivity else None
+    )
 
 
 def write_html_report(report: FileReport, out: str | Path, extras: ReportExtras) -> Path:
@@ -83,12 +84,21 @@ def write_html_report(report: FileReport, out: str | Path, extras: ReportExtras)
 def render_html(report: FileReport, extras: ReportExtras) -> str:
     """The whole page as one string: what a reader sees first (sizes) comes first, the detail last."""
     name = html.escape(Path(report.file).name)
-    body = [f"<h1>netshrink report: {name}</h1>", f'<p class="sub">{html.escape(_model_line(report))}</p>',
-            _summary(report, extras), _recipe(report), "<h2>Per layer</h2>", *_figures(report, extras),
-            "<h2>Tensors</h2>", _tensor_tables(report)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>netshrink report: {name}</title><style>{STYLE}</style></head>\n"
-            f"<body data-images=\"pending\"><main>\n{chr(10).join(body)}\n</main>\n{READY_SCRIPT}</body></html>\n")
+    body = [
+        f"<h1>netshrink report: {name}</h1>",
+        f'<p class="sub">{html.escape(_model_line(report))}</p>',
+        _summary(report, extras),
+        _recipe(report),
+        "<h2>Per layer</h2>",
+        *_figures(report, extras),
+        "<h2>Tensors</h2>",
+        _tensor_tables(report),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>netshrink report: {name}</title><style>{STYLE}</style></head>\n"
+        f'<body data-images="pending"><main>\n{chr(10).join(body)}\n</main>\n{READY_SCRIPT}</body></html>\n'
+    )
 
 
 def _model_line(report: FileReport) -> str:
@@ -103,19 +113,36 @@ def _model_line(report: FileReport) -> str:
 
 
 def _summary(report: FileReport, extras: ReportExtras) -> str:
-    cards = [(f"{report.file_bytes:,} B", "file on disk"), (f"{report.original_bytes:,} B", "original (fp32, every tensor)"),
-             (f"{report.ratio:.2f}x", "ratio: original bytes / file bytes"),
-             (f"{report.weights_ratio:.2f}x", WEIGHTS_RATIO_LABEL), (f"{report.header_bytes:,} B", "header")]
+    cards = [
+        (f"{report.file_bytes:,} B", "file on disk"),
+        (f"{report.original_bytes:,} B", "original (fp32, every tensor)"),
+        (f"{report.ratio:.2f}x", "ratio: original bytes / file bytes"),
+        (f"{report.weights_ratio:.2f}x", WEIGHTS_RATIO_LABEL),
+        (f"{report.header_bytes:,} B", "header"),
+    ]
     evaluation = extras.evaluation
     if evaluation and evaluation.get("after") is not None:
-        change = "" if evaluation.get("before") is None else \
-            f"; before {100 * evaluation['before']:.2f}%, change {100 * (evaluation['after'] - evaluation['before']):+.2f} pp"
-        cards.append((f"{100 * evaluation['after']:.2f}%", f"{evaluation.get('dataset', '')} held-out "
-                      f"{evaluation.get('metric', 'accuracy')} after compression{change}"))
+        change = (
+            ""
+            if evaluation.get("before") is None
+            else f"; before {100 * evaluation['before']:.2f}%, change {100 * (evaluation['after'] - evaluation['before']):+.2f} pp"
+        )
+        cards.append(
+            (
+                f"{100 * evaluation['after']:.2f}%",
+                f"{evaluation.get('dataset', '')} held-out "
+                f"{evaluation.get('metric', 'accuracy')} after compression{change}",
+            )
+        )
     energy = extras.energy
     if energy and energy.get("available"):
-        cards.append((f"{energy['ratio']:.2f}x", f"estimated energy ratio ({energy['total_pj'] / 1e6:.3g} µJ vs "
-                      f"{energy['original_total_pj'] / 1e6:.3g} µJ per inference, netshrink.energy)"))
+        cards.append(
+            (
+                f"{energy['ratio']:.2f}x",
+                f"estimated energy ratio ({energy['total_pj'] / 1e6:.3g} µJ vs "
+                f"{energy['original_total_pj'] / 1e6:.3g} µJ per inference, netshrink.energy)",
+            )
+        )
     items = "".join(f'<div class="card"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for v, k in cards)
     return f'<h2>Summary</h2><div class="cards" id="summary">{items}</div>'
 
@@ -139,38 +166,57 @@ def _figures(report: FileReport, extras: ReportExtras) -> list[str]:
     return [
         _figure("plot-bits", lambda: plots.plot_bits(report), "Bits each conv/linear weight costs in the file."),
         _figure("plot-sparsity", lambda: plots.plot_sparsity(report), "Zero weights per layer."),
-        _figure("plot-sizes", lambda: plots.plot_sizes(report),
-                "Bytes per layer by stream kind; the bars add up to the file size."),
-        _figure("plot-energy", lambda: plots.plot_energy(energy),
-                "Estimated inference energy per layer (batch 1; netshrink.energy: 45 nm costs, Eyeriss memory "
-                "hierarchy), split into computation and data movement; black ticks: the same layer dense in fp32.",
-                None if energy.get("available") else f"Energy unavailable: {energy.get('reason', 'not estimated')}"),
-        _figure("plot-sensitivity", lambda: plots.plot_sensitivity(extras.sensitivity),
-                "Accuracy and KL divergence when only that layer is compressed.",
-                None if extras.sensitivity else "No sensitivity curves: pass --sensitivity FILE "
-                                                "(written by `netshrink sensitivity`)."),
-        _figure("plot-tradeoff", lambda: plots.plot_tradeoff(extras.runs, report.ratio, accuracy),
-                "Each benchmark run at its ratio and accuracy; dotted line: this file's ratio"
-                + (", star: its measured accuracy." if accuracy is not None else "."),
-                None if extras.runs else "No benchmark runs: pass --runs BENCH.json (e.g. "
-                                         "benchmarks/results/oneshot-resnet20.json).", _runs_table(extras.runs)),
+        _figure(
+            "plot-sizes",
+            lambda: plots.plot_sizes(report),
+            "Bytes per layer by stream kind; the bars add up to the file size.",
+        ),
+        _figure(
+            "plot-energy",
+            lambda: plots.plot_energy(energy),
+            "Estimated inference energy per layer (batch 1; netshrink.energy: 45 nm costs, Eyeriss memory "
+            "hierarchy), split into computation and data movement; black ticks: the same layer dense in fp32.",
+            None if energy.get("available") else f"Energy unavailable: {energy.get('reason', 'not estimated')}",
+        ),
+        _figure(
+            "plot-sensitivity",
+            lambda: plots.plot_sensitivity(extras.sensitivity),
+            "Accuracy and KL divergence when only that layer is compressed.",
+            None
+            if extras.sensitivity
+            else "No sensitivity curves: pass --sensitivity FILE (written by `netshrink sensitivity`).",
+        ),
+        _figure(
+            "plot-tradeoff",
+            lambda: plots.plot_tradeoff(extras.runs, report.ratio, accuracy),
+            "Each benchmark run at its ratio and accuracy; dotted line: this file's ratio"
+            + (", star: its measured accuracy." if accuracy is not None else "."),
+            None
+            if extras.runs
+            else "No benchmark runs: pass --runs BENCH.json (e.g. benchmarks/results/oneshot-resnet20.json).",
+            _runs_table(extras.runs),
+        ),
     ]
 
 
-def _figure(plot_id: str, draw: Callable[[], bytes], caption: str, missing: str | None = None,
-            below: str = "") -> str:
+def _figure(plot_id: str, draw: Callable[[], bytes], caption: str, missing: str | None = None, below: str = "") -> str:
     if missing is not None:
         return f'<figure class="plot-missing" id="{plot_id}"><figcaption>{html.escape(missing)}</figcaption></figure>'
     data = base64.b64encode(draw()).decode("ascii")
-    return (f'<figure class="plot" id="{plot_id}"><img alt="{plot_id}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption>{below}</figure>")
+    return (
+        f'<figure class="plot" id="{plot_id}"><img alt="{plot_id}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption>{below}</figure>"
+    )
 
 
 def _runs_table(runs: Sequence[BenchmarkRun]) -> str:
     """The numbered runs of the trade-off plot."""
-    rows = "".join(f'<tr><td class="n">{number}</td><td>{html.escape(run.series)}</td><td>{html.escape(run.label)}'
-                   f'</td><td class="n">{run.ratio:.2f}x</td><td class="n">{100 * run.accuracy:.2f}%</td>'
-                   f"<td>{html.escape(run.source)}</td></tr>" for number, run in enumerate(runs, 1))
+    rows = "".join(
+        f'<tr><td class="n">{number}</td><td>{html.escape(run.series)}</td><td>{html.escape(run.label)}'
+        f'</td><td class="n">{run.ratio:.2f}x</td><td class="n">{100 * run.accuracy:.2f}%</td>'
+        f"<td>{html.escape(run.source)}</td></tr>"
+        for number, run in enumerate(runs, 1)
+    )
     head = "<tr><th>#</th><th>model (tool)</th><th>run</th><th>ratio</th><th>top-1</th><th>from</th></tr>"
     return f'<table class="runs" id="runs"><thead>{head}</thead><tbody>{rows}</tbody></table>'
 
@@ -182,21 +228,41 @@ def _tensor_tables(report: FileReport) -> str:
     """Conv/linear weights in view; the many small tensors (biases, norms, buffers) folded away."""
     weights = [t for t in report.tensors if t.is_layer_weight]
     others = [t for t in report.tensors if not t.is_layer_weight]
-    folded = (f"<details><summary>{len(others)} other tensors (biases, norm parameters, buffers): "
-              f"{sum(t.total_bytes for t in others):,} B</summary>{_tensor_table(others, 'other-tensors')}</details>")
+    folded = (
+        f"<details><summary>{len(others)} other tensors (biases, norm parameters, buffers): "
+        f"{sum(t.total_bytes for t in others):,} B</summary>{_tensor_table(others, 'other-tensors')}</details>"
+    )
     return _tensor_table(weights, "tensors") + (folded if others else "")
 
 
 def _tensor_table(tensors: Sequence[TensorReport], table_id: str) -> str:
-    heads = ["tensor", "module", "codec", "shape", "bits/w", "zeros", "codebook", "indices", "positions",
-             "values", "total B"]
+    heads = [
+        "tensor",
+        "module",
+        "codec",
+        "shape",
+        "bits/w",
+        "zeros",
+        "codebook",
+        "indices",
+        "positions",
+        "values",
+        "total B",
+    ]
     rows = []
     for t in tensors:
         cells = [t.name, t.module, t.codec, "x".join(map(str, t.shape))]
-        numbers = [f"{t.bits_per_weight:.2f}", f"{100 * t.sparsity:.1f}%", *(f"{t.bytes[k]:,}" for k in
-                   ("codebook", "indices", "positions", "values")), f"{t.total_bytes:,}"]
-        rows.append("<tr>"
-                    + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                    + "".join(f'<td class="n">{n}</td>' for n in numbers) + "</tr>")
+        numbers = [
+            f"{t.bits_per_weight:.2f}",
+            f"{100 * t.sparsity:.1f}%",
+            *(f"{t.bytes[k]:,}" for k in ("codebook", "indices", "positions", "values")),
+            f"{t.total_bytes:,}",
+        ]
+        rows.append(
+            "<tr>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + "".join(f'<td class="n">{n}</td>' for n in numbers)
+            + "</tr>"
+        )
     head = "".join(f"<th>{h}</th>" for h in heads)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

@@ -13,9 +13,10 @@ Every failure is a `NetshrinkError` naming the file and what was expected, so th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from netshrink.budget.curves import AXES, SensitivityResult
 from netshrink.errors import DataError
@@ -61,8 +62,10 @@ def read_runs(path: str | Path) -> list[BenchmarkRun]:
     """Every run in a benchmark JSON; an error when it holds none."""
     runs = [_run_from(obj, Path(path).name) for obj in _run_objects(read_json(path, "benchmark runs"))]
     if not runs:
-        raise DataError(f"{path}: no benchmark runs found (expected objects with a numeric 'ratio' and one of "
-                        f"{', '.join(ACCURACY_KEYS)}, as benchmarks/results/*.json hold)")
+        raise DataError(
+            f"{path}: no benchmark runs found (expected objects with a numeric 'ratio' and one of "
+            f"{', '.join(ACCURACY_KEYS)}, as benchmarks/results/*.json hold)"
+        )
     return runs
 
 
@@ -93,8 +96,11 @@ def _run_label(obj: dict[str, Any]) -> str:
         return obj["recipe"]
     if obj.get("bits") is not None:
         return f"{obj['bits']}b{' per-channel' if obj.get('per_channel') else ''}"
-    words = [value for key, value in obj.items() if key not in ("model", "tool") and isinstance(value, str)
-             and 0 < len(value) <= 24 and "/" not in value]
+    words = [
+        value
+        for key, value in obj.items()
+        if key not in ("model", "tool") and isinstance(value, str) and 0 < len(value) <= 24 and "/" not in value
+    ]
     return ", ".join(words) or "run"
 
 
@@ -121,8 +127,17 @@ def read_sensitivity(path: str | Path) -> Sensitivity:
 
 def sensitivity_curves(result: SensitivityResult) -> Sensitivity:
     """What the sensitivity plot draws: per layer and axis, top-1 and KL against the setting."""
-    curves = tuple(SensitivityCurve(layer.name, axis, tuple(float(t.setting) for t in trials),
-                                    tuple(t.top1 for t in trials), tuple(t.kl for t in trials))
-                   for layer in result.layers for axis in AXES if (trials := layer.curve(axis)))
+    curves = tuple(
+        SensitivityCurve(
+            layer.name,
+            axis,
+            tuple(float(t.setting) for t in trials),
+            tuple(t.top1 for t in trials),
+            tuple(t.kl for t in trials),
+        )
+        for layer in result.layers
+        for axis in AXES
+        if (trials := layer.curve(axis))
+    )
     description = f"{result.samples} samples of {result.dataset} ({result.split})"
     return Sensitivity(curves, result.baseline.top1, description)

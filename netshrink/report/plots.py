@@ -12,15 +12,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from netshrink.errors import NetshrinkError
-from netshrink.report.sizes import FileReport, TensorReport
 from netshrink.report.inputs import BenchmarkRun, Sensitivity
+from netshrink.report.sizes import FileReport, TensorReport
 
 DPI = 110
-SIZE_PARTS = (("codebook", "codebooks", "#4c72b0"), ("indices", "indices", "#55a868"),
-              ("positions", "positions (sparse)", "#c44e52"), ("values", "dense values", "#8172b2"))
+SIZE_PARTS = (
+    ("codebook", "codebooks", "#4c72b0"),
+    ("indices", "indices", "#55a868"),
+    ("positions", "positions (sparse)", "#c44e52"),
+    ("values", "dense values", "#8172b2"),
+)
 REST_COLOUR = "#b0b0b0"
-ENERGY_PARTS = (("computation_pj", "computation", "#dd8452"), ("weights_pj", "weight movement", "#4c72b0"),
-                ("activations_pj", "activation movement", "#55a868"))
+ENERGY_PARTS = (
+    ("computation_pj", "computation", "#dd8452"),
+    ("weights_pj", "weight movement", "#4c72b0"),
+    ("activations_pj", "activation movement", "#55a868"),
+)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -106,10 +113,14 @@ def plot_sizes(report: FileReport) -> bytes:
     for kind, label, colour in SIZE_PARTS:
         heights = [t.bytes[kind] / 1024 for t in weights]
         if any(heights):
-            ax.bar(xs[:len(weights)], heights, bottom=bottom, label=label, color=colour)
+            ax.bar(xs[: len(weights)], heights, bottom=bottom, label=label, color=colour)
             bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.bar(xs[len(weights):], [rest / 1024, report.header_bytes / 1024], color=REST_COLOUR,
-           label="other tensors and header")
+    ax.bar(
+        xs[len(weights) :],
+        [rest / 1024, report.header_bytes / 1024],
+        color=REST_COLOUR,
+        label="other tensors and header",
+    )
     ax.set_ylabel("KiB in the file")
     ax.set_title(f"Size breakdown: {report.file_bytes / 1024:,.1f} KiB on disk in all")
     _legend_outside(fig)
@@ -125,11 +136,21 @@ def plot_energy(energy: Mapping[str, Any]) -> bytes:
         heights = [layer[key] / 1e6 for layer in layers]
         ax.bar(xs, heights, bottom=bottom, label=label, color=colour, width=0.7)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.scatter(xs, [layer["original_pj"] / 1e6 for layer in layers], marker="_", s=180, color="black",
-               linewidths=2, zorder=3, label="original fp32 (total)")
+    ax.scatter(
+        xs,
+        [layer["original_pj"] / 1e6 for layer in layers],
+        marker="_",
+        s=180,
+        color="black",
+        linewidths=2,
+        zorder=3,
+        label="original fp32 (total)",
+    )
     ax.set_ylabel("µJ per inference")
-    ax.set_title(f"Estimated energy per layer: {energy['total_pj'] / 1e6:.3g} µJ in all, "
-                 f"{energy['ratio']:.2f}x less than the original")
+    ax.set_title(
+        f"Estimated energy per layer: {energy['total_pj'] / 1e6:.3g} µJ in all, "
+        f"{energy['ratio']:.2f}x less than the original"
+    )
     _legend_outside(fig)
     return _png(fig)
 
@@ -179,11 +200,23 @@ def plot_tradeoff(runs: Sequence[BenchmarkRun], ratio: float, accuracy: float | 
     for index, name in enumerate(dict.fromkeys(map(key, runs))):
         colour = f"C{index % 10}"
         numbered = [(number, run) for number, run in enumerate(runs, 1) if key(run) == name]
-        ax.scatter([r.ratio for _, r in numbered], [100 * r.accuracy for _, r in numbered], color=colour, label=name,
-                   zorder=3, s=22)
+        ax.scatter(
+            [r.ratio for _, r in numbered],
+            [100 * r.accuracy for _, r in numbered],
+            color=colour,
+            label=name,
+            zorder=3,
+            s=22,
+        )
         for number, run in numbered:
-            ax.annotate(str(number), (run.ratio, 100 * run.accuracy), textcoords="offset points", xytext=(3, 3),
-                        fontsize=7, color=colour)
+            ax.annotate(
+                str(number),
+                (run.ratio, 100 * run.accuracy),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize=7,
+                color=colour,
+            )
     ax.axvline(ratio, color="black", linestyle=":", linewidth=1, label=f"this file: {ratio:.2f}x")
     if accuracy is not None:
         ax.scatter([ratio], [100 * accuracy], marker="*", s=160, color="black", zorder=4, label="this file")

@@ -96,20 +96,26 @@ class FileReport:
         """A readable per-tensor table with totals."""
         rows = [t for t in self.tensors if t.is_layer_weight or not only_weights]
         name_width = max([len(t.name) for t in rows] + [6])
-        lines = [f"{'tensor':<{name_width}}  {'codec':<22} {'shape':<16} {'bits/w':>7} {'codebook':>9} "
-                 f"{'indices':>9} {'positions':>9} {'values':>9} {'total':>9}"]
+        lines = [
+            f"{'tensor':<{name_width}}  {'codec':<22} {'shape':<16} {'bits/w':>7} {'codebook':>9} "
+            f"{'indices':>9} {'positions':>9} {'values':>9} {'total':>9}"
+        ]
         for t in rows:
             b = t.bytes
-            lines.append(f"{t.name:<{name_width}}  {t.codec[:22]:<22} {'x'.join(map(str, t.shape))[:16]:<16} "
-                         f"{t.bits_per_weight:>7.2f} {b['codebook']:>9} {b['indices']:>9} {b['positions']:>9} "
-                         f"{b['values']:>9} {t.total_bytes:>9}")
+            lines.append(
+                f"{t.name:<{name_width}}  {t.codec[:22]:<22} {'x'.join(map(str, t.shape))[:16]:<16} "
+                f"{t.bits_per_weight:>7.2f} {b['codebook']:>9} {b['indices']:>9} {b['positions']:>9} "
+                f"{b['values']:>9} {t.total_bytes:>9}"
+            )
         lines.append(self.summary())
         return "\n".join(lines)
 
     def summary(self) -> str:
-        return (f"file {self.file}: {self.file_bytes:,} bytes on disk (header {self.header_bytes:,}); "
-                f"original fp32 {self.original_bytes:,} bytes; ratio {self.ratio:.2f}x; "
-                f"weights_ratio {self.weights_ratio:.2f}x (paper convention, conv/linear weights only)")
+        return (
+            f"file {self.file}: {self.file_bytes:,} bytes on disk (header {self.header_bytes:,}); "
+            f"original fp32 {self.original_bytes:,} bytes; ratio {self.ratio:.2f}x; "
+            f"weights_ratio {self.weights_ratio:.2f}x (paper convention, conv/linear weights only)"
+        )
 
 
 def tensor_reports(decoded: DecodedFile) -> list[TensorReport]:
@@ -123,8 +129,11 @@ def tensor_reports(decoded: DecodedFile) -> list[TensorReport]:
         bpw = 8 * total / enc.numel if enc.numel else 0.0
         codec = f"tied to {rec.tied_to}" if rec.tied_to else enc.describe()
         zeros = int((decoded.state[rec.name] == 0).sum())
-        out.append(TensorReport(rec.name, rec.module_type, codec, list(enc.shape), enc.numel, bpw, kinds,
-                                total, zeros, rec.tied_to))
+        out.append(
+            TensorReport(
+                rec.name, rec.module_type, codec, list(enc.shape), enc.numel, bpw, kinds, total, zeros, rec.tied_to
+            )
+        )
     return out
 
 
@@ -138,8 +147,16 @@ def report_of(decoded: DecodedFile) -> FileReport:
     tensors = tensor_reports(decoded)
     recorded = decoded.identity.original
     original = (recorded.fp32_bytes if recorded else 0) or 4 * sum(t.numel for t in tensors if not t.tied_to)
-    return FileReport(str(decoded.path), os.stat(decoded.path).st_size, decoded.nsk.header_bytes, original, tensors,
-                      decoded.identity, decoded.nsk.recipe, recorded.weight_numel if recorded else None)
+    return FileReport(
+        str(decoded.path),
+        os.stat(decoded.path).st_size,
+        decoded.nsk.header_bytes,
+        original,
+        tensors,
+        decoded.identity,
+        decoded.nsk.recipe,
+        recorded.weight_numel if recorded else None,
+    )
 
 
 def original_size(model: Any) -> OriginalSize:

@@ -57,12 +57,15 @@ class DistillationLoss:
         if self.kind == "mse":
             return F.mse_loss(outputs, target)
         t = self.temperature
-        return F.kl_div(F.log_softmax(outputs / t, -1), F.log_softmax(target / t, -1), log_target=True,
-                        reduction="batchmean") * (t * t)
+        return F.kl_div(
+            F.log_softmax(outputs / t, -1), F.log_softmax(target / t, -1), log_target=True, reduction="batchmean"
+        ) * (t * t)
 
 
 def _tensor_output(outputs: Any) -> torch.Tensor:
     if not isinstance(outputs, torch.Tensor):
-        raise NetshrinkError(f"distillation needs a model that returns one tensor, got {type(outputs).__name__}; "
-                             "wrap the model so forward returns its logits or embedding")
+        raise NetshrinkError(
+            f"distillation needs a model that returns one tensor, got {type(outputs).__name__}; "
+            "wrap the model so forward returns its logits or embedding"
+        )
     return outputs

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -64,7 +65,9 @@ def make_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch
     params = [p for p in params if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0
+    )
 
 
 def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
@@ -76,9 +79,17 @@ def _lr_factor(step: int, total: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequence[TrainHook] = (), *,
-        progress: bool = True, loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        params: Sequence[nn.Parameter] | None = None, desc: str = "train") -> TrainResult:
+def fit(
+    model: nn.Module,
+    data: ArrayDataset,
+    config: TrainConfig,
+    hooks: Sequence[TrainHook] = (),
+    *,
+    progress: bool = True,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    params: Sequence[nn.Parameter] | None = None,
+    desc: str = "train",
+) -> TrainResult:
     """Train `model` on `data` for `config.epochs` epochs (fractions allowed) with `hooks` plugged in.
 
     `loss_fn(model, x, y)` defaults to cross-entropy on `call_model(model, x)`; distillation passes
@@ -104,7 +115,9 @@ def fit(model: nn.Module, data: ArrayDataset, config: TrainConfig, hooks: Sequen
             for x, y in loader:
                 loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], session, optimizer)
                 if not math.isfinite(loss):
-                    raise NetshrinkError(f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)")
+                    raise NetshrinkError(
+                        f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)"
+                    )
                 scheduler.step()
                 session.after_step()
                 result.losses.append(loss)
@@ -133,8 +146,14 @@ def _imagenet_targets(model: nn.Module, data: ArrayDataset) -> torch.Tensor | No
     return None
 
 
-def _train_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                session: TrainingSession, optimizer: torch.optim.Optimizer) -> float:
+def _train_step(
+    model: nn.Module,
+    loss_fn: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    session: TrainingSession,
+    optimizer: torch.optim.Optimizer,
+) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss = session.loss(loss_fn(model, x, y))
     loss.backward()
@@ -146,8 +165,12 @@ def _train_step(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
 #: Tuned from-scratch settings per (model, data set); fine-tuning uses a lower rate (see below).
 _DEFAULTS: dict[tuple[str, str], TrainConfig] = {
     ("lenet5", "mnist5k"): TrainConfig(epochs=6, batch_size=64, lr=0.05, weight_decay=5e-4),
-    ("lenet5", "mnist"): TrainConfig(epochs=12, batch_size=64, lr=0.02, weight_decay=5e-4, augment="shift", warmup_steps=200),
-    ("lenet300", "mnist"): TrainConfig(epochs=15, batch_size=128, lr=0.05, weight_decay=1e-4, augment="shift", warmup_steps=200),
+    ("lenet5", "mnist"): TrainConfig(
+        epochs=12, batch_size=64, lr=0.02, weight_decay=5e-4, augment="shift", warmup_steps=200
+    ),
+    ("lenet300", "mnist"): TrainConfig(
+        epochs=15, batch_size=128, lr=0.05, weight_decay=1e-4, augment="shift", warmup_steps=200
+    ),
     ("lenet300", "mnist5k"): TrainConfig(epochs=10, batch_size=64, lr=0.05, weight_decay=1e-4),
     ("resnet20", "cifar10"): TrainConfig(epochs=160, batch_size=128, lr=0.1, weight_decay=1e-4, augment="crop_flip"),
 }

@@ -12,20 +12,21 @@ phase also runs from the caller's loop: `step.prepare(model)` (see training/sess
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 
-from netshrink.format.codecs.base import Codebook, Encoded
 from netshrink.cluster import assign_nearest
-from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.data import DEFAULT_AUGMENTATION
-from netshrink.training.distill import DISTILL_KINDS, DistillationLoss
 from netshrink.errors import DATA_HINT, DataError, RecipeError
+from netshrink.format.codecs.base import Codebook, Encoded
+from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
 from netshrink.plan import CompressionPlan
 from netshrink.step import LayerStep, Recipe, StepContext
+from netshrink.training.distill import DISTILL_KINDS, DistillationLoss
 from netshrink.training.loop import TrainConfig, TrainHook, TrainResult, fit
 from netshrink.training.session import TrainingSession
 
@@ -53,8 +54,10 @@ class RetrainSettings:
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
             raise ValueError("epochs must be >= 0, lr > 0, batch_size >= 1, weight_decay >= 0")
         if self.distill not in DISTILL_KINDS or self.temperature <= 0:
-            raise ValueError(f"distill must be one of {', '.join(DISTILL_KINDS)} and temperature > 0, "
-                             f"got {self.distill!r} and {self.temperature}")
+            raise ValueError(
+                f"distill must be one of {', '.join(DISTILL_KINDS)} and temperature > 0, "
+                f"got {self.distill!r} and {self.temperature}"
+            )
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
 
@@ -70,15 +73,29 @@ class RetrainSettings:
         return DistillationLoss(ctx.teacher_for(model), self.distill, self.temperature)
 
     def train_config(self, ctx: StepContext, epochs: float | None = None, lr: float | None = None) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs if epochs is None else epochs, batch_size=self.batch_size,
-                           lr=self.lr if lr is None else lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, optimizer=self.optimizer,
-                           augment=DEFAULT_AUGMENTATION.get(ctx.dataset or ""), seed=ctx.seed)
+        return TrainConfig(
+            epochs=self.epochs if epochs is None else epochs,
+            batch_size=self.batch_size,
+            lr=self.lr if lr is None else lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            augment=DEFAULT_AUGMENTATION.get(ctx.dataset or ""),
+            seed=ctx.seed,
+        )
 
-    def retrain(self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str, *,
-                epochs: float | None = None, lr: float | None = None,
-                params: Sequence[nn.Parameter] | None = None,
-                loss_fn: Callable | None = None) -> TrainResult | None:
+    def retrain(
+        self,
+        model: nn.Module,
+        ctx: StepContext,
+        hooks: Sequence[TrainHook],
+        desc: str,
+        *,
+        epochs: float | None = None,
+        lr: float | None = None,
+        params: Sequence[nn.Parameter] | None = None,
+        loss_fn: Callable | None = None,
+    ) -> TrainResult | None:
         """Train `model` on the step's data with `hooks`; zero epochs means no training. `loss_fn`
         replaces the loss `distill` picks (see `loss_for`)."""
         if ctx.data is None:
@@ -104,8 +121,9 @@ class TrainingStep:
     def distills(self) -> bool:
         return self.train.distill != "ce"
 
-    def retrain(self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str,
-                **settings) -> TrainResult | None:
+    def retrain(
+        self, model: nn.Module, ctx: StepContext, hooks: Sequence[TrainHook], desc: str, **settings
+    ) -> TrainResult | None:
         return self.train.retrain(model, ctx, hooks, desc, **settings)
 
 
@@ -117,6 +135,7 @@ class RetrainingStep(TrainingStep, LayerStep):
     return the hooks that hold the compression while training) and `finalize_training` (store the
     trained result), so that `prepare` can hand the training to the caller's own loop.
     """
+
     def prepare(self, model: nn.Module, plan: CompressionPlan | None = None, *, seed: int = 0) -> TrainingSession:
         """Start this step on `model` (changed in place) for the caller's own training loop; the
         session's `finalize()` returns the `CompressedModel` (save it as a .nsk). `plan`: the plan of
@@ -138,8 +157,10 @@ class RetrainingStep(TrainingStep, LayerStep):
         return TrainingSession(model, hooks, finish)
 
     def prepare_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> list[TrainHook]:
-        raise RecipeError(f"step {self.step_name} retrains in several phases, so it runs through netshrink.compress "
-                          "only; steps that run from your own loop: trained_quantization")
+        raise RecipeError(
+            f"step {self.step_name} retrains in several phases, so it runs through netshrink.compress "
+            "only; steps that run from your own loop: trained_quantization"
+        )
 
     def finalize_training(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         pass
@@ -191,8 +212,9 @@ class SharedValueHook(TrainHook):
     layers): their gradients are pooled across the group, so a shared codeword moves as one.
     """
 
-    def __init__(self, labels: dict[str, torch.Tensor], reduce: str = "sum",
-                 groups: Sequence[Sequence[str]] = ()) -> None:
+    def __init__(
+        self, labels: dict[str, torch.Tensor], reduce: str = "sum", groups: Sequence[Sequence[str]] = ()
+    ) -> None:
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
         self.labels, self.reduce = labels, reduce
@@ -244,7 +266,7 @@ def value_labels(weight: torch.Tensor) -> torch.Tensor:
     """Cluster labels of a weight-shared tensor: the index of each weight's distinct value; zeros -> -1."""
     values, labels = torch.unique(weight.detach(), return_inverse=True)
     labels = labels.clone()
-    zero = (weight == 0)
+    zero = weight == 0
     labels[zero] = -1
     return labels
 
@@ -271,8 +293,9 @@ def per_vector_labels(labels: torch.Tensor, d: int) -> torch.Tensor:
     return subvectors(labels, d)[:, 0] // d
 
 
-def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], labels: dict[str, torch.Tensor],
-                 d: int) -> None:
+def store_shared(
+    model: nn.Module, plan: CompressionPlan, names: Sequence[str], labels: dict[str, torch.Tensor], d: int
+) -> None:
     """Record the fine-tuned codewords of tensors `names` as the ONE codebook they share (fp16 in the
     file, so the model is reloaded with them), with each tensor's codes as trained: the file stores
     the codebook once, and a later change to these tensors is coded with it again."""
@@ -284,8 +307,9 @@ def store_shared(model: nn.Module, plan: CompressionPlan, names: Sequence[str], 
         codewords[vector_labels[name]] = subvectors(state[name], d).float()
     book = Codebook.fp16(codewords)
     for name in names:
-        plan.set_encoded(model, name, plan.codec_for(name),
-                         PQ.encode_assigned(book, vector_labels[name], tuple(state[name].shape)))
+        plan.set_encoded(
+            model, name, plan.codec_for(name), PQ.encode_assigned(book, vector_labels[name], tuple(state[name].shape))
+        )
 
 
 class ReassignHook(TrainHook):
@@ -300,8 +324,9 @@ class ReassignHook(TrainHook):
     loss pulls its weights towards another one. `groups` lists tensors sharing one codebook.
     """
 
-    def __init__(self, labels: dict[str, torch.Tensor], d: dict[str, int], every: int,
-                 groups: Sequence[Sequence[str]] = ()) -> None:
+    def __init__(
+        self, labels: dict[str, torch.Tensor], d: dict[str, int], every: int, groups: Sequence[Sequence[str]] = ()
+    ) -> None:
         if every < 1:
             raise ValueError(f"re-assignment interval must be >= 1 step, got {every}")
         self.groups = with_singletons(labels, groups)
@@ -323,16 +348,19 @@ class ReassignHook(TrainHook):
                     self.latent[name] += self.params[name] - self._written(name, self.books[index])
                 if (step + 1) % self.every == 0:
                     for name in group:
-                        self.vector_labels[name] = assign_nearest(subvectors(self.latent[name], self.d[name]),
-                                                                  self.books[index])[0]
+                        self.vector_labels[name] = assign_nearest(
+                            subvectors(self.latent[name], self.d[name]), self.books[index]
+                        )[0]
                 self.books[index] = self._codebook(group, self.books[index])
                 for name in group:
                     self.params[name].copy_(self._written(name, self.books[index]))
 
     def labels(self) -> dict[str, torch.Tensor]:
         """Per-weight labels in `scalar_labels` form, as they stand now."""
-        return {name: per_weight_labels(labels, self.d[name], self.params[name].shape)
-                for name, labels in self.vector_labels.items()}
+        return {
+            name: per_weight_labels(labels, self.d[name], self.params[name].shape)
+            for name, labels in self.vector_labels.items()
+        }
 
     def _k(self, group: list[str]) -> int:
         return max(int(self.vector_labels[name].max()) + 1 for name in group)

@@ -26,7 +26,8 @@ and `session.after_step()` after it; in Lightning, the same two calls belong in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,8 +86,10 @@ class TrainingSession:
     def attach(self, optimizer: torch.optim.Optimizer) -> TrainingSession:
         """Run `after_backward` / `after_step` around every `optimizer.step()` (for loops you do not
         write yourself); `finalize` detaches them."""
-        self.handles += [optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
-                         optimizer.register_step_post_hook(lambda *_: self.after_step())]
+        self.handles += [
+            optimizer.register_step_pre_hook(lambda *_: self.after_backward()),
+            optimizer.register_step_post_hook(lambda *_: self.after_step()),
+        ]
         return self
 
     def finalize(self) -> Any:

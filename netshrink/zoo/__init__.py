@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,17 +21,28 @@ from netshrink.zoo.efficientnet_lite import efficientnet_lite0
 from netshrink.zoo.lenet import LeNet5, LeNet300
 from netshrink.zoo.minilm import minilm, minilm_checkpoint, read_safetensors
 from netshrink.zoo.normalize import Normalize
-from netshrink.zoo.protocols import DescribesArch, GapHeadSwitch, HasHead
 from netshrink.zoo.pretrained import (
     efficientnet_lite0_checkpoint,
     load_strict,
     read_checkpoint,
     resnet20_checkpoint,
 )
+from netshrink.zoo.protocols import DescribesArch, GapHeadSwitch, HasHead
 from netshrink.zoo.resnet_cifar import resnet20
 
-__all__ = ["MODEL_NAMES", "DescribesArch", "GapHeadSwitch", "HasHead", "ModelInfo", "Normalize", "build_model",
-           "build_skeleton", "get_model", "model_info", "models_with"]
+__all__ = [
+    "MODEL_NAMES",
+    "DescribesArch",
+    "GapHeadSwitch",
+    "HasHead",
+    "ModelInfo",
+    "Normalize",
+    "build_model",
+    "build_skeleton",
+    "get_model",
+    "model_info",
+    "models_with",
+]
 
 
 @dataclass(frozen=True)
@@ -57,17 +68,13 @@ class _Entry:
 _ZOO: dict[str, _Entry] = {
     "lenet300": _Entry(ModelInfo("lenet300", "mnist", 10, (1, 28, 28), False), LeNet300, None),
     "lenet5": _Entry(ModelInfo("lenet5", "mnist", 10, (1, 28, 28), False), LeNet5, None),
-    "resnet20": _Entry(
-        ModelInfo("resnet20", "cifar10", 10, (3, 32, 32), True), resnet20, resnet20_checkpoint
-    ),
+    "resnet20": _Entry(ModelInfo("resnet20", "cifar10", 10, (3, 32, 32), True), resnet20, resnet20_checkpoint),
     "efficientnet_lite0": _Entry(
         ModelInfo("efficientnet_lite0", "imagenette", 1000, (3, 224, 224), True),
         efficientnet_lite0,
         lambda _data_dir: efficientnet_lite0_checkpoint(),
     ),
-    "minilm": _Entry(
-        ModelInfo("minilm", "stsb", 384, (256,), True), minilm, minilm_checkpoint, read_safetensors
-    ),
+    "minilm": _Entry(ModelInfo("minilm", "stsb", 384, (256,), True), minilm, minilm_checkpoint, read_safetensors),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
@@ -77,9 +84,7 @@ def _entry(name: str) -> _Entry:
     try:
         return _ZOO[name]
     except KeyError:
-        raise ModelError(
-            f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}"
-        ) from None
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}") from None
 
 
 def model_info(name: str) -> ModelInfo:
@@ -156,9 +161,7 @@ def _check_arch_value(name: str, key: str, value: Any, depth: int = 0) -> None:
     raise ModelError(f"{name}: argument {key!r} = {str(value)[:60]!r} is not an integer, short string or short list")
 
 
-def get_model(
-    name: str, pretrained: bool = True, data_dir: str | Path | None = None
-) -> nn.Module:
+def get_model(name: str, pretrained: bool = True, data_dir: str | Path | None = None) -> nn.Module:
     """A zoo model in eval mode, with its published weights unless `pretrained=False`.
 
     `data_dir` (default: $NETSHRINK_DATA) is only needed for weights kept with the data

@@ -58,7 +58,9 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
         for size, k, s, d in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
+            reversed(x.shape[-2:]),
+            reversed(self.kernel_size),
+            reversed(self.stride),
             reversed(self.dilation),
         ):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -81,9 +83,7 @@ class MBConvBlock(nn.Module):
         if spec.expand_ratio != 1:
             self._expand_conv = SameConv2d(in_channels, hidden, 1, bias=False)
             self._bn0 = _bn(hidden)
-        self._depthwise_conv = SameConv2d(
-            hidden, hidden, spec.kernel_size, stride=stride, groups=hidden, bias=False
-        )
+        self._depthwise_conv = SameConv2d(hidden, hidden, spec.kernel_size, stride=stride, groups=hidden, bias=False)
         self._bn1 = _bn(hidden)
         self._project_conv = SameConv2d(hidden, spec.out_channels, 1, bias=False)
         self._bn2 = _bn(spec.out_channels)

@@ -47,8 +47,9 @@ class LeNet5(nn.Module):
     (16 positions x 50 x 500) but needs 16x fewer of its weights.
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (20, 50, 500),
-                 head: Literal["fc", "gap"] = "fc") -> None:
+    def __init__(
+        self, num_classes: int = 10, widths: Sequence[int] = (20, 50, 500), head: Literal["fc", "gap"] = "fc"
+    ) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ModelError(f"lenet5: widths must be three positive channel counts (conv1, conv2, fc1), got {widths}")

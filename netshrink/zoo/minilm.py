@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from netshrink.data.text import TOKENIZER_PACKAGE as PACKAGE, TOKENIZER_PIP as PACKAGE_PIP, package_file
+from netshrink.data.text import TOKENIZER_PACKAGE as PACKAGE
+from netshrink.data.text import TOKENIZER_PIP as PACKAGE_PIP
+from netshrink.data.text import package_file
 from netshrink.errors import ModelError
 
 WEIGHTS_FILE = "model/model.safetensors"
@@ -130,15 +132,32 @@ class MiniLM(nn.Module):
     ...})`, so text batches flow through the same training and evaluation code as image tensors.
     """
 
-    def __init__(self, vocab_size: int = 30522, hidden: int = 384, layers: int = 6, heads: int = 12,
-                 intermediate: int = 1536, max_positions: int = 512, type_vocab_size: int = 2) -> None:
+    def __init__(
+        self,
+        vocab_size: int = 30522,
+        hidden: int = 384,
+        layers: int = 6,
+        heads: int = 12,
+        intermediate: int = 1536,
+        max_positions: int = 512,
+        type_vocab_size: int = 2,
+    ) -> None:
         super().__init__()
         if not 1 <= heads <= hidden or not 1 <= layers <= MAX_LAYERS:
-            raise ModelError(f"minilm needs 1..hidden attention heads and 1..{MAX_LAYERS} layers, got {heads}, {layers}")
+            raise ModelError(
+                f"minilm needs 1..hidden attention heads and 1..{MAX_LAYERS} layers, got {heads}, {layers}"
+            )
         if hidden % heads:
             raise ModelError(f"hidden size {hidden} is not a multiple of the {heads} attention heads")
-        self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
-                           intermediate=intermediate, max_positions=max_positions, type_vocab_size=type_vocab_size)
+        self.config = dict(
+            vocab_size=vocab_size,
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            intermediate=intermediate,
+            max_positions=max_positions,
+            type_vocab_size=type_vocab_size,
+        )
         self.embeddings = Embeddings(vocab_size, hidden, max_positions, type_vocab_size)
         self.encoder = Encoder(layers, hidden, heads, intermediate)
 
@@ -159,11 +178,17 @@ def _unpack(input_ids: Any, attention_mask: torch.Tensor | None) -> tuple[torch.
         input_ids, attention_mask = input_ids["input_ids"], input_ids.get("attention_mask")
     elif isinstance(input_ids, (tuple, list)):
         input_ids, attention_mask = input_ids[0], (input_ids[1] if len(input_ids) > 1 else None)
-    if isinstance(input_ids, torch.Tensor) and input_ids.is_floating_point() and torch.equal(input_ids, input_ids.round()):
+    if (
+        isinstance(input_ids, torch.Tensor)
+        and input_ids.is_floating_point()
+        and torch.equal(input_ids, input_ids.round())
+    ):
         input_ids = input_ids.long()  # whole-number ids as floats: the zero input shape-only tools (flops) pass
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ModelError("MiniLM takes integer token ids of shape (N, L) (and an attention mask); "
-                         f"got {type(input_ids).__name__} {getattr(input_ids, 'shape', '')}")
+        raise ModelError(
+            "MiniLM takes integer token ids of shape (N, L) (and an attention mask); "
+            f"got {type(input_ids).__name__} {getattr(input_ids, 'shape', '')}"
+        )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     return input_ids, attention_mask

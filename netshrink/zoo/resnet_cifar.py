@@ -46,9 +46,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(inner, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         needs_projection = stride != 1 or in_planes != planes
-        self.shortcut: nn.Module = (
-            ZeroPadShortcut(planes - in_planes) if needs_projection else nn.Identity()
-        )
+        self.shortcut: nn.Module = ZeroPadShortcut(planes - in_planes) if needs_projection else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -66,16 +64,17 @@ class CifarResNet(nn.Module):
     #: Already global average pooling + linear: there is no flatten + FC head to replace.
     head = "gap"
 
-    def __init__(self, blocks_per_stage: int = 3, num_classes: int = 10,
-                 inner_widths: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, blocks_per_stage: int = 3, num_classes: int = 10, inner_widths: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         inner = self._inner_widths(blocks_per_stage, inner_widths)
         self.normalize = imagenet_normalize()
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = self._stage(16, 16, inner[:blocks_per_stage], stride=1)
-        self.layer2 = self._stage(16, 32, inner[blocks_per_stage:2 * blocks_per_stage], stride=2)
-        self.layer3 = self._stage(32, 64, inner[2 * blocks_per_stage:], stride=2)
+        self.layer2 = self._stage(16, 32, inner[blocks_per_stage : 2 * blocks_per_stage], stride=2)
+        self.layer3 = self._stage(32, 64, inner[2 * blocks_per_stage :], stride=2)
         self.linear = nn.Linear(64, num_classes)
         self._init_weights()
 
@@ -86,7 +85,9 @@ class CifarResNet(nn.Module):
             return default
         widths = [int(w) for w in inner_widths]
         if len(widths) != len(default) or min(widths) < 1:
-            raise ModelError(f"inner_widths must be {len(default)} positive widths (one per block), got {list(inner_widths)}")
+            raise ModelError(
+                f"inner_widths must be {len(default)} positive widths (one per block), got {list(inner_widths)}"
+            )
         return widths
 
     @staticmethod
@@ -100,8 +101,10 @@ class CifarResNet(nn.Module):
 
     def arch_options(self) -> dict[str, Any]:
         """The `build_model(...)` arguments that rebuild this module's shape (for filter pruning)."""
-        return {"num_classes": self.linear.out_features,
-                "inner_widths": [block.conv1.out_channels for block in self.blocks()]}
+        return {
+            "num_classes": self.linear.out_features,
+            "inner_widths": [block.conv1.out_channels for block in self.blocks()],
+        }
 
     def _init_weights(self) -> None:
         # He et al. 2015 initialisation, as used to train the published checkpoint.

@@ -6,18 +6,25 @@ import os
 
 import pytest
 import torch
+from conftest import random_images
 from torch import nn
 
-from conftest import random_images
 from netshrink import api
-from netshrink.budget.allocation import (BudgetError, LayerOption, allocate, budget_recipe, original_bytes_of,
-                                         predicted_damage, uniform_choice)
-from netshrink.energy import energy_of_model, weight_format
+from netshrink.budget.allocation import (
+    BudgetError,
+    LayerOption,
+    allocate,
+    budget_recipe,
+    original_bytes_of,
+    predicted_damage,
+    uniform_choice,
+)
+from netshrink.budget.sensitivity import CalibrationScorer, SensitivityConfig, calibration_split, measure
 from netshrink.cli import main
 from netshrink.data import ArrayDataset
+from netshrink.energy import energy_of_model, weight_format
 from netshrink.errors import NetshrinkError
 from netshrink.format.container import read_nsk
-from netshrink.budget.sensitivity import CalibrationScorer, SensitivityConfig, calibration_split, measure
 
 CONFIG = SensitivityConfig(bits=(2, 3, 4, 5, 6), sparsity=(0.5, 0.9), samples=64)
 
@@ -61,8 +68,8 @@ def compress_to_energy(model, sens, energy, **kwargs):
 
 def test_allocate_spends_bytes_where_damage_is():
     bytes_at = {2: 100, 3: 150, 4: 200, 5: 250}
-    sensitive = [LayerOption(b, 0.0, n, 1.0 / 4 ** b) for b, n in bytes_at.items()]
-    robust = [LayerOption(b, 0.0, n, 0.001 / 4 ** b) for b, n in bytes_at.items()]
+    sensitive = [LayerOption(b, 0.0, n, 1.0 / 4**b) for b, n in bytes_at.items()]
+    robust = [LayerOption(b, 0.0, n, 0.001 / 4**b) for b, n in bytes_at.items()]
     choice = allocate({"a": sensitive, "b": robust}, budget=300)  # uniform 3-bit costs exactly 300
     assert choice["a"].bits == 4 and choice["b"].bits == 2
     assert choice["a"].bytes + choice["b"].bytes <= 300

@@ -6,15 +6,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import random_images
+
 from netshrink import api
 from netshrink.budget import sensitivity as sens_module
+from netshrink.budget.curves import SensitivityResult
+from netshrink.budget.sensitivity import SensitivityConfig, load_for_model, measure, sensitivity
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError
 from netshrink.recipe import parse_recipe
-from netshrink.budget.curves import SensitivityResult
-from netshrink.budget.sensitivity import SensitivityConfig, load_for_model, measure, sensitivity
 
 CONFIG = SensitivityConfig(bits=(2, 4, 6), sparsity=(0.5, 0.9), samples=64)
 
@@ -51,9 +51,16 @@ def test_damage_grows_as_bits_fall(result):
 
 def test_bytes_are_what_the_file_stores(tiny_net, result):
     """The recorded bytes of fc at 4 bits and of fc pruned to 0.5 + 2 bits equal the file's encodings."""
-    recipe = parse_recipe({"name": "t", "steps": [{"palette": {"bits": 4, "per_channel": "auto", "include": ["fc"]}},
-                                                  {"prune": {"sparsity": 0.5, "include": ["conv"]}},
-                                                  {"palette": {"bits": 2, "per_channel": "auto", "include": ["conv"]}}]})
+    recipe = parse_recipe(
+        {
+            "name": "t",
+            "steps": [
+                {"palette": {"bits": 4, "per_channel": "auto", "include": ["fc"]}},
+                {"prune": {"sparsity": 0.5, "include": ["conv"]}},
+                {"palette": {"bits": 2, "per_channel": "auto", "include": ["conv"]}},
+            ],
+        }
+    )
     plan = api.compress(tiny_net, recipe, progress=False).plan
     conv, fc = result.layers
     assert plan.entries["fc.weight"].encoded.nbits() // 8 == fc.bits[1].bytes
@@ -116,11 +123,14 @@ def test_committed_results_read(name):
     assert {k: v for k, v in result.to_json().items() if k != "cached"} == raw  # nothing lost or added
 
 
-@pytest.mark.parametrize("text,message", [
-    ("{}", "not a `netshrink sensitivity` JSON"),
-    ('{"format": "netshrink-sensitivity/2", "layers": [{"name": 1}]}', "malformed sensitivity JSON"),
-    ("[1, 2", "not a readable JSON file"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{}", "not a `netshrink sensitivity` JSON"),
+        ('{"format": "netshrink-sensitivity/2", "layers": [{"name": 1}]}', "malformed sensitivity JSON"),
+        ("[1, 2", "not a readable JSON file"),
+    ],
+)
 def test_malformed_files_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "bad.json"
     path.write_text(text)

@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.calibration.batchnorm import batchnorm_scale, batchnorm_scales, following_batchnorms, recalibrate_batchnorms
+from netshrink.calibration.batchnorm import (
+    batchnorm_scale,
+    batchnorm_scales,
+    following_batchnorms,
+    recalibrate_batchnorms,
+)
 from netshrink.errors import ModelError
 from netshrink.zoo.efficientnet_lite import SameConv2d
 
@@ -66,7 +71,7 @@ def test_a_model_without_norms_is_not_traced_and_an_untraceable_one_is_named():
 
 def test_recalibration_gives_the_exact_statistics_and_restores_the_modes(tiny_net):
     batches = [torch.rand(16, 3, 8, 8) for _ in range(3)]
-    features = torch.cat([tiny_net.conv(x) for x in batches]).detach()   # what bn sees
+    features = torch.cat([tiny_net.conv(x) for x in batches]).detach()  # what bn sees
     momentum = tiny_net.bn.momentum
     assert recalibrate_batchnorms(tiny_net, batches) == 1
     torch.testing.assert_close(tiny_net.bn.running_mean, features.mean((0, 2, 3)))

@@ -9,17 +9,18 @@ import torch
 from torch import nn
 
 import netshrink
-from netshrink.format.codecs import Palette
-from netshrink.errors import RecipeError
 from netshrink.calibration.error_feedback import feedback_assign, output_error, refit_values
+from netshrink.errors import RecipeError
+from netshrink.format.codecs import Palette
 from netshrink.recipe import parse_recipe
 
 
 def correlated_gram(cols: int, seed: int = 0) -> torch.Tensor:
     """Second moment of inputs that share a strong common component (as neighbouring pixels do)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(4096, cols, generator=g, dtype=torch.float64) + 2 * torch.randn(4096, 1, generator=g,
-                                                                                    dtype=torch.float64)
+    x = torch.randn(4096, cols, generator=g, dtype=torch.float64) + 2 * torch.randn(
+        4096, 1, generator=g, dtype=torch.float64
+    )
     return x.T @ x / x.shape[0]
 
 
@@ -125,8 +126,9 @@ def test_compensate_lowers_the_output_error_and_the_file_holds_the_model(smooth_
 
 
 def test_compensate_refuses_pruned_weights(smooth_data):
-    recipe = parse_recipe({"name": "t", "steps": [{"prune": {"sparsity": 0.5}},
-                                                  {"palette": {"bits": 3, "compensate": True}}]})
+    recipe = parse_recipe(
+        {"name": "t", "steps": [{"prune": {"sparsity": 0.5}}, {"palette": {"bits": 3, "compensate": True}}]}
+    )
     with pytest.raises(RecipeError, match="compensate needs dense weights"):
         netshrink.compress(Correlated().eval(), recipe, smooth_data, progress=False)
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import netshrink
-from netshrink.errors import NetshrinkError, RecipeError
 from netshrink.calibration.importance import weight_importance
+from netshrink.errors import NetshrinkError, RecipeError
 from netshrink.recipe import parse_recipe
 
 
@@ -55,8 +55,9 @@ def test_weighting_lowers_the_output_error_at_the_same_size(weighting, tiny_imag
     reference = net(x).detach()
     errors, sizes = {}, {}
     for mode in ("none", weighting):
-        compressed = netshrink.compress(copy.deepcopy(net), recipe({"palette": {"bits": 3, "weighting": mode}}),
-                                        data, progress=False)
+        compressed = netshrink.compress(
+            copy.deepcopy(net), recipe({"palette": {"bits": 3, "weighting": mode}}), data, progress=False
+        )
         errors[mode] = float((compressed.model(x).detach() - reference).pow(2).mean())
         sizes[mode] = compressed.plan.encode_all(compressed.model)[0].encoded.nbits()
     assert errors[weighting] < 0.8 * errors["none"]
@@ -72,8 +73,11 @@ def test_activation_weighting_needs_data_and_says_so(tiny_net):
 
 def test_weighting_of_pruned_weights_is_refused(tiny_net):
     with pytest.raises(RecipeError, match="needs dense weights"):
-        netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 4, "weighting": "norm"}}),
-                           progress=False)
+        netshrink.compress(
+            tiny_net,
+            recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 4, "weighting": "norm"}}),
+            progress=False,
+        )
 
 
 def test_weighted_file_round_trips_exactly(tiny_net, tmp_path):

@@ -14,7 +14,7 @@ from netshrink.zoo.efficientnet_lite import SameConv2d
 
 def unfold_rows(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Every im2col row [images * positions, C * kh * kw] of an (already padded) input, in float64."""
-    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)   # [n, C*kh*kw, L]
+    cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # [n, C*kh*kw, L]
     return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).double()
 
 
@@ -33,11 +33,14 @@ def test_channel_moments_match_a_direct_computation(tiny_net):
     torch.testing.assert_close(moments["fc"].variance.float(), hidden.var(0, unbiased=False), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("conv, pad, d", [
-    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1, 1, 1, 1), 9),
-    (nn.Conv2d(4, 4, 3, padding=1, groups=4), (1, 1, 1, 1), 9),      # depthwise: one block per channel
-    (SameConv2d(4, 6, 3, stride=2), (0, 1, 0, 1), 18),              # TF "SAME": padded inside forward
-])
+@pytest.mark.parametrize(
+    "conv, pad, d",
+    [
+        (nn.Conv2d(4, 6, 3, stride=2, padding=1), (1, 1, 1, 1), 9),
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), (1, 1, 1, 1), 9),  # depthwise: one block per channel
+        (SameConv2d(4, 6, 3, stride=2), (0, 1, 0, 1), 18),  # TF "SAME": padded inside forward
+    ],
+)
 def test_patch_moments_are_the_im2col_moments(conv, pad, d):
     x = torch.randn(3, 4, 10, 10)
     moments = patch_moments(conv, conv, d, [x], positions=10**6)
@@ -85,8 +88,8 @@ def test_passes_stop_once_every_first_call_tap_is_served_and_restore_the_mode():
     model = Twice().train()
     first = Recorder(every_call=False)
     run_passes(model, [(model.a, first)], [torch.rand(2, 8), torch.rand(3, 8)])
-    assert first.shapes == [(2, 4), (3, 4)]           # the first call of each pass only
-    assert model.b_calls == 0 and model.training      # stopped before `b`; train mode back
+    assert first.shapes == [(2, 4), (3, 4)]  # the first call of each pass only
+    assert model.b_calls == 0 and model.training  # stopped before `b`; train mode back
 
 
 def test_a_tap_of_every_call_keeps_the_pass_running():

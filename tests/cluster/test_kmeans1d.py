@@ -137,17 +137,17 @@ def test_torch_input_any_shape_matches_numpy() -> None:
 
 
 def test_edge_cases() -> None:
-    c, l = kmeans_1d(np.array([2.5]), 4)
-    assert c.tolist() == [2.5] and l.tolist() == [0]
-    c, l = kmeans_1d(np.full(100, -0.75), 16)
-    assert c.tolist() == [-0.75] and np.all(l == 0)
+    c, labels = kmeans_1d(np.array([2.5]), 4)
+    assert c.tolist() == [2.5] and labels.tolist() == [0]
+    c, labels = kmeans_1d(np.full(100, -0.75), 16)
+    assert c.tolist() == [-0.75] and np.all(labels == 0)
     x = heavy_tailed(1000)
-    c, l = kmeans_1d(x, 1)
-    assert c == pytest.approx([x.astype(np.float64).mean()]) and np.all(l == 0)
-    c, l = kmeans_1d(x, 1000)  # k = number of distinct values
-    assert c.size == np.unique(x).size and kmeans_sse(x, c, l) == 0.0
-    c, l = kmeans_1d_exact(np.array([1.0, 1.0, 2.0]), 5)
-    assert c.tolist() == [1.0, 2.0] and l.tolist() == [0, 0, 1]
+    c, labels = kmeans_1d(x, 1)
+    assert c == pytest.approx([x.astype(np.float64).mean()]) and np.all(labels == 0)
+    c, labels = kmeans_1d(x, 1000)  # k = number of distinct values
+    assert c.size == np.unique(x).size and kmeans_sse(x, c, labels) == 0.0
+    c, labels = kmeans_1d_exact(np.array([1.0, 1.0, 2.0]), 5)
+    assert c.tolist() == [1.0, 2.0] and labels.tolist() == [0, 0, 1]
 
 
 def test_deterministic() -> None:
@@ -156,8 +156,9 @@ def test_deterministic() -> None:
         a, b = kmeans_1d(x, 16, init=init, seed=3), kmeans_1d(x, 16, init=init, seed=3)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(kmeans_1d(x, 16, init="random", seed=1, max_iter=2)[0],
-                              kmeans_1d(x, 16, init="random", seed=2, max_iter=2)[0])
+    assert not np.array_equal(
+        kmeans_1d(x, 16, init="random", seed=1, max_iter=2)[0], kmeans_1d(x, 16, init="random", seed=2, max_iter=2)[0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,10 +223,15 @@ def test_weights_pull_centroids_toward_important_points() -> None:
     assert kmeans_sse(x, centroids, labels, w) < kmeans_sse(x, *kmeans_1d(x, 8), w)
 
 
-@pytest.mark.parametrize("weights, message", [(np.ones(3), "one weight per scalar"),
-                                              (-np.ones(10), "non-negative"),
-                                              (np.zeros(10), "not all zero"),
-                                              (np.full(10, np.nan), "finite")])
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (np.ones(3), "one weight per scalar"),
+        (-np.ones(10), "non-negative"),
+        (np.zeros(10), "not all zero"),
+        (np.full(10, np.nan), "finite"),
+    ],
+)
 def test_bad_weights_raise_codec_error(weights: np.ndarray, message: str) -> None:
     with pytest.raises(CodecError, match=message):
         kmeans_1d(np.arange(10.0), 3, sample_weight=weights)

@@ -64,7 +64,7 @@ def test_one_identity_metric_is_plain_kmeans_means_and_nearest():
 
 
 def test_assignment_uses_each_groups_metric():
-    points = torch.tensor([[[1.0, 1.0]], [[1.0, 1.0]]])             # the same point in two groups
+    points = torch.tensor([[[1.0, 1.0]], [[1.0, 1.0]]])  # the same point in two groups
     book = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     grams = torch.stack([torch.diag(torch.tensor([1.0, 100.0])), torch.diag(torch.tensor([100.0, 1.0]))])
     labels, cost = assign_nearest_metric(points, book, grams)

@@ -114,13 +114,16 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_jpeg_tar_sorted_labelled_grayscale_to_rgb(tmp_path: Path) -> None:
-    archive = write_tar(tmp_path / "tiny.tar.gz", {
-        "test/zebra/b.jpg": jpeg((0, 0, 250)),
-        "test/ant/b.jpg": jpeg(200, mode="L"),  # grayscale
-        "test/ant/a.jpg": jpeg((250, 0, 0)),
-        "test/zebra/a.jpg": jpeg((0, 250, 0), size=64),  # resized while decoding
-        "train/ant/c.jpg": jpeg((9, 9, 9)),  # other split: ignored
-    })
+    archive = write_tar(
+        tmp_path / "tiny.tar.gz",
+        {
+            "test/zebra/b.jpg": jpeg((0, 0, 250)),
+            "test/ant/b.jpg": jpeg(200, mode="L"),  # grayscale
+            "test/ant/a.jpg": jpeg((250, 0, 0)),
+            "test/zebra/a.jpg": jpeg((0, 250, 0), size=64),  # resized while decoding
+            "train/ant/c.jpg": jpeg((9, 9, 9)),  # other split: ignored
+        },
+    )
     arrays = load_image_tar(archive, "test", 32, progress=False)
     assert arrays.classes == ("ant", "zebra")
     assert arrays.labels.tolist() == [0, 0, 1, 1]  # sorted member names
@@ -130,9 +133,7 @@ def test_jpeg_tar_sorted_labelled_grayscale_to_rgb(tmp_path: Path) -> None:
     assert (mean_rgb - expected).abs().max() < 6  # JPEG colour loss only
 
 
-def test_jpeg_tar_second_load_uses_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_jpeg_tar_second_load_uses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = write_tar(tmp_path / "tiny.tar.gz", {"train/a/x.jpg": jpeg((1, 2, 3))})
     first = load_image_tar(archive, "train", 32, progress=False)
 
@@ -226,10 +227,7 @@ def test_crop_is_a_shifted_window_and_flip_mirrors() -> None:
     crop = images_crop_only(x)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(len(x)):
-        assert any(
-            torch.equal(crop[i], padded[i, :, dy:dy + 32, dx:dx + 32])
-            for dy in range(9) for dx in range(9)
-        )
+        assert any(torch.equal(crop[i], padded[i, :, dy : dy + 32, dx : dx + 32]) for dy in range(9) for dx in range(9))
 
 
 def images_crop_only(x: torch.Tensor) -> torch.Tensor:

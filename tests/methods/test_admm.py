@@ -17,11 +17,19 @@ from netshrink.methods.admm import (
     uniform_levels,
 )
 from netshrink.plan import CompressionPlan
-from netshrink.step import StepContext
 from netshrink.recipe import parse_recipe
+from netshrink.step import StepContext
 
-FAST = {"epochs": 1, "admm_interval": 0.25, "retrain_epochs": 0.5, "batch_size": 32, "lr": 0.02,
-        "rho_init": 0.01, "rho_factor": 2.0, "rho_max": 1.0}
+FAST = {
+    "epochs": 1,
+    "admm_interval": 0.25,
+    "retrain_epochs": 0.5,
+    "batch_size": 32,
+    "lr": 0.02,
+    "rho_init": 0.01,
+    "rho_factor": 2.0,
+    "rho_max": 1.0,
+}
 
 
 def recipe(*steps):
@@ -44,8 +52,10 @@ def distance(a, b):
 def test_project_sparse_agrees_with_brute_force_over_all_supports():
     w = torch.tensor([0.3, -1.2, 0.05, 2.0, -0.7, 0.9])
     for keep in range(len(w) + 1):
-        best = min(distance(w, w * torch.isin(torch.arange(6), torch.tensor(support, dtype=torch.long)))
-                   for support in itertools.combinations(range(6), keep))
+        best = min(
+            distance(w, w * torch.isin(torch.arange(6), torch.tensor(support, dtype=torch.long)))
+            for support in itertools.combinations(range(6), keep)
+        )
         projected = project_sparse(w, keep)
         assert int((projected != 0).sum()) == keep
         assert distance(w, projected) == pytest.approx(best, abs=1e-7)
@@ -88,8 +98,12 @@ def test_level_fitters_give_at_most_2_to_the_bits_levels(fit):
 def test_admm_iterations_shrink_the_residual(tiny_net, synthetic):
     step = recipe({"admm_prune": {**FAST, "sparsity": 0.9, "epochs": 3, "rho_init": 1.0, "rho_max": 100.0}}).steps[0]
     keep = step.keep_counts(tiny_net)
-    hook = step.run_admm(tiny_net, StepContext(data=synthetic, progress=False),
-                         {name: lambda w, k=k: project_sparse(w, k) for name, k in keep.items()}, "test")
+    hook = step.run_admm(
+        tiny_net,
+        StepContext(data=synthetic, progress=False),
+        {name: lambda w, k=k: project_sparse(w, k) for name, k in keep.items()},
+        "test",
+    )
     assert len(hook.residuals) == 1 + 12  # the start, then one Z update per quarter epoch
     assert hook.residuals[-1] < 0.1 * hook.residuals[0]
     assert max(hook.residuals[-4:]) < min(hook.residuals[:4])
@@ -106,24 +120,31 @@ def test_steps_put_zeros_where_the_projection_did_and_share_2_to_the_bits_values
     for name, sparsity, bits in (("conv.weight", 0.5, 2), ("fc.weight", 0.8, 3)):
         assert int((projected[name] != 0).sum()) == state[name].numel() - round(sparsity * state[name].numel())
         assert torch.equal(state[name] == 0, projected[name] == 0)
-        assert len(torch.unique(state[name][state[name] != 0])) <= 2 ** bits
+        assert len(torch.unique(state[name][state[name] != 0])) <= 2**bits
         assert compressed.plan.codec_for(name).describe() == f"sparse(palette{bits})"
     compressed.save(tmp_path / "admm.nsk")
     loaded = netshrink.load(tmp_path / "admm.nsk", model=type(tiny_net)())
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
 
 
-@pytest.mark.parametrize("step, settings, field", [
-    ("admm_prune", {"sparsity": 1.5}, "sparsity"),
-    ("admm_prune", {"overrides": {"fc": {"sparsity": -0.1}}}, "overrides 'fc': sparsity"),
-    ("admm_prune", {"overrides": {"fc": {"rho_max": 2.0}}}, "overrides 'fc': field 'rho_max' cannot differ per layer"),
-    ("admm_quantize", {"bits": 0}, "bits"),
-    ("admm_quantize", {"overrides": {"conv": {"bits": 17}}}, "overrides 'conv': bits"),
-    ("admm_quantize", {"overrides": {"conv": {"bitz": 3}}}, "overrides 'conv': field 'bitz' is not a field"),
-    ("admm_quantize", {"levels": "lloyd"}, "levels"),
-    ("admm_quantize", {"reduce": "max"}, "reduce"),
-    ("admm_quantize", {"rho_factor": 0.5}, "rho_factor"),
-])
+@pytest.mark.parametrize(
+    "step, settings, field",
+    [
+        ("admm_prune", {"sparsity": 1.5}, "sparsity"),
+        ("admm_prune", {"overrides": {"fc": {"sparsity": -0.1}}}, "overrides 'fc': sparsity"),
+        (
+            "admm_prune",
+            {"overrides": {"fc": {"rho_max": 2.0}}},
+            "overrides 'fc': field 'rho_max' cannot differ per layer",
+        ),
+        ("admm_quantize", {"bits": 0}, "bits"),
+        ("admm_quantize", {"overrides": {"conv": {"bits": 17}}}, "overrides 'conv': bits"),
+        ("admm_quantize", {"overrides": {"conv": {"bitz": 3}}}, "overrides 'conv': field 'bitz' is not a field"),
+        ("admm_quantize", {"levels": "lloyd"}, "levels"),
+        ("admm_quantize", {"reduce": "max"}, "reduce"),
+        ("admm_quantize", {"rho_factor": 0.5}, "rho_factor"),
+    ],
+)
 def test_bad_settings_name_the_field(step, settings, field):
     with pytest.raises(RecipeError, match=field):
         recipe({step: settings})
@@ -131,7 +152,9 @@ def test_bad_settings_name_the_field(step, settings, field):
 
 def test_per_layer_pattern_matching_no_layer_is_an_error(tiny_net, synthetic):
     with pytest.raises(RecipeError, match="'decoder'"):
-        AdmmPrune(overrides={"decoder": {"sparsity": 0.5}}).apply(tiny_net, CompressionPlan(), StepContext(data=synthetic))
+        AdmmPrune(overrides={"decoder": {"sparsity": 0.5}}).apply(
+            tiny_net, CompressionPlan(), StepContext(data=synthetic)
+        )
 
 
 @pytest.mark.parametrize("step", [AdmmPrune(), AdmmQuantize()])

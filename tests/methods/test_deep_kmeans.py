@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import netshrink
-from netshrink.format.codecs.pq import subvectors
 from netshrink.errors import RecipeError
+from netshrink.format.codecs.pq import subvectors
 from netshrink.methods.deep_kmeans import SpectralKMeansHook, SpectralTerm
 from netshrink.recipe import parse_recipe
 
@@ -51,8 +51,19 @@ def test_kmeans_term_equals_the_clustering_sse():
 
 
 def test_deep_kmeans_step_stores_k_codewords_and_round_trips(tiny_net, tiny_images, tmp_path):
-    steps = recipe({"deep_kmeans": {"clusters": 8, "linear_d": 4, "epochs": 0.5, "finetune_epochs": 0.5,
-                                    "batch_size": 32, "lam": 0.01, "refresh_steps": 2}})
+    steps = recipe(
+        {
+            "deep_kmeans": {
+                "clusters": 8,
+                "linear_d": 4,
+                "epochs": 0.5,
+                "finetune_epochs": 0.5,
+                "batch_size": 32,
+                "lam": 0.01,
+                "refresh_steps": 2,
+            }
+        }
+    )
     compressed = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
     state = compressed.model.state_dict()
     assert len(torch.unique(subvectors(state["conv.weight"], 3), dim=0)) <= 8

@@ -10,7 +10,12 @@ from netshrink.data import ArrayDataset
 from netshrink.errors import RecipeError
 from netshrink.flops import flops
 from netshrink.methods.filter_prune import (
-    ChannelGroup, channel_groups, least_sensitive_first, prune_channels, sensitivities, smallest_l1_removed,
+    ChannelGroup,
+    channel_groups,
+    least_sensitive_first,
+    prune_channels,
+    sensitivities,
+    smallest_l1_removed,
 )
 from netshrink.recipe import load_recipe, parse_recipe
 
@@ -21,8 +26,11 @@ def recipe(*steps):
 
 def images(n: int, shape: tuple[int, ...], seed: int = 0) -> ArrayDataset:
     g = torch.Generator().manual_seed(seed)
-    return ArrayDataset(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                        torch.randint(0, 10, (n,), generator=g), tuple("0123456789"))
+    return ArrayDataset(
+        torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
+        torch.randint(0, 10, (n,), generator=g),
+        tuple("0123456789"),
+    )
 
 
 def lively_resnet20() -> nn.Module:
@@ -108,8 +116,8 @@ class ThreeLayers(nn.Module):
             for fc in (self.fc1, self.fc2, self.fc3):
                 fc.bias.zero_()
             self.fc1.weight.copy_(torch.diag(torch.tensor([0.1, 1.0, 1.0, 1.0])))
-            self.fc2.weight.copy_(torch.tensor([[0, 0, -0.1, 0.1], [0, 5, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0.]]))
-            self.fc3.weight.copy_(torch.tensor([[0, 0, 0, 0], [100, 0, 0, 0.]]))
+            self.fc2.weight.copy_(torch.tensor([[0, 0, -0.1, 0.1], [0, 5, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0.0]]))
+            self.fc3.weight.copy_(torch.tensor([[0, 0, 0, 0], [100, 0, 0, 0.0]]))
 
     def forward(self, x):
         x = torch.relu(self.fc1(x.flatten(1)))
@@ -129,7 +137,15 @@ def test_least_sensitive_layer_goes_first():
     drops = sensitivities(model, {g: 1 for g in groups}, data)
     assert drops[groups[0]] == 0 and drops[groups[1]] > 0.3
     assert least_sensitive_first(drops) == [groups[0], groups[1]]
-    step = {"filter_prune": {"overrides": {"fc*": {"keep": 0.75}}, "layers_per_round": 1, "max_rounds": 1, "epochs": 0, "holdout": 80}}
+    step = {
+        "filter_prune": {
+            "overrides": {"fc*": {"keep": 0.75}},
+            "layers_per_round": 1,
+            "max_rounds": 1,
+            "epochs": 0,
+            "holdout": 80,
+        }
+    }
     pruned = netshrink.compress(model, recipe(step), data, progress=False).model
     assert (pruned.fc1.out_features, pruned.fc2.out_features) == (3, 4)
 
@@ -137,8 +153,16 @@ def test_least_sensitive_layer_goes_first():
 def test_flops_target_is_met_and_file_reloads_into_the_smaller_lenet5(tmp_path):
     torch.manual_seed(0)
     model = zoo.build_model("lenet5").eval()
-    step = {"filter_prune": {"target_flops_ratio": 1.5, "epochs": 0.05, "batch_size": 32, "holdout": 40,
-                             "prune_fraction": 0.25, "min_keep": 0.5}}
+    step = {
+        "filter_prune": {
+            "target_flops_ratio": 1.5,
+            "epochs": 0.05,
+            "batch_size": 32,
+            "holdout": 40,
+            "prune_fraction": 0.25,
+            "min_keep": 0.5,
+        }
+    }
     compressed = netshrink.compress(model, recipe(step), images(200, (1, 28, 28)), name="lenet5", progress=False)
     small = compressed.model
     assert flops(model, (1, 28, 28)) / flops(small, (1, 28, 28)) >= 1.5
@@ -153,10 +177,18 @@ def test_flops_target_is_met_and_file_reloads_into_the_smaller_lenet5(tmp_path):
 
 def test_resnet20_file_reloads_with_inner_widths(tmp_path):
     model = lively_resnet20()
-    step = {"filter_prune": {"overrides": {"layer3.*": {"keep": 0.5}, "layer1.0.conv1": {"keep": 0.75}}, "epochs": 0, "holdout": 16,
-                             "layers_per_round": 4, "prune_fraction": 0.25}}
-    compressed = netshrink.compress(model, recipe(step, {"cast": {}}), images(80, (3, 32, 32)), name="resnet20",
-                                    progress=False)
+    step = {
+        "filter_prune": {
+            "overrides": {"layer3.*": {"keep": 0.5}, "layer1.0.conv1": {"keep": 0.75}},
+            "epochs": 0,
+            "holdout": 16,
+            "layers_per_round": 4,
+            "prune_fraction": 0.25,
+        }
+    }
+    compressed = netshrink.compress(
+        model, recipe(step, {"cast": {}}), images(80, (3, 32, 32)), name="resnet20", progress=False
+    )
     assert compressed.identity.arch["inner_widths"] == [12, 16, 16, 32, 32, 32, 32, 32, 32]
     compressed.save(tmp_path / "r20.nsk")
     loaded = netshrink.load(tmp_path / "r20.nsk")
@@ -164,20 +196,23 @@ def test_resnet20_file_reloads_with_inner_widths(tmp_path):
     torch.testing.assert_close(loaded(x), compressed.model.eval()(x))
 
 
-@pytest.mark.parametrize("settings, field", [
-    ({"target_flops_ratio": 0.5}, "target_flops_ratio"),
-    ({"target_flops_ratio": 2.0, "overrides": {"conv1": {"keep": 0.5}}}, "target_flops_ratio"),
-    ({}, "target_flops_ratio"),
-    ({"keep": 1.5}, "keep"),
-    ({"overrides": {"conv1": {"keep": 1.5}}}, "overrides 'conv1': keep"),
-    ({"keep": 0.5, "overrides": {"conv1": {"epochs": 1}}}, "overrides 'conv1': field 'epochs' cannot differ"),
-    ({"target_flops_ratio": 2.0, "prune_fraction": 0}, "prune_fraction"),
-    ({"target_flops_ratio": 2.0, "min_keep": 2}, "min_keep"),
-    ({"target_flops_ratio": 2.0, "holdout": 0}, "holdout"),
-    ({"target_flops_ratio": 2.0, "final_epochs": -1}, "final_epochs"),
-    ({"target_flops_ratio": 2.0, "epochs": -1}, "epochs"),
-    ({"target_flops_ratio": 2.0, "target": 3}, "target"),
-])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"target_flops_ratio": 0.5}, "target_flops_ratio"),
+        ({"target_flops_ratio": 2.0, "overrides": {"conv1": {"keep": 0.5}}}, "target_flops_ratio"),
+        ({}, "target_flops_ratio"),
+        ({"keep": 1.5}, "keep"),
+        ({"overrides": {"conv1": {"keep": 1.5}}}, "overrides 'conv1': keep"),
+        ({"keep": 0.5, "overrides": {"conv1": {"epochs": 1}}}, "overrides 'conv1': field 'epochs' cannot differ"),
+        ({"target_flops_ratio": 2.0, "prune_fraction": 0}, "prune_fraction"),
+        ({"target_flops_ratio": 2.0, "min_keep": 2}, "min_keep"),
+        ({"target_flops_ratio": 2.0, "holdout": 0}, "holdout"),
+        ({"target_flops_ratio": 2.0, "final_epochs": -1}, "final_epochs"),
+        ({"target_flops_ratio": 2.0, "epochs": -1}, "epochs"),
+        ({"target_flops_ratio": 2.0, "target": 3}, "target"),
+    ],
+)
 def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(RecipeError, match=f"filter_prune.*{field}"):
         recipe({"filter_prune": settings})
@@ -188,9 +223,13 @@ def test_impossible_requests_are_recipe_errors():
     with pytest.raises(RecipeError, match="'conv1' cannot lose filters"):
         netshrink.compress(resnet, recipe({"filter_prune": {"include": ["conv1"], "keep": 0.5}}), data, progress=False)
     with pytest.raises(RecipeError, match="overrides pattern 'fc\\*' \\(field 'keep'\\) matches no selected layer"):
-        netshrink.compress(resnet, recipe({"filter_prune": {"overrides": {"fc*": {"keep": 0.5}}}}), data, progress=False)
+        netshrink.compress(
+            resnet, recipe({"filter_prune": {"overrides": {"fc*": {"keep": 0.5}}}}), data, progress=False
+        )
     with pytest.raises(RecipeError, match="overrides pattern 'conv1' \\(field 'keep'\\) matches no prunable layer"):
-        netshrink.compress(resnet, recipe({"filter_prune": {"overrides": {"conv1": {"keep": 0.5}}}}), data, progress=False)
+        netshrink.compress(
+            resnet, recipe({"filter_prune": {"overrides": {"conv1": {"keep": 0.5}}}}), data, progress=False
+        )
     with pytest.raises(RecipeError, match="must come before"):
         netshrink.compress(resnet, recipe({"cast": {}}, {"filter_prune": {"keep": 0.5}}), data, progress=False)
 

@@ -19,8 +19,11 @@ def recipe(*steps):
 
 def tiny_mnist(n: int = 64) -> ArrayDataset:
     g = torch.Generator().manual_seed(0)
-    return ArrayDataset(torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
-                        torch.randint(0, 10, (n,), generator=g), tuple("0123456789"))
+    return ArrayDataset(
+        torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
+        torch.randint(0, 10, (n,), generator=g),
+        tuple("0123456789"),
+    )
 
 
 def test_zoo_builds_the_gap_head():
@@ -71,6 +74,8 @@ def test_models_without_the_option_and_late_placement_are_recipe_errors(tiny_net
     with pytest.raises(RecipeError, match="gap_head: TinyNet has no global-average-pooling head option"):
         netshrink.compress(tiny_net, recipe({"gap_head": {}}), tiny_mnist(4), progress=False)
     with pytest.raises(RecipeError, match="gap_head changes the architecture.*before"):
-        netshrink.compress(zoo.build_model("lenet5"), recipe({"cast": {}}, {"gap_head": {}}), tiny_mnist(4), progress=False)
+        netshrink.compress(
+            zoo.build_model("lenet5"), recipe({"cast": {}}, {"gap_head": {}}), tiny_mnist(4), progress=False
+        )
     with pytest.raises(RecipeError, match="gap_head.*'epochs'|gap_head.*epochs"):
         recipe({"gap_head": {"epochs": -1}})

@@ -30,11 +30,28 @@ def random_pairs(n: int, seed: int) -> SentencePairs:
 def compressed(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("minilm", **ARCH).eval()
-    recipe = parse_recipe({"name": "tiny-minilm-pq", "steps": [
-        {"pq": {"include": ["encoder.*", "embeddings.word_embeddings"], "pointwise_d": 4, "k": 8,
-                "calibration": 16, "calibration_batch": 8, "distill": "mse", "optimizer": "adam",
-                "epochs": 1, "lr": 1e-3, "batch_size": 8}},
-        {"cast": {"dtype": "fp16"}}]})
+    recipe = parse_recipe(
+        {
+            "name": "tiny-minilm-pq",
+            "steps": [
+                {
+                    "pq": {
+                        "include": ["encoder.*", "embeddings.word_embeddings"],
+                        "pointwise_d": 4,
+                        "k": 8,
+                        "calibration": 16,
+                        "calibration_batch": 8,
+                        "distill": "mse",
+                        "optimizer": "adam",
+                        "epochs": 1,
+                        "lr": 1e-3,
+                        "batch_size": 8,
+                    }
+                },
+                {"cast": {"dtype": "fp16"}},
+            ],
+        }
+    )
     result = api.compress(model, recipe, random_pairs(32, 0), name="minilm", progress=False)
     path = tmp_path_factory.mktemp("minilm") / "tiny.nsk"
     return model, result, result.save(path), path
@@ -76,4 +93,5 @@ def test_recipes_parse_and_differ_only_in_objective(name: str) -> None:
     assert steps[0].step_name == "pq" and steps[0].train.distill == "mse"
     other = load_recipe("minilm-pq-weights" if name == "minilm-pq" else "minilm-pq")
     import dataclasses
+
     assert dataclasses.replace(steps[0], objective="output") == dataclasses.replace(other.steps[0], objective="output")

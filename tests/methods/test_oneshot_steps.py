@@ -58,7 +58,9 @@ def test_unsupported_layer_named_explicitly_is_an_error(tiny_net):
 
 
 def test_cast_after_palette_only_touches_the_rest(tmp_path, tiny_net):
-    compressed = netshrink.compress(tiny_net, recipe({"palette": {"bits": 4}}, {"cast": {"dtype": "fp16"}}), progress=False)
+    compressed = netshrink.compress(
+        tiny_net, recipe({"palette": {"bits": 4}}, {"cast": {"dtype": "fp16"}}), progress=False
+    )
     report = compressed.save(tmp_path / "c.nsk")
     codecs = {t.name: t.codec for t in report.tensors}
     assert codecs["conv.weight"] == "palette4" and codecs["conv.bias"] == "fp16"
@@ -66,7 +68,9 @@ def test_cast_after_palette_only_touches_the_rest(tmp_path, tiny_net):
 
 
 def test_lowrank_then_palette_nests_and_loads(tmp_path, tiny_net):
-    compressed = netshrink.compress(tiny_net, recipe({"lowrank": {"rank": 4}}, {"palette": {"bits": 4}}), progress=False)
+    compressed = netshrink.compress(
+        tiny_net, recipe({"lowrank": {"rank": 4}}, {"palette": {"bits": 4}}), progress=False
+    )
     path = tmp_path / "lr.nsk"
     report = compressed.save(path)
     codecs = {t.name: t.codec for t in report.tensors}

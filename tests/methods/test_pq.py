@@ -9,10 +9,10 @@ from torch import nn
 
 import netshrink
 import netshrink.step
-from netshrink.format.codecs.pq import PQ, subvectors
+from netshrink.calibration.layer_inputs import block_points, forward_order, unblock_labels
 from netshrink.data import ArrayDataset
 from netshrink.errors import DataError, NetshrinkError, RecipeError
-from netshrink.calibration.layer_inputs import block_points, forward_order, unblock_labels
+from netshrink.format.codecs.pq import PQ, subvectors
 from netshrink.recipe import parse_recipe
 
 
@@ -53,7 +53,9 @@ def test_output_aware_beats_weight_pq_on_the_layer_output():
     held_out = correlated_images(256, seed=1).images.float() / 255
     errors = {}
     for objective in ("output", "weights"):
-        step = {"pq": {"objective": objective, "k": 16, "pointwise_d": 4, "epochs": 0, "calibration": 512, "ridge": 0.0}}
+        step = {
+            "pq": {"objective": objective, "k": 16, "pointwise_d": 4, "epochs": 0, "calibration": 512, "ridge": 0.0}
+        }
         compressed = netshrink.compress(model, recipe(step), data=data, progress=False)
         with torch.no_grad():
             errors[objective] = float((compressed.model(held_out) - model(held_out)).pow(2).mean())
@@ -81,8 +83,20 @@ def test_forward_order_follows_the_calls(tiny_net):
 
 
 def test_tiny_cnn_compresses_end_to_end_and_file_keeps_bn_statistics(tiny_net, tiny_images, tmp_path):
-    steps = recipe({"pq": {"k": 8, "pointwise_d": 4, "calibration": 64, "epochs": 0.5, "stage_epochs": 0.25,
-                           "batch_size": 32, "lr": 0.01}}, {"cast": {}})
+    steps = recipe(
+        {
+            "pq": {
+                "k": 8,
+                "pointwise_d": 4,
+                "calibration": 64,
+                "epochs": 0.5,
+                "stage_epochs": 0.25,
+                "batch_size": 32,
+                "lr": 0.01,
+            }
+        },
+        {"cast": {}},
+    )
     before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
     compressed = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
     state = compressed.model.state_dict()
@@ -115,7 +129,9 @@ def test_bad_settings_are_one_line_errors(tiny_net, tiny_images):
 
 
 def test_weight_objective_without_fine_tuning_needs_no_data(tiny_net):
-    compressed = netshrink.compress(tiny_net, recipe({"pq": {"objective": "weights", "epochs": 0, "k": 4}}), progress=False)
+    compressed = netshrink.compress(
+        tiny_net, recipe({"pq": {"objective": "weights", "epochs": 0, "k": 4}}), progress=False
+    )
     assert len(torch.unique(subvectors(compressed.model.state_dict()["conv.weight"], 9), dim=0)) <= 4
 
 
@@ -150,8 +166,20 @@ def test_text_batches_calibrate_and_distill_with_mse(tmp_path):
     data = SentencePairs(tokens, torch.rand(64, generator=gen) * 5)
     torch.manual_seed(0)
     model = TinySentenceEncoder()
-    steps = recipe({"pq": {"k": 8, "pointwise_d": 4, "calibration": 32, "calibration_batch": 8, "epochs": 0.5,
-                           "batch_size": 16, "distill": "mse", "lr": 0.001}})
+    steps = recipe(
+        {
+            "pq": {
+                "k": 8,
+                "pointwise_d": 4,
+                "calibration": 32,
+                "calibration_batch": 8,
+                "epochs": 0.5,
+                "batch_size": 16,
+                "distill": "mse",
+                "lr": 0.001,
+            }
+        }
+    )
     compressed = netshrink.compress(model, steps, data=data, progress=False)
     state = compressed.model.state_dict()
     for name, d in (("embed.weight", 4), ("proj.weight", 4)):
@@ -176,8 +204,9 @@ class TwoConvStage(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.stage = nn.ModuleDict({"a": nn.Conv2d(8, 8, 3, padding=1), "b": nn.Conv2d(8, 8, 3, padding=1),
-                                    "bn": nn.BatchNorm2d(8)})
+        self.stage = nn.ModuleDict(
+            {"a": nn.Conv2d(8, 8, 3, padding=1), "b": nn.Conv2d(8, 8, 3, padding=1), "bn": nn.BatchNorm2d(8)}
+        )
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,13 +216,24 @@ class TwoConvStage(nn.Module):
 
 
 @pytest.mark.parametrize("objective, reassign", [("output", 0), ("weights", 0), ("output", 2)])
-def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tiny_images, tmp_path, objective,
-                                                                            reassign):
+def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(
+    tiny_images, tmp_path, objective, reassign
+):
     torch.manual_seed(0)
     model = TwoConvStage().eval()
-    pq = {"objective": objective, "k": 8, "overrides": {"fc": {"k": 4}}, "pointwise_d": 4, "calibration": 64,
-          "epochs": 0.5, "stage_epochs": 0.25, "batch_size": 32, "lr": 0.01, "share_codebook": True,
-          "reassign_every": reassign}
+    pq = {
+        "objective": objective,
+        "k": 8,
+        "overrides": {"fc": {"k": 4}},
+        "pointwise_d": 4,
+        "calibration": 64,
+        "epochs": 0.5,
+        "stage_epochs": 0.25,
+        "batch_size": 32,
+        "lr": 0.01,
+        "share_codebook": True,
+        "reassign_every": reassign,
+    }
     compressed = netshrink.compress(model, recipe({"pq": pq}), data=tiny_images, progress=False)
     state = compressed.model.state_dict()
     both = torch.cat([subvectors(state["stage.a.weight"], 9), subvectors(state["stage.b.weight"], 9)])
@@ -206,8 +246,9 @@ def test_shared_codebook_is_stored_once_and_stays_shared_through_fine_tuning(tin
     loaded = netshrink.load(tmp_path / "shared.nsk", model=TwoConvStage())
     for name, tensor in state.items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    separate = netshrink.compress(model, recipe({"pq": {**pq, "share_codebook": False}}), data=tiny_images,
-                                  progress=False).save(tmp_path / "separate.nsk")
+    separate = netshrink.compress(
+        model, recipe({"pq": {**pq, "share_codebook": False}}), data=tiny_images, progress=False
+    ).save(tmp_path / "separate.nsk")
     assert (tmp_path / "shared.nsk").stat().st_size < separate.file_bytes
 
 

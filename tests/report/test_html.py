@@ -12,16 +12,15 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
+from conftest import REPO, TinyNet
 
 import netshrink
+from netshrink.budget.sensitivity import SensitivityConfig, measure
 from netshrink.cli import main
 from netshrink.energy import energy_of_file
 from netshrink.report.html import PLOT_IDS, ReportExtras, read_extras, render_html, write_html_report
-from netshrink.report.sizes import file_report
 from netshrink.report.inputs import read_runs, read_sensitivity
-from netshrink.budget.sensitivity import SensitivityConfig, measure
-
-from conftest import REPO, TinyNet
+from netshrink.report.sizes import file_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESNET20_RUNS = REPO / "benchmarks" / "results" / "oneshot-resnet20.json"
@@ -87,19 +86,36 @@ def full_extras(nsk, sensitivity_json):
 
 
 def test_runs_are_found_in_every_benchmark_shape(tmp_path):
-    bench = {"meta": {"ratio": "not a run"},
-             "recipes": [{"model": "m", "recipe": "r1", "ratio": 4.0, "top1_after": 0.9}],
-             "sweep": [{"ours": {"model": "m", "recipe": "palette2", "ratio": 14.0, "top1_after": 0.2},
-                        "coremltools": {"tool": "coremltools 9.0", "model": "m", "bits": 2, "per_channel": True,
-                                        "ratio": 13.0, "top1_after": 0.25}}],
-             "rows": [{"model": "m", "recipe": "dc", "ratio": 40.0, "top1_after": 0.98, "tensors": [{"ratio": 1}]},
-                      {"model": "m", "allocation": "auto", "stage": "one-shot", "file": "/tmp/a.nsk", "ratio": 8.0,
-                       "top1": 0.8}]}
+    bench = {
+        "meta": {"ratio": "not a run"},
+        "recipes": [{"model": "m", "recipe": "r1", "ratio": 4.0, "top1_after": 0.9}],
+        "sweep": [
+            {
+                "ours": {"model": "m", "recipe": "palette2", "ratio": 14.0, "top1_after": 0.2},
+                "coremltools": {
+                    "tool": "coremltools 9.0",
+                    "model": "m",
+                    "bits": 2,
+                    "per_channel": True,
+                    "ratio": 13.0,
+                    "top1_after": 0.25,
+                },
+            }
+        ],
+        "rows": [
+            {"model": "m", "recipe": "dc", "ratio": 40.0, "top1_after": 0.98, "tensors": [{"ratio": 1}]},
+            {"model": "m", "allocation": "auto", "stage": "one-shot", "file": "/tmp/a.nsk", "ratio": 8.0, "top1": 0.8},
+        ],
+    }
     (tmp_path / "b.json").write_text(json.dumps(bench))
     runs = read_runs(tmp_path / "b.json")
     assert [(r.label, r.series, r.ratio, r.accuracy) for r in runs] == [
-        ("r1", "m", 4.0, 0.9), ("palette2", "m", 14.0, 0.2), ("2b per-channel", "m (coremltools 9.0)", 13.0, 0.25),
-        ("dc", "m", 40.0, 0.98), ("auto, one-shot", "m", 8.0, 0.8)]
+        ("r1", "m", 4.0, 0.9),
+        ("palette2", "m", 14.0, 0.2),
+        ("2b per-channel", "m (coremltools 9.0)", 13.0, 0.25),
+        ("dc", "m", 40.0, 0.98),
+        ("auto, one-shot", "m", 8.0, 0.8),
+    ]
 
 
 def test_committed_benchmark_results_parse():
@@ -159,23 +175,43 @@ def test_compress_report_has_energy_and_accuracy_plots(capsys, tmp_path):
 
     ckpt, out, html = tmp_path / "l300.nsk", tmp_path / "c.nsk", tmp_path / "c.html"
     netshrink.save(zoo.build_model("lenet300"), ckpt, name="lenet300", dataset="mnist")
-    code = main(["compress", str(ckpt), "--recipe", "oneshot-palette5", "-o", str(out), "--no-eval",
-                 "--report", str(html), "--runs", str(RESNET20_RUNS), "--json"])
+    code = main(
+        [
+            "compress",
+            str(ckpt),
+            "--recipe",
+            "oneshot-palette5",
+            "-o",
+            str(out),
+            "--no-eval",
+            "--report",
+            str(html),
+            "--runs",
+            str(RESNET20_RUNS),
+            "--json",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["report"] == str(html)
     figures = parse(html.read_text()).figures
     assert figures == {p: "plot-missing" if p == "plot-sensitivity" else "plot" for p in PLOT_IDS}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["report", "{tmp}/missing.nsk", "-o", "{tmp}/r.html"], "missing.nsk: no such file"),
-    (["report", "{tmp}/runs.json", "-o", "{tmp}/r.html"], "not a netshrink file"),
-    (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/bad.json"], "bad.json is not a readable JSON"),
-    (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/empty.json"], "no benchmark runs found"),
-    (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/nope.json"], "nope.json: no such file"),
-    (["report", "{nsk}", "-o", "{tmp}/r.html", "--sensitivity", "{tmp}/runs.json"], "not a `netshrink sensitivity`"),
-    (["report", "{nsk}", "-o", "{tmp}/no/dir/r.html"], "cannot write HTML report"),
-    (["compress", "{nsk}", "--recipe", "fp16", "--runs", "{tmp}/runs.json"], "add --report"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["report", "{tmp}/missing.nsk", "-o", "{tmp}/r.html"], "missing.nsk: no such file"),
+        (["report", "{tmp}/runs.json", "-o", "{tmp}/r.html"], "not a netshrink file"),
+        (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/bad.json"], "bad.json is not a readable JSON"),
+        (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/empty.json"], "no benchmark runs found"),
+        (["report", "{nsk}", "-o", "{tmp}/r.html", "--runs", "{tmp}/nope.json"], "nope.json: no such file"),
+        (
+            ["report", "{nsk}", "-o", "{tmp}/r.html", "--sensitivity", "{tmp}/runs.json"],
+            "not a `netshrink sensitivity`",
+        ),
+        (["report", "{nsk}", "-o", "{tmp}/no/dir/r.html"], "cannot write HTML report"),
+        (["compress", "{nsk}", "--recipe", "fp16", "--runs", "{tmp}/runs.json"], "add --report"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, nsk, argv, message):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "empty.json").write_text(json.dumps({"meta": {}, "rows": []}))
@@ -189,8 +225,9 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, nsk, argv, message):
 def test_sensitivity_curves_follow_the_json(sensitivity_json):
     sens = read_sensitivity(sensitivity_json)
     layers = json.loads(sensitivity_json.read_text())["layers"]
-    assert [(c.layer, c.axis) for c in sens.curves] == [(layer["name"], axis) for layer in layers
-                                                        for axis in ("bits", "sparsity")]
+    assert [(c.layer, c.axis) for c in sens.curves] == [
+        (layer["name"], axis) for layer in layers for axis in ("bits", "sparsity")
+    ]
     assert sens.curves[0].settings == (2.0, 4.0) and sens.curves[1].settings == (0.5, 0.9)
 
 
@@ -198,16 +235,30 @@ def browser() -> str:
     for name in BROWSERS:
         if shutil.which(name):
             return name
-    pytest.skip(f"no headless browser: none of {', '.join(BROWSERS)} is on PATH "
-                "(.ci/run installs the Debian package chromium; apt-get install -y chromium)")
+    pytest.skip(
+        f"no headless browser: none of {', '.join(BROWSERS)} is on PATH "
+        "(.ci/run installs the Debian package chromium; apt-get install -y chromium)"
+    )
 
 
 def test_page_renders_in_headless_chromium(nsk, full_extras, tmp_path):
     """Chromium loads the page offline, runs its check script and finds every image decoded."""
     page = write_html_report(file_report(nsk), tmp_path / "page.html", full_extras)
-    proc = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r'<body[^>]*data-images="ok"', dom), "some image did not decode (or the script did not run)"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from netshrink.training.distill import DistillationLoss, frozen_teacher
 from netshrink.errors import NetshrinkError
+from netshrink.training.distill import DistillationLoss, frozen_teacher
 from netshrink.training.loop import call_model
 
 

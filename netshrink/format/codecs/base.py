@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -64,7 +65,7 @@ class Codebook:
     values: torch.Tensor
 
     @classmethod
-    def fp16(cls, values: torch.Tensor) -> "Codebook":
+    def fp16(cls, values: torch.Tensor) -> Codebook:
         """`values` rounded to the fp16 the file stores (a codebook is always used as stored, so
         the model holds exactly what the file decodes to)."""
         book = values.detach().to(torch.float16)
@@ -85,7 +86,7 @@ class Encoded:
     shape: tuple[int, ...]
     params: dict[str, Any] = field(default_factory=dict)
     streams: dict[str, Stream] = field(default_factory=dict)
-    children: dict[str, "Encoded"] = field(default_factory=dict)
+    children: dict[str, Encoded] = field(default_factory=dict)
     state: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -114,19 +115,22 @@ class Encoded:
                 totals[kind] += nbytes
         return totals
 
-    def written_by(self, kinds: type["Codec"] | tuple[type["Codec"], ...]) -> bool:
+    def written_by(self, kinds: type[Codec] | tuple[type[Codec], ...]) -> bool:
         """Whether a codec of class `kinds` wrote this encoding (found by its name in the registry of
         codecs, so that a reader of a file's codec tree asks about classes, not names)."""
         cls = _REGISTRY.get(self.codec)
         return cls is not None and issubclass(cls, kinds)
 
-    def borrowing_codebook(self, lender: str) -> "Encoded":
+    def borrowing_codebook(self, lender: str) -> Encoded:
         """This encoding with its codebook stream stored by the earlier tensor `lender`, which holds
         the same codebook (the file keeps one copy); its label says the codebook is shared."""
         stream = self.streams["codebook"]
         label = self.params.get("label", self.codec)
-        return replace(self, params={**self.params, "label": f"{label} shared"},
-                       streams={**self.streams, "codebook": Stream(stream.kind, stream.data, borrowed_from=lender)})
+        return replace(
+            self,
+            params={**self.params, "label": f"{label} shared"},
+            streams={**self.streams, "codebook": Stream(stream.kind, stream.data, borrowed_from=lender)},
+        )
 
     def describe(self) -> str:
         """Short human-readable codec description, e.g. 'sparse(palette(5b))'."""
@@ -160,7 +164,7 @@ class Codec(ABC):
         enc = self.encode(tensor, state)
         return enc, decode(enc).to(tensor.dtype).reshape(tensor.shape)
 
-    def with_inner(self, inner: "Codec") -> "Codec":
+    def with_inner(self, inner: Codec) -> Codec:
         """For wrapping codecs (sparse, low-rank): the same wrapper around a new value codec.
         Plain value codecs are simply replaced by `inner`."""
         return inner

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from netshrink.format.codecs.base import Codec, Encoded, Stream, register_codec, require_stream
 from netshrink.errors import CodecError, FormatError
+from netshrink.format.codecs.base import Codec, Encoded, Stream, register_codec, require_stream
 
 #: Storage dtypes by their name in the file. "exact" keeps whatever dtype the tensor has.
 DTYPES: dict[str, torch.dtype] = {

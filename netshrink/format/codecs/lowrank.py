@@ -16,9 +16,17 @@ from typing import Any, ClassVar
 
 import torch
 
-from netshrink.format.codecs.base import Codec, Encoded, decode, register_codec, require_child, require_float_tensor, require_int
-from netshrink.format.codecs.dense import Dense
 from netshrink.errors import CodecError, FormatError
+from netshrink.format.codecs.base import (
+    Codec,
+    Encoded,
+    decode,
+    register_codec,
+    require_child,
+    require_float_tensor,
+    require_int,
+)
+from netshrink.format.codecs.dense import Dense
 
 
 def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from netshrink.cluster import assign_nearest_1d, kmeans_1d
 from netshrink.cluster.kmeans1d import INITS
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs.base import (
     Codebook,
     Codec,
@@ -29,7 +30,6 @@ from netshrink.format.codecs.base import (
 )
 from netshrink.format.codecs.dense import bytes_to_tensor, tensor_to_bytes
 from netshrink.format.entropy import decode_symbols, encode_symbols
-from netshrink.errors import CodecError, FormatError
 
 MAX_BITS = 16
 
@@ -71,8 +71,10 @@ class Palette(Codec):
         k = book_size(self.bits, rows.shape[1])
         if not rows.numel():
             return Codebook(torch.zeros(0, k, dtype=torch.float16))
-        books = [self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
-                 for i, row in enumerate(rows)]
+        books = [
+            self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
+            for i, row in enumerate(rows)
+        ]
         return Codebook(torch.from_numpy(np.stack(books)))
 
     def encode(self, tensor: torch.Tensor, state: Codebook | None = None) -> Encoded:
@@ -86,8 +88,9 @@ class Palette(Codec):
         labels = [nearest_entry(row.numpy(), book.numpy()) for row, book in zip(rows, state.values)]
         return self._encoded(state, np.concatenate(labels), tuple(tensor.shape))
 
-    def encode_assigned(self, codebook: Codebook | torch.Tensor, labels: torch.Tensor,
-                        shape: tuple[int, ...]) -> Encoded:
+    def encode_assigned(
+        self, codebook: Codebook | torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]
+    ) -> Encoded:
         """Store a given codebook [rows, k] (rounded to fp16) and per-weight labels without
         clustering: for methods that choose the assignment themselves (error feedback, fine-tuning)."""
         values = codebook.values if isinstance(codebook, Codebook) else codebook
@@ -96,8 +99,10 @@ class Palette(Codec):
             raise CodecError(f"palette codebook must be a float [{rows}, k] tensor, got {tuple(values.shape)}")
         k = values.shape[1]
         if not 1 <= k <= (1 << self.bits) or labels.numel() != math.prod(shape):
-            raise CodecError(f"palette{self.bits} cannot store {k} values per row for {labels.numel()} labels of "
-                             f"shape {tuple(shape)}")
+            raise CodecError(
+                f"palette{self.bits} cannot store {k} values per row for {labels.numel()} labels of "
+                f"shape {tuple(shape)}"
+            )
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise CodecError(f"palette labels must lie in 0..{k - 1}")
         book = codebook if isinstance(codebook, Codebook) else Codebook.fp16(values)
@@ -105,8 +110,12 @@ class Palette(Codec):
 
     def _encoded(self, book: Codebook, indices: np.ndarray, shape: tuple[int, ...]) -> Encoded:
         rows, k = book.values.shape
-        params = {"bits": self.bits, "rows": rows, "book": k,
-                  "label": f"palette{self.bits}" + ("c" if self.per_channel else "")}
+        params = {
+            "bits": self.bits,
+            "rows": rows,
+            "book": k,
+            "label": f"palette{self.bits}" + ("c" if self.per_channel else ""),
+        }
         streams = {
             "codebook": Stream("codebook", tensor_to_bytes(book.values)),
             "indices": Stream("indices", encode_symbols(indices, k)),
@@ -124,8 +133,10 @@ class Palette(Codec):
         if self.importance is None:
             return None
         if self.importance.shape != tensor.shape:
-            raise CodecError(f"palette importance has shape {tuple(self.importance.shape)} but the tensor has "
-                             f"{tuple(tensor.shape)}; give one importance per weight")
+            raise CodecError(
+                f"palette importance has shape {tuple(self.importance.shape)} but the tensor has "
+                f"{tuple(tensor.shape)}; give one importance per weight"
+            )
         return self.importance.detach().double().reshape(n_rows, -1)
 
     def _cluster_row(self, row: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:

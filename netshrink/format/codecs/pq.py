@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 
 from netshrink.cluster import assign_nearest, kmeans
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs.base import (
     Codebook,
     Codec,
@@ -32,7 +33,6 @@ from netshrink.format.codecs.base import (
 )
 from netshrink.format.codecs.dense import bytes_to_tensor, tensor_to_bytes
 from netshrink.format.entropy import MAX_ALPHABET, decode_symbols, encode_symbols
-from netshrink.errors import CodecError, FormatError
 
 #: Largest sub-vector length a file may declare (a 3x3x... kernel group is far below it).
 MAX_D = 1 << 16
@@ -118,8 +118,9 @@ class PQ(Codec):
         return subvectors(tensor.detach().float(), self.d)
 
     @classmethod
-    def encode_assigned(cls, codebook: Codebook | torch.Tensor, labels: torch.Tensor,
-                        shape: tuple[int, ...] | torch.Size) -> Encoded:
+    def encode_assigned(
+        cls, codebook: Codebook | torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...] | torch.Size
+    ) -> Encoded:
         """Store a given codebook [k, d] (rounded to fp16) and labels [n] without clustering: for
         methods that choose the codes themselves (in a layer's output metric) or fine-tune the
         codewords by gradient (Stock et al. 2020, sec. 3.3). Tensors given the same `Codebook`

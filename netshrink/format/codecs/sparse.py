@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs.base import (
     Codec,
     Encoded,
@@ -31,7 +32,6 @@ from netshrink.format.codecs.base import (
 )
 from netshrink.format.codecs.dense import Dense
 from netshrink.format.entropy import decode_symbols, encode_symbols
-from netshrink.errors import CodecError, FormatError
 
 GAP_ALPHABETS = (4, 16, 64, 256, 4096, 65536)
 
@@ -94,8 +94,14 @@ class Sparse(Codec):
             (self._gap_stream(state.positions, m) for m in GAP_ALPHABETS), key=lambda option: len(option[1])
         )
         params = {"alphabet": alphabet, "symbols": count, "label": "sparse"}
-        return Encoded(self.name, tuple(tensor.shape), params, {"positions": Stream("positions", stream)},
-                       {"values": values}, state=state)
+        return Encoded(
+            self.name,
+            tuple(tensor.shape),
+            params,
+            {"positions": Stream("positions", stream)},
+            {"values": values},
+            state=state,
+        )
 
     @staticmethod
     def _gap_stream(positions: np.ndarray, alphabet: int) -> tuple[int, bytes, int]:

@@ -9,8 +9,14 @@ import torch
 from netshrink.errors import CodecError
 from netshrink.format.codecs import PQ, Codebook, Dense, LowRank, Palette, Sparse, decode
 
-CODECS = [Dense("fp16"), Palette(3), Palette(2, per_channel=True), PQ(d=4, k=8), Sparse(Palette(3)),
-          LowRank(rank=2, inner=Palette(4))]
+CODECS = [
+    Dense("fp16"),
+    Palette(3),
+    Palette(2, per_channel=True),
+    PQ(d=4, k=8),
+    Sparse(Palette(3)),
+    LowRank(rank=2, inner=Palette(4)),
+]
 
 
 def pruned(tensor: torch.Tensor) -> torch.Tensor:

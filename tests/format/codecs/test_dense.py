@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from netshrink.format.codecs import Dense, decode
 from netshrink.errors import CodecError, FormatError
+from netshrink.format.codecs import Dense, decode
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool])

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from netshrink.errors import CodecError
 from netshrink.format.codecs import Dense, LowRank, Palette, decode
 from netshrink.format.codecs.lowrank import rank_for_energy
-from netshrink.errors import CodecError
 
 
 def test_exact_for_low_rank_matrix_and_sizes():

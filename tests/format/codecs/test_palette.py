@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs import Palette, decode
 from netshrink.format.entropy import empirical_entropy_bits
-from netshrink.errors import CodecError, FormatError
 
 
 def test_at_most_2_pow_bits_fp16_values_and_nearest_assignment():
@@ -24,7 +24,7 @@ def test_error_is_bounded_and_shrinks_with_bits():
     w = torch.randn(20000)
     errors = [float(((Palette(bits=b).round_trip(w)[1] - w) ** 2).mean()) for b in (2, 4, 6)]
     assert errors[0] > errors[1] > errors[2]
-    assert errors[2] < 1e-3 * float((w ** 2).mean()) * 10  # 64 levels of a Gaussian: ~1e-3 relative
+    assert errors[2] < 1e-3 * float((w**2).mean()) * 10  # 64 levels of a Gaussian: ~1e-3 relative
 
 
 def test_idempotent_on_already_shared_weights():

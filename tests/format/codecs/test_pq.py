@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from netshrink.cluster import kmeans
+from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs import PQ, decode
 from netshrink.format.codecs.pq import from_subvectors, subvectors
-from netshrink.format.entropy import decode_symbols
-from netshrink.errors import CodecError, FormatError
 from netshrink.format.container import NskFile, TensorRecord, parse, serialize
+from netshrink.format.entropy import decode_symbols
 
 
 def conv_weight(seed: int = 0) -> torch.Tensor:

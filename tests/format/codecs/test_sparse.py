@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from netshrink.errors import FormatError
 from netshrink.format.codecs import Dense, Palette, Sparse, decode
 from netshrink.format.codecs.sparse import gaps_from_positions, positions_from_gaps
-from netshrink.errors import FormatError
 
 
 @pytest.mark.parametrize("alphabet", [4, 16, 256])
@@ -48,6 +48,6 @@ def test_corrupt_counts_are_format_errors():
     with pytest.raises(FormatError):
         decode(enc)
     enc = Sparse().encode(torch.tensor([0.0, 1.0, 0.0, 2.0]))
-    enc.params["symbols"] = 10 ** 9
+    enc.params["symbols"] = 10**9
     with pytest.raises(FormatError):
         decode(enc)
