@@ -44,19 +44,22 @@ from torch import nn
 from tqdm import tqdm
 
 from netshrink.calibration.batchnorm import batchnorm_scales, recalibrate_batchnorms
-from netshrink.calibration.error_feedback import feedback_assign_vectors
 from netshrink.calibration.layer_inputs import (
-    block_points,
     calibration_batches,
     forward_order,
     groups_of,
     patch_moments,
-    row_groups,
-    unblock_labels,
 )
-from netshrink.cluster import assign_nearest_metric, kmeans, kmeans_metric
+from netshrink.calibration.output_metric import (
+    diagonal_blocks,
+    joined_problems,
+    metric_encoding,
+    metric_points,
+    with_feedback,
+)
+from netshrink.cluster import kmeans, kmeans_metric
 from netshrink.errors import DATA_HINT, DataError, RecipeError
-from netshrink.format.codecs import Codebook, Encoded
+from netshrink.format.codecs import Codebook
 from netshrink.format.codecs.pq import PQ, row_length, subvectors
 from netshrink.plan import CompressionPlan
 from netshrink.select import MATRIX_LAYERS
@@ -261,9 +264,9 @@ class OutputAwarePQ(RetrainingStep):
                 seed=seed,
                 point_weights=weights,
             )
-            encoded = _metric_encoding(module, d, Codebook.fp16(result.centroids), grams)
+            encoded = metric_encoding(module, d, Codebook.fp16(result.centroids), grams)
             if self.feedback:
-                encoded = _with_feedback(module, encoded, full)
+                encoded = with_feedback(module, encoded, full)
             plan.set_encoded(model, weight_name, codec, encoded)
         return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
 
@@ -287,7 +290,7 @@ class OutputAwarePQ(RetrainingStep):
             problems = [
                 self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed) for name in names
             ]
-            points, grams, weights = _joined(problems)
+            points, grams, weights = joined_problems(problems)
             codebook = kmeans_metric(
                 points,
                 min(k, points.shape[0] * points.shape[1]),
@@ -313,7 +316,7 @@ class OutputAwarePQ(RetrainingStep):
                         patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram
                     )
                 )
-                encoded = _metric_encoding(module, d, book, grams)
+                encoded = metric_encoding(module, d, book, grams)
             else:
                 encoded = codec.encode(module.weight, book)
             plan.set_encoded(model, f"{name}.weight", codec, encoded)
@@ -364,70 +367,3 @@ class OutputAwarePQ(RetrainingStep):
         hook = ReassignHook(dict(labels), d_of, self.reassign_every, in_labels)
         self.retrain(model, ctx, [hook], desc, epochs=epochs)
         labels.update(hook.labels())
-
-
-def metric_points(
-    weight: torch.Tensor, d: int, groups: int, row_scales: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The sub-vectors in `block_points` layout and their weights (rows weighted by `row_scales`,
-    e.g. the following BatchNorm's scale^2; None: all 1)."""
-    points = block_points(weight.float(), d, groups)
-    if row_scales is None:
-        return points, None
-    # row o = group g, row i of that group; points [g * blocks, rows_per_group]
-    per_group = row_scales.reshape(groups, 1, -1).expand(groups, points.shape[0] // groups, -1)
-    return points, per_group.reshape(points.shape[:2])
-
-
-def _metric_encoding(module: nn.Module, d: int, book: Codebook, grams: torch.Tensor) -> Encoded:
-    """The layer's sub-vectors assigned to the fp16 codewords of `book` (what the file holds) in
-    their blocks' metrics."""
-    groups = groups_of(module)
-    points = block_points(module.weight.detach().float(), d, groups)
-    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float())
-    return PQ.encode_assigned(book, unblock_labels(labels, groups), tuple(module.weight.shape))
-
-
-def _joined(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]):
-    """Several layers' metric k-means problems as one: concatenated blocks when every layer has the
-    same rows per block, else one block per point (each carrying its block's metric)."""
-    if len({points.shape[1] for points, _, _ in problems}) > 1:
-        problems = [
-            (
-                points.reshape(-1, 1, points.shape[2]),
-                grams.repeat_interleave(points.shape[1], 0),
-                None if weights is None else weights.reshape(-1, 1),
-            )
-            for points, grams, weights in problems
-        ]
-    points = torch.cat([p for p, _, _ in problems])
-    grams = torch.cat([g for _, g, _ in problems])
-    if all(w is None for _, _, w in problems):
-        return points, grams, None
-    weights = torch.cat([torch.ones(p.shape[:2]) if w is None else w.float() for p, _, w in problems])
-    return points, grams, weights
-
-
-def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
-    """[groups, cols, cols] second moments of whole rows -> [groups * cols // d, d, d] of their
-    d-column blocks, in `block_points` order."""
-    groups, cols, _ = grams.shape
-    blocks = cols // d
-    tiles = grams.reshape(groups, blocks, d, blocks, d)
-    index = torch.arange(blocks)
-    return tiles[:, index, :, index, :].permute(1, 0, 2, 3).reshape(groups * blocks, d, d)
-
-
-def _with_feedback(module: nn.Module, encoded: Encoded, grams: torch.Tensor) -> Encoded:
-    """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
-    second moment of each group's inputs (calibration/error_feedback.py), so that later sub-vectors of
-    a row absorb the output error of earlier ones."""
-    book = encoded.state
-    weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-    labels = torch.cat(
-        [
-            feedback_assign_vectors(weight[rows], book.values.float(), grams[g])
-            for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))
-        ]
-    )
-    return PQ.encode_assigned(book, labels.reshape(-1), tuple(module.weight.shape))
