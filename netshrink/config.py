@@ -27,6 +27,15 @@ T = TypeVar("T")
 OMIT_WHEN_EMPTY = {"omit_when_empty": True}
 
 
+def _renamed_hint(cls: type, name: str, valid: set[str]) -> str:
+    """How to write a per-layer setting of an older recipe (`per_layer_bits: {conv1: 8}`) today."""
+    if not name.startswith("per_layer") or "overrides" not in valid:
+        return ""
+    per_layer = getattr(cls, "per_layer_fields", ())
+    field = name.removeprefix("per_layer").lstrip("_") or (per_layer[0] if len(per_layer) == 1 else "<field>")
+    return f" (per-layer settings are now written `overrides: {{pattern: {{{field}: value}}}}`)"
+
+
 def config_from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, validating names and types; errors name `where`."""
     if data is None:
@@ -39,7 +48,10 @@ def config_from_dict(cls: type[T], data: Any, where: str) -> T:
     valid = recipe_fields(cls)
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise RecipeError(f"{where}: unknown field {unknown[0]!r}; valid fields: {', '.join(sorted(valid))}")
+        raise RecipeError(
+            f"{where}: unknown field {unknown[0]!r}{_renamed_hint(cls, unknown[0], valid)}; "
+            f"valid fields: {', '.join(sorted(valid))}"
+        )
     values = coerce_fields(cls, {k: v for k, v in data.items() if k not in flat}, where)
     given = {
         owner: coerce_fields(sub, {k: v for k, v in data.items() if flat.get(k) == owner}, where)

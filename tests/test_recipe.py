@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -158,3 +159,15 @@ def test_needs_data_and_distills_are_properties_of_every_step():
         parse_recipe({"name": "r", "steps": [{"pq": {"objective": "weights", "epochs": 0}}]}).steps[0].needs_data
         is False
     )
+
+
+@pytest.mark.parametrize(
+    "step,hint",
+    [
+        ({"trained_quantization": {"per_layer_bits": {"conv*": 8}}}, "overrides: {pattern: {bits: value}}"),
+        ({"prune": {"per_layer": {"fc1": 0.9}}}, "overrides: {pattern: {sparsity: value}}"),
+    ],
+)
+def test_an_older_per_layer_spelling_says_how_to_write_it_now(step, hint):
+    with pytest.raises(RecipeError, match=re.escape(hint)):
+        parse_recipe({"name": "old", "steps": [step]})
