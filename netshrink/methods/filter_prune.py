@@ -377,7 +377,7 @@ class FilterPrune(RetrainingStep):
     def prune_round(
         self, model: nn.Module, cuts: dict[ChannelGroup, int], holdout: ArrayDataset, ratio: Callable[[], float]
     ) -> list[str]:
-        """Cut the least sensitive layers (stopping once the target is met); what was cut, as text."""
+        """Cut the least sensitive layers, stopping early once `target_flops_ratio` is reached; what was cut, as text."""
         drops = sensitivities(model, cuts, holdout)
         done = []
         for group in least_sensitive_first(drops)[: self.layers_per_round]:

@@ -1,4 +1,4 @@
-"""Automatic per-layer budgets: byte targets met, sensitive layers kept precise, impossible targets refused."""
+"""Automatic per-layer budgets: files of the requested size, sensitive layers kept precise, impossible targets refused."""
 
 from __future__ import annotations
 
