@@ -1,0 +1,127 @@
+"""The process group of a run on several processes, and the few collective operations netshrink uses.
+
+A run is distributed when `torchrun` (or `netshrink compress --nproc N`, which starts it) sets
+WORLD_SIZE > 1 in the environment; `init_from_env` then joins the group (gloo on CPU, NCCL on CUDA)
+with a bounded timeout, so a rank that dies makes the others fail within that time instead of
+waiting forever. Without it every function here is a no-op for a single process: the code that
+calls them reads the same in both cases.
+
+Work is split by item index (`owner_of`), never by timing, and seeds come from item names
+(`layer_seed`), never from the rank: the result of a one-shot step is the same for any world size.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from netshrink.errors import NetshrinkError
+
+#: Seconds a collective operation may wait for the other ranks before the run stops with an error.
+TIMEOUT_ENV = "NETSHRINK_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: `rank` of `world` processes (0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes files and prints results."""
+        return self.rank == 0
+
+
+def ranks() -> Ranks:
+    """This process's ranks: from the joined process group, else a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Ranks()
+
+
+def is_main() -> bool:
+    return ranks().main
+
+
+def timeout_seconds() -> float:
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise NetshrinkError(f"${TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise NetshrinkError(f"${TIMEOUT_ENV} must be positive, got {text!r}")
+    return value
+
+
+def init_from_env(device: torch.device | None = None) -> Ranks:
+    """Join the process group `torchrun` describes in the environment (WORLD_SIZE > 1); a no-op for
+    a single process or when already joined. NCCL when `device` is CUDA, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 or dist.is_initialized():
+        return ranks()
+    if not dist.is_available():
+        raise NetshrinkError("this PyTorch build has no torch.distributed; run on one process")
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds()))
+    except (RuntimeError, ValueError) as exc:
+        raise NetshrinkError(f"cannot join the {world}-process group ({backend}): {exc}") from None
+    return ranks()
+
+
+def barrier() -> None:
+    if ranks().distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """`obj` as rank `src` has it, on every rank (pickled: only between the ranks of one run)."""
+    if not ranks().distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def owner_of(index: int, world: int) -> int:
+    """The rank that computes item `index` of a list: round robin, fixed by the index alone."""
+    return index % world
+
+
+def share_work(names: Sequence[str], compute: Callable[[str], T]) -> dict[str, T]:
+    """`compute(name)` for every name, each computed by one rank (`owner_of`) and then known to all,
+    in the order of `names`. With one process: computed in order, here."""
+    here = ranks()
+    if not here.distributed:
+        return {name: compute(name) for name in names}
+    mine = {name: compute(name) for i, name in enumerate(names) if owner_of(i, here.world) == here.rank}
+    gathered: list[dict[str, T] | None] = [None] * here.world
+    dist.all_gather_object(gathered, mine)
+    merged: dict[str, T] = {}
+    for part in gathered:
+        merged.update(part or {})
+    return {name: merged[name] for name in names}
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """A seed for the work on item `name` (a layer), the same on every rank and for any world size."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
