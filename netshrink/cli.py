@@ -104,6 +104,19 @@ def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed, for runs that repeat exactly (default 0)")
 
 
+def _add_device_args(parser: argparse.ArgumentParser, autocast: bool = False) -> None:
+    """--device of every command that computes, and --autocast of those that train."""
+    parser.add_argument(
+        "--device", help="where to compute: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+    )
+    if autocast:
+        parser.add_argument(
+            "--autocast",
+            choices=("bf16",),
+            help="train under bfloat16 autocast (GPUs with bf16 units train faster; default: float32)",
+        )
+
+
 def _add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
 
@@ -124,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, help="samples per step (default: the model's tuned setting)")
     train.add_argument("--from-pretrained", action="store_true", help="start from the published weights (fine-tune)")
     _add_seed_arg(train)
+    _add_device_args(train, autocast=True)
     train.add_argument("-o", "--output", required=True, help="checkpoint file to write")
     _add_json_arg(train)
 
@@ -155,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     _add_seed_arg(comp)
+    _add_device_args(comp, autocast=True)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     _add_json_arg(comp)
     comp.add_argument(
@@ -180,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)"
     )
     _add_seed_arg(sens)
+    _add_device_args(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
     sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
 
@@ -192,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="score a fixed random subset of N held-out samples (default: all)",
     )
+    _add_device_args(ev)
     _add_json_arg(ev)
 
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
@@ -251,6 +268,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         )
     if args.target_ratio is not None and args.target_energy is not None:
         parser.error("give one target at a time: --target-ratio or --target-energy")
+    if args.autocast and _has_target(args):
+        parser.error("--autocast sets how a recipe retrains; the recipe a target generates does not retrain")
 
 
 def _has_target(args: argparse.Namespace) -> bool:
@@ -280,8 +299,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> Any:
     """The one API call of a command (imports PyTorch)."""
     from netshrink import api
+    from netshrink.devices import resolve_device
 
     data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
+    if args.command in ("train", "compress", "sensitivity", "eval"):  # a missing device fails before any work
+        data["device"] = resolve_device(args.device)
     if args.command == "train":
         return api.train(
             args.model,
@@ -292,6 +314,7 @@ def run(args: argparse.Namespace) -> Any:
             batch_size=args.batch_size,
             from_pretrained=args.from_pretrained,
             seed=args.seed,
+            autocast=args.autocast,
         )
     if args.command == "compress":
         return _compress(api, args, data)
@@ -321,7 +344,7 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
         return api.compress_to_target(
             args.model, ratio=args.target_ratio, energy=args.target_energy, sensitivity=args.sensitivity, **common
         )
-    return api.compress(args.model, args.recipe, sensitivity=args.sensitivity, **common)
+    return api.compress(args.model, args.recipe, sensitivity=args.sensitivity, autocast=args.autocast, **common)
 
 
 def _emit(result: Any, args: argparse.Namespace) -> None:

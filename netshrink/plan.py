@@ -12,6 +12,9 @@ Tensors that share storage (an embedding tied to the output layer: two state-dic
 tensor) are stored once, under the first name; the others become tied records. Tensors encoded with
 the same `Codebook` object (their own, not a nested codec's) share it: the first in the file stores
 it, the others borrow its stream.
+
+The model may live on any device: codecs encode a CPU copy of a tensor (they are written for CPU
+and numpy), and the decoded value is copied back onto the tensor's own device.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ class CompressionPlan:
     def assign(self, model: nn.Module, name: str, codec: Codec, state: Any = None) -> torch.Tensor:
         """Store tensor `name` with `codec`: encode it with `state` (None: the codec fits its state on
         the tensor; give a `Codebook` to share it with other tensors) and load the decoded value."""
-        return self.set_encoded(model, name, codec, codec.encode(model.state_dict()[name], state))
+        return self.set_encoded(model, name, codec, codec.encode(model.state_dict()[name].detach().cpu(), state))
 
     def set_encoded(self, model: nn.Module, name: str, codec: Codec, encoded: Encoded) -> torch.Tensor:
         """Record `codec`'s encoding of tensor `name` (codes a method chose itself, e.g. by output
@@ -77,7 +80,7 @@ class CompressionPlan:
                 f"an encoding of shape {tuple(encoded.shape)} cannot store {name!r} of shape {tuple(tensor.shape)}"
             )
         with torch.no_grad():
-            tensor.copy_(decode(encoded).to(tensor.dtype))
+            tensor.copy_(decode(encoded).to(device=tensor.device, dtype=tensor.dtype))
         self.entries[name] = PlanEntry(codec, encoded, fingerprint(tensor))
         return tensor
 
@@ -91,7 +94,8 @@ class CompressionPlan:
             names = self._assigned(name, first_of)
             if names and first_of.get(name, name) == name and self._cached(tensor, names) is None:
                 entry = self.entries[names[-1]]  # several names of one tensor: the last assigned codec
-                self.set_encoded(model, names[-1], entry.codec, entry.codec.encode(tensor, entry.state))
+                encoded = entry.codec.encode(tensor.detach().cpu(), entry.state)
+                self.set_encoded(model, names[-1], entry.codec, encoded)
                 changed.append(name)
         if changed:
             log.info(
@@ -116,7 +120,8 @@ class CompressionPlan:
                 records.append(TensorRecord(name, stored[source], owners.get(name, ""), tied_to=source))
                 continue
             names = self._assigned(name, first_of)
-            stored[name] = _lent(self._cached(tensor, names) if names else EXACT.encode(tensor), name, lenders)
+            encoded = self._cached(tensor, names) if names else EXACT.encode(tensor.detach().cpu())
+            stored[name] = _lent(encoded, name, lenders)
             records.append(TensorRecord(name, stored[name], owners.get(name, "")))
         return records
 

@@ -135,8 +135,10 @@ def apply_recipe(
     seed: int = 0,
     progress: bool = True,
     inplace: bool = False,
+    device: torch.device | None = None,
 ) -> CompressedModel:
-    """Apply a recipe's steps in order. The input model is left untouched unless `inplace`.
+    """Apply a recipe's steps in order. The input model is left untouched unless `inplace`; `device`:
+    where the steps compute (the compressed model stays there; None: where the model is).
 
     `data` is the training split for recipes that retrain or calibrate (never the evaluation
     split); `dataset` names it, which picks its default augmentation. Without `identity`, the file
@@ -145,6 +147,8 @@ def apply_recipe(
     if recipe.needs_data and data is None:
         raise NetshrinkError(f"recipe {recipe.name} needs training data {DATA_HINT}")
     model = model if inplace else copy.deepcopy(model)
+    if device is not None:
+        model.to(device)  # before the teacher is frozen: steps and teacher compute on one device
     original = original_size(model)
     torch.manual_seed(seed)
     plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=progress, dataset=dataset)

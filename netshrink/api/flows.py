@@ -3,7 +3,8 @@ sensitivity, train a zoo model, inspect a file, write its HTML report, list the 
 
 A model may be given as a module, a zoo name, a .nsk file, or None (the embedded demo model), as
 on the command line; every function returns a typed result that prints itself for people
-(`to_text`) and for scripts (`to_json`).
+(`to_text`) and for scripts (`to_json`). `device` (cpu, cuda, cuda:N, mps; default: cuda when there
+is one) is checked first, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from netshrink import DEFAULT_RECIPE
 from netshrink.api.compressed import CompressedModel, apply_recipe
@@ -24,6 +27,7 @@ from netshrink.budget.curves import SensitivityResult
 from netshrink.budget.sensitivity import SensitivityConfig
 from netshrink.budget.sensitivity import sensitivity as cached_sensitivity
 from netshrink.data import ArrayDataset, SentencePairs, load_dataset
+from netshrink.devices import Autocast, placed_on, resolve_device
 from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult
 from netshrink.evaluate import evaluate as score_on
@@ -33,6 +37,7 @@ from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report.sizes import FileReport
 from netshrink.step import Recipe
 from netshrink.training.loop import TrainConfig, default_train_config, fit
+from netshrink.training.retraining import TrainingStep
 
 
 def compress(
@@ -52,18 +57,23 @@ def compress(
     seed: int = 0,
     progress: bool = True,
     inplace: bool = False,
+    device: str | torch.device | None = None,
+    autocast: Autocast = None,
 ) -> CompressedModel:
     """Compress a model with a recipe (default `DEFAULT_RECIPE`); with `output`, write and measure the file.
 
     `data` is the training split for recipes that retrain or calibrate (default: the training split
     of `dataset`, or of the model's own data set). `evaluate` scores the model before and after on the
     held-out split; `report` writes an HTML page about the file, plotting benchmark `runs` and
-    `sensitivity` curves. The input model is left untouched unless `inplace`.
+    `sensitivity` curves. The input model is left untouched unless `inplace`. The steps compute on
+    `device` (the compressed model stays there); `autocast: "bf16"` retrains under bfloat16 autocast.
     """
+    device = resolve_device(device)
     outputs = CompressOutputs.check(
-        output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs, sensitivity=sensitivity
+        output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs, sensitivity=sensitivity, device=device
     )
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe or DEFAULT_RECIPE)  # before any training
+    recipe = with_autocast(recipe, autocast)
     source = resolve(
         model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed, progress=progress
     )
@@ -80,6 +90,7 @@ def compress(
         seed=seed,
         progress=progress,
         inplace=inplace,
+        device=device,
     )
     compressed.seconds = time.perf_counter() - started
     return outputs.finish(compressed, source, before)
@@ -105,19 +116,21 @@ def evaluate(
     limit: int | None = None,
     split: str = "test",
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> EvalResult:
     """Score a model on the held-out split of its data set (or `dataset`): top-1, or Spearman for
     sentence pairs. `limit` scores a fixed random subset of that many samples."""
+    device = resolve_device(device)
     if dataset is not None and not isinstance(dataset, str):  # a data set in memory
         source = resolve(model, data_dir=data_dir, progress=progress)
         return replace(
-            score_on(source.module, dataset, split=split, progress=progress, limit=limit),
+            score_on(source.module, dataset, split=split, progress=progress, limit=limit, device=device),
             model=source.label,
             dataset="dataset",
         )
     source = resolve(model, dataset=dataset, data_dir=data_dir, progress=progress)
     name = source.require_dataset()
-    result = score_on(source.module, name, data_dir, split=split, progress=progress, limit=limit)
+    result = score_on(source.module, name, data_dir, split=split, progress=progress, limit=limit, device=device)
     return replace(result, model=source.label, dataset=name)
 
 
@@ -132,9 +145,11 @@ def sensitivity(
     data_dir: str | None = None,
     output: str | Path | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> SensitivityResult:
     """Per-layer accuracy and KL against palette bits and pruning, on a held-out slice of the training
     split; reused from `output` (default: the user cache) when measured before on this very model."""
+    device = resolve_device(device)
     if output is not None:
         check_output_path(output, "sensitivity JSON")
     try:
@@ -142,18 +157,24 @@ def sensitivity(
     except ValueError as exc:
         raise NetshrinkError(f"sensitivity settings: {exc}") from None
     source = resolve(model, dataset=dataset, data_dir=data_dir, progress=progress)
-    return measured_sensitivity(source, config, data_dir, output, progress)
+    return measured_sensitivity(source, config, data_dir, output, progress, device)
 
 
 def measured_sensitivity(
-    source: Source, config: SensitivityConfig, data_dir: str | None, path: str | Path | None, progress: bool
+    source: Source,
+    config: SensitivityConfig,
+    data_dir: str | None,
+    path: str | Path | None,
+    progress: bool,
+    device: torch.device | None = None,
 ) -> SensitivityResult:
-    """The sensitivity of a resolved model, measured or reused from `path` / the cache."""
+    """The sensitivity of a resolved model, measured (on `device`) or reused from `path` / the cache."""
     dataset = source.require_dataset()
     train = load_dataset(dataset, "train", data_dir)
-    return cached_sensitivity(
-        source.module, train, config, dataset=dataset, path=path, identity=source.identity, progress=progress
-    )
+    with placed_on(source.module, device):
+        return cached_sensitivity(
+            source.module, train, config, dataset=dataset, path=path, identity=source.identity, progress=progress
+        )
 
 
 def train(
@@ -168,20 +189,26 @@ def train(
     from_pretrained: bool = False,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    autocast: Autocast = None,
 ) -> TrainedCheckpoint:
-    """Train a zoo model (from scratch, or fine-tune its published weights) and save a checkpoint."""
+    """Train a zoo model (from scratch, or fine-tune its published weights) on `device` and save a
+    checkpoint; `autocast: "bf16"` trains under bfloat16 autocast."""
     from netshrink import zoo
     from netshrink.api.files import save
 
+    device = resolve_device(device)
     check_output_path(output, "checkpoint")  # before training, not after it
     dataset = dataset or zoo.model_info(model).dataset
     module = initial_model(model, from_pretrained, data_dir, seed)
-    config = _train_config(model, dataset, from_pretrained, seed, epochs=epochs, lr=lr, batch_size=batch_size)
+    config = _train_config(
+        model, dataset, from_pretrained, seed, epochs=epochs, lr=lr, batch_size=batch_size, autocast=autocast
+    )
     train_data = load_dataset(dataset, "train", data_dir)
     started = time.perf_counter()
-    fit(module, train_data, config, progress=progress, desc=f"train {model}")
+    fit(module, train_data, config, progress=progress, desc=f"train {model}", device=device)
     seconds = time.perf_counter() - started
-    score = score_on(module, dataset, data_dir, progress=progress)
+    score = score_on(module, dataset, data_dir, progress=progress, device=device)
     save(module, output, name=model, dataset=dataset)
     return TrainedCheckpoint(str(output), model, dataset, score, seconds, config)
 
@@ -193,6 +220,17 @@ def _train_config(model: str, dataset: str, fine_tune: bool, seed: int, **overri
         return TrainConfig(**{**vars(base), **given, "seed": seed})
     except ValueError as exc:
         raise NetshrinkError(f"bad training setting: {exc}") from None
+
+
+def with_autocast(recipe: Recipe, autocast: Autocast) -> Recipe:
+    """`recipe` with every retraining step set to train under `autocast` (None: the recipe as written)."""
+    if autocast is None:
+        return recipe
+    steps = tuple(
+        replace(step, train=replace(step.train, autocast=autocast)) if isinstance(step, TrainingStep) else step
+        for step in recipe.steps
+    )
+    return replace(recipe, steps=steps)
 
 
 def inspect(path: str | Path) -> FileReport:

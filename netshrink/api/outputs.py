@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from netshrink import zoo
 from netshrink.api.compressed import CompressedModel
 from netshrink.api.files import open_file
@@ -36,6 +38,7 @@ class CompressOutputs:
     data_dir: str | None
     html: str | Path | None = None
     extras: ReportExtras | None = None
+    device: torch.device | None = None
 
     @classmethod
     def check(
@@ -47,6 +50,7 @@ class CompressOutputs:
         report: str | Path | None = None,
         runs: Sequence[str | Path] = (),
         sensitivity: str | Path | None = None,
+        device: torch.device | None = None,
     ) -> CompressOutputs:
         """Check every path and read the report's inputs (`runs`, `sensitivity` curves) up front."""
         if output is not None:
@@ -62,7 +66,7 @@ class CompressOutputs:
             from netshrink.report.html import read_extras
 
             extras = read_extras([str(run) for run in runs], str(sensitivity) if sensitivity else None)
-        return cls(output, evaluate, data_dir, report, extras)
+        return cls(output, evaluate, data_dir, report, extras, device)
 
     def plot(self, sensitivity: SensitivityResult) -> None:
         """Plot these curves in the report (the ones a target was chosen from)."""
@@ -76,7 +80,7 @@ class CompressOutputs:
         return self.score_of(source.module, source) if self.evaluate else None
 
     def score_of(self, module: object, source: Source) -> EvalResult:
-        return evaluate(module, source.require_dataset(), self.data_dir)
+        return evaluate(module, source.require_dataset(), self.data_dir, device=self.device)
 
     def finish(self, compressed: CompressedModel, source: Source, before: EvalResult | None) -> CompressedModel:
         """Write the file and measure it (decoded once), or score the model in memory when there is no file."""

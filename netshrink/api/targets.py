@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from netshrink.api.compressed import CompressedModel, apply_recipe
 from netshrink.api.flows import measured_sensitivity
 from netshrink.api.models import ModelSource, Source, resolve
@@ -30,6 +32,7 @@ from netshrink.budget.allocation import (
 )
 from netshrink.budget.curves import SensitivityResult
 from netshrink.budget.sensitivity import SensitivityConfig, load_for_model
+from netshrink.devices import resolve_device
 from netshrink.energy import energy_of_model, weight_format, zoo_input_shape
 from netshrink.errors import NetshrinkError
 from netshrink.identity import ModelIdentity
@@ -55,6 +58,7 @@ def compress_to_target(
     identity: ModelIdentity | Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> CompressedModel:
     """Compress to a whole-file `ratio` or an estimated `energy` ratio (original / compressed), with the
     least predicted damage; `budget` of the result holds the per-layer choice.
@@ -63,19 +67,22 @@ def compress_to_target(
     else measured (default settings) and written there (default: the user cache). The other
     arguments are those of `compress`; an energy target of a model outside the zoo needs `input_shape`.
     """
+    device = resolve_device(device)
     value, what = _one_target(ratio, energy)
     sens_file = sensitivity if isinstance(sensitivity, (str, Path)) else None
     if sens_file is not None and not Path(sens_file).is_file():
         check_output_path(sens_file, "sensitivity JSON")  # measured, then written there
-    outputs = CompressOutputs.check(output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs)
+    outputs = CompressOutputs.check(
+        output, evaluate=evaluate, data_dir=data_dir, report=report, runs=runs, device=device
+    )
     source = resolve(
         model, dataset=dataset, data_dir=data_dir, name=name, identity=identity, seed=seed, progress=progress
     )
     before = outputs.score(source)
-    sens = _sensitivity_of(source, sensitivity, data_dir, seed, progress)
+    sens = _sensitivity_of(source, sensitivity, data_dir, seed, progress, device)
     outputs.plot(sens)
     started = time.perf_counter()
-    settings = dict(metric=metric, prune=prune, name=name, seed=seed, progress=progress)
+    settings = dict(metric=metric, prune=prune, name=name, seed=seed, progress=progress, device=device)
     if what == "ratio":
         compressed = _to_ratio(source, sens, value, **settings)
     else:
@@ -93,23 +100,43 @@ def _one_target(ratio: float | None, energy: float | None) -> tuple[float, str]:
 
 
 def _sensitivity_of(
-    source: Source, sensitivity: SensitivityResult | str | Path | None, data_dir: str | None, seed: int, progress: bool
+    source: Source,
+    sensitivity: SensitivityResult | str | Path | None,
+    data_dir: str | None,
+    seed: int,
+    progress: bool,
+    device: torch.device,
 ) -> SensitivityResult:
     """The given result; a file of this model's curves; else measured with the default settings."""
     if isinstance(sensitivity, SensitivityResult):
         return sensitivity
     if sensitivity is not None and Path(sensitivity).is_file():
         return load_for_model(sensitivity, source.module)
-    return measured_sensitivity(source, SensitivityConfig(seed=seed), data_dir, sensitivity, progress)
+    return measured_sensitivity(source, SensitivityConfig(seed=seed), data_dir, sensitivity, progress, device)
 
 
 def _compress(
-    source: Source, choice: dict, recipe_name: str, description: str, *, name: str | None, seed: int, progress: bool
+    source: Source,
+    choice: dict,
+    recipe_name: str,
+    description: str,
+    *,
+    name: str | None,
+    seed: int,
+    progress: bool,
+    device: torch.device,
 ) -> CompressedModel:
-    """The model compressed by the recipe that realises a per-layer choice."""
+    """The model compressed (on `device`) by the recipe that realises a per-layer choice."""
     recipe = budget_recipe(choice, recipe_name, description)
     return apply_recipe(
-        source.module, recipe, identity=source.identity, name=name, dataset=source.dataset, seed=seed, progress=progress
+        source.module,
+        recipe,
+        identity=source.identity,
+        name=name,
+        dataset=source.dataset,
+        seed=seed,
+        progress=progress,
+        device=device,
     )
 
 

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from netshrink.budget.curves import FORMAT, CombinedSize, LayerSensitivity, Score, SensitivityResult, Trial
 from netshrink.data import ArrayDataset
+from netshrink.devices import model_device, to_device
 from netshrink.errors import DataError
 from netshrink.format.codecs import Codec, Dense, Encoded, Palette, Sparse
 from netshrink.identity import ModelIdentity
@@ -102,10 +103,11 @@ class CalibrationScorer:
     """Scores a model against the labels and against the reference model's predictions on one split."""
 
     def __init__(self, reference: nn.Module, data: ArrayDataset, batch_size: int = 256) -> None:
-        self.batches = list(data.loader(batch_size))
+        device = model_device(reference)  # the split is small: it is kept on the model's device
+        self.batches = [to_device(batch, device) for batch in data.loader(batch_size)]
         self.n = len(data)
         self.ref_logp = [F.log_softmax(logits, 1) for logits in self._logits(reference)]
-        self.label_map = data.label_map(self.ref_logp[0].shape[1])
+        self.label_map = data.label_map(self.ref_logp[0].shape[1]).to(device)
 
     def _logits(self, model: nn.Module) -> Iterator[torch.Tensor]:
         model.eval()
@@ -169,7 +171,7 @@ def measure_layer(
 ) -> LayerSensitivity:
     """Every setting of one layer, restoring its exact weight afterwards."""
     weight = model.state_dict()[tensor]
-    original = weight.detach().clone()
+    original = weight.detach().cpu().clone()  # the trials' codecs run on CPU; copy_ moves each one back
     trials: dict[str, list[Trial]] = {"bits": [], "sparsity": []}
     try:
         for axis, setting, decoded, (size, codebook) in trial_weights(original, config):

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from netshrink.devices import model_device, to_device
 from netshrink.errors import ModelError
 from netshrink.training.loop import call_model
 
@@ -61,7 +62,7 @@ def following_batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
 
 def batchnorm_scale(norm: _BatchNorm) -> torch.Tensor:
     """|g| / sigma per channel: how much the norm multiplies each channel at inference."""
-    scale = torch.ones(norm.num_features) if norm.weight is None else norm.weight.detach().abs()
+    scale = torch.ones_like(norm.running_var) if norm.weight is None else norm.weight.detach().abs()
     return scale / torch.sqrt(norm.running_var + norm.eps)
 
 
@@ -79,7 +80,7 @@ def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any]) -> int:
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
-    was_training = model.training
+    was_training, device = model.training, model_device(model)
     saved = [(m, m.momentum) for m in norms]
     model.eval()
     for norm in norms:
@@ -88,7 +89,7 @@ def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any]) -> int:
         norm.train()
     try:
         for inputs in batches:
-            call_model(model, inputs)
+            call_model(model, to_device(inputs, device))
     finally:
         for norm, momentum in saved:
             norm.momentum = momentum

@@ -15,6 +15,7 @@ grid instead of a uniform one:
 The assignment then fixes which weights share a value; `refit_values` moves each shared value to the
 exact minimiser of the same output error over those assignments (a K x K linear system), which
 never increases it. The result is still an ordinary palette: the file format does not change.
+Every function computes on the device of its inputs (a GPU when the model is on one).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def feedback_assign(
     upper = _inverse_factor(hessian[order][:, order])
     work = weight.double()[:, order].clone()
     book = values.double()
-    labels = torch.empty(rows, cols, dtype=torch.int64)
+    labels = torch.empty(rows, cols, dtype=torch.int64, device=weight.device)
     for j in range(cols):
         column = work[:, j]
         chosen = (column[:, None] - book).abs().argmin(1)
@@ -85,10 +86,11 @@ def feedback_assign_vectors(
     upper = _inverse_factor(_damped(gram, damping))
     work = weight.double().clone()
     book = codebook.double()
-    labels = torch.empty(rows, cols // d, dtype=torch.int64)
+    labels = torch.empty(rows, cols // d, dtype=torch.int64, device=weight.device)
+    identity = torch.eye(d, dtype=torch.float64, device=weight.device)
     for block in range(cols // d):
         span = slice(block * d, (block + 1) * d)
-        inverse = torch.linalg.solve_triangular(upper[span, span], torch.eye(d, dtype=torch.float64), upper=True)
+        inverse = torch.linalg.solve_triangular(upper[span, span], identity, upper=True)
         chosen = torch.cdist(work[:, span] @ inverse, book @ inverse).argmin(1)
         labels[:, block] = chosen
         error = (work[:, span] - book[chosen]) @ inverse
@@ -108,8 +110,9 @@ def refit_values(
     weight uses keeps its old value."""
     rows, cols = weight.shape
     k = values.shape[1]
-    scale = torch.ones(rows, dtype=torch.float64) if row_scale is None else row_scale.double()
-    onehot = torch.zeros(rows, cols, k, dtype=torch.float64).scatter_(2, labels[:, :, None], 1.0)
+    device = weight.device
+    scale = torch.ones(rows, dtype=torch.float64, device=device) if row_scale is None else row_scale.double()
+    onehot = torch.zeros(rows, cols, k, dtype=torch.float64, device=device).scatter_(2, labels[:, :, None], 1.0)
     h_onehot = torch.einsum("ij,rjk->rik", gram.double(), onehot)  # H E_r
     systems = torch.einsum("rik,ril->rkl", onehot, h_onehot) * scale[:, None, None]  # s_r E_r^T H E_r
     targets = torch.einsum("rik,ri->rk", h_onehot, weight.double()) * scale[:, None]  # s_r E_r^T H w_r
@@ -120,7 +123,7 @@ def refit_values(
     ridge = (
         1e-9
         * systems.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None]
-        * torch.eye(k, dtype=torch.float64)
+        * torch.eye(k, dtype=torch.float64, device=device)
     )
     used = onehot.sum((0, 1)) > 0 if values.shape[0] == 1 else onehot.sum(1) > 0
     ridge = ridge + torch.diag_embed((~used).double().reshape(-1, k))

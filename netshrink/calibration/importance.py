@@ -45,6 +45,6 @@ def _per_weight_input(module: nn.Module, moment: torch.Tensor) -> torch.Tensor:
     """(out, in_per_group) matrix of the input moment each weight multiplies (grouped convs too)."""
     out_channels, in_per_group = module.weight.shape[:2]
     groups = getattr(module, "groups", 1)
-    group_of_output = torch.arange(out_channels) // (out_channels // groups)
-    inputs = group_of_output[:, None] * in_per_group + torch.arange(in_per_group)[None, :]
+    group_of_output = torch.arange(out_channels, device=moment.device) // (out_channels // groups)
+    inputs = group_of_output[:, None] * in_per_group + torch.arange(in_per_group, device=moment.device)[None, :]
     return moment[inputs]

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from netshrink.devices import model_device, to_device
 from netshrink.errors import DataError
 from netshrink.training.loop import call_model
 
@@ -93,7 +94,8 @@ class InputTap:
 def run_passes(model: nn.Module, taps: Sequence[tuple[nn.Module, InputTap]], batches: Iterable[Any]) -> None:
     """Run `model` in eval mode (its mode restored after) on each of `batches` (model inputs: a
     tensor, or a tuple / dict of tensors as `call_model` takes them), handing each tapped layer's
-    inputs to its tap. A pass stops (`StopForward`) once every tap has had all it takes of it."""
+    inputs to its tap. A pass stops (`StopForward`) once every tap has had all it takes of it. Batches
+    are moved to the model's device; taps keep their sums where the inputs are."""
     waiting: set[int] = set()
     stops = not any(tap.every_call for _, tap in taps)
 
@@ -104,7 +106,7 @@ def run_passes(model: nn.Module, taps: Sequence[tuple[nn.Module, InputTap]], bat
             if stops and not waiting:
                 raise StopForward
 
-    was_training = model.training
+    was_training, device = model.training, model_device(model)
     with ExitStack() as stack:
         for index, (module, tap) in enumerate(taps):
             stack.enter_context(_tapped(module, tap.conv_input, partial(seen, index, tap)))
@@ -113,7 +115,7 @@ def run_passes(model: nn.Module, taps: Sequence[tuple[nn.Module, InputTap]], bat
             for inputs in batches:
                 waiting.update(range(len(taps)))
                 try:
-                    call_model(model, inputs)
+                    call_model(model, to_device(inputs, device))
                 except StopForward:
                     pass
         finally:
@@ -250,8 +252,8 @@ class _PatchSums(InputTap):
             features = x.detach().reshape(-1, x.shape[-1]).float()
         blocks = features.shape[1] // self.d
         if self.grams is None:
-            self.grams = torch.zeros(blocks, self.d, self.d, dtype=torch.float64)
-            self.totals = torch.zeros(features.shape[1], dtype=torch.float64)
+            self.grams = torch.zeros(blocks, self.d, self.d, dtype=torch.float64, device=features.device)
+            self.totals = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
         self.totals += features.sum(0).double()
         step = max(1, _FEATURE_BLOCK // max(1, features.shape[1]))
         for first in range(0, features.shape[0], step):
@@ -271,6 +273,7 @@ def _conv_patches(module: nn.Conv2d, x: torch.Tensor, positions: int, generator:
     out_h, out_w = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
     total = out_h * out_w
     chosen = torch.randperm(total, generator=generator)[:positions] if total > positions else torch.arange(total)
+    chosen = chosen.to(x.device)  # drawn on CPU: the same positions on every device
     rows, cols = (chosen // out_w) * sh, (chosen % out_w) * sw
     patches = torch.stack(
         [x[:, :, rows + i * dh, cols + j * dw] for i in range(kh) for j in range(kw)], 2

@@ -33,8 +33,8 @@ def metric_encoding(module: nn.Module, d: int, book: Codebook, grams: torch.Tens
     """The layer's sub-vectors assigned to the fp16 codewords of `book` (what the file holds) in
     their blocks' metrics."""
     groups = groups_of(module)
-    points = block_points(module.weight.detach().float(), d, groups)
-    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float())
+    points = block_points(module.weight.detach().float().cpu(), d, groups)  # clustering runs on CPU
+    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float().cpu())
     return PQ.encode_assigned(book, unblock_labels(labels, groups), tuple(module.weight.shape))
 
 
@@ -54,7 +54,7 @@ def joined_problems(problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tenso
     grams = torch.cat([g for _, g, _ in problems])
     if all(w is None for _, _, w in problems):
         return points, grams, None
-    weights = torch.cat([torch.ones(p.shape[:2]) if w is None else w.float() for p, _, w in problems])
+    weights = torch.cat([torch.ones(p.shape[:2], device=p.device) if w is None else w.float() for p, _, w in problems])
     return points, grams, weights
 
 
@@ -64,20 +64,21 @@ def diagonal_blocks(grams: torch.Tensor, d: int) -> torch.Tensor:
     groups, cols, _ = grams.shape
     blocks = cols // d
     tiles = grams.reshape(groups, blocks, d, blocks, d)
-    index = torch.arange(blocks)
+    index = torch.arange(blocks, device=grams.device)
     return tiles[:, index, :, index, :].permute(1, 0, 2, 3).reshape(groups * blocks, d, d)
 
 
 def with_feedback(module: nn.Module, encoded: Encoded, grams: torch.Tensor) -> Encoded:
     """`feedback`: the same codewords, sub-vectors re-assigned with error feedback under the full
     second moment of each group's inputs (calibration/error_feedback.py), so that later sub-vectors of
-    a row absorb the output error of earlier ones."""
+    a row absorb the output error of earlier ones. It runs where `grams` are (the model's device)."""
     book = encoded.state
-    weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1).to(grams.device)
+    codewords = book.values.float().to(grams.device)
     labels = torch.cat(
         [
-            feedback_assign_vectors(weight[rows], book.values.float(), grams[g])
+            feedback_assign_vectors(weight[rows], codewords, grams[g])
             for g, rows in enumerate(row_groups(weight.shape[0], grams.shape[0]))
         ]
     )
-    return PQ.encode_assigned(book, labels.reshape(-1), tuple(module.weight.shape))
+    return PQ.encode_assigned(book, labels.reshape(-1).cpu(), tuple(module.weight.shape))

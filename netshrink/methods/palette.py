@@ -118,10 +118,10 @@ class WeightSharing(LayerStep):
         per output channel of the BatchNorm after each layer."""
         if self.weighting == "none":
             return {}
-        return {
+        return {  # for the codec's clustering, which runs on CPU
             f"{name}.weight": weight_importance(
                 module, scales.get(name), moments[name].variance if name in moments else None
-            )
+            ).cpu()
             for name, module in self.layers(model)
         }
 
@@ -180,9 +180,10 @@ def assign_layer_with_feedback(
     module: nn.Module, codec: Palette, gram: torch.Tensor, row_scale: torch.Tensor | None
 ) -> Encoded:
     """The layer's palette: the codec's k-means values, labels by error feedback under each group's
-    input second moment `gram` [groups, cols, cols], values refit for the output error."""
-    weight = module.weight.detach().reshape(module.weight.shape[0], -1).double()
-    values = codec.fit(module.weight).values.double()
+    input second moment `gram` [groups, cols, cols], values refit for the output error. The feedback
+    runs where `gram` is (the model's device); the k-means and the codec on CPU."""
+    weight = module.weight.detach().reshape(module.weight.shape[0], -1).double().to(gram.device)
+    values = codec.fit(module.weight.detach().cpu()).values.double().to(gram.device)
     groups = groups_of(module)
     parts = row_groups(weight.shape[0], groups)
     row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values
@@ -196,4 +197,4 @@ def assign_layer_with_feedback(
         )
     elif groups == 1:
         values = refit_values(weight, labels, values, gram[0], row_scale)
-    return codec.encode_assigned(values, labels, tuple(module.weight.shape))
+    return codec.encode_assigned(values.cpu(), labels.cpu(), tuple(module.weight.shape))

@@ -175,8 +175,8 @@ class OutputAwarePQ(RetrainingStep):
         order = forward_order(model, layers, calibration[0]) if calibration else list(layers)
         row_scales: dict[str, torch.Tensor] = {}
         if calibration and self.weigh_by_norm:  # an error in row o reaches the next layer scaled by g_o / sigma_o
-            row_scales = {
-                name: scale.double().pow(2).clamp_min(1e-12) for name, scale in batchnorm_scales(model).items()
+            row_scales = {  # on CPU, with the sub-vectors the clustering takes
+                name: scale.double().pow(2).clamp_min(1e-12).cpu() for name, scale in batchnorm_scales(model).items()
             }
         labels: dict[str, torch.Tensor] = {}
         stages = self._stages(order)
@@ -254,8 +254,8 @@ class OutputAwarePQ(RetrainingStep):
                 positions=self.positions,
                 seed=seed,
             ).gram
-            grams = self._metric(diagonal_blocks(full, d) if self.feedback else full)
-            points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales.get(name))
+            grams = self._metric((diagonal_blocks(full, d) if self.feedback else full).cpu())
+            points, weights = metric_points(module.weight.detach().cpu(), d, groups_of(module), row_scales.get(name))
             result = kmeans_metric(
                 points,
                 min(k, points.shape[0] * points.shape[1]),
@@ -300,7 +300,7 @@ class OutputAwarePQ(RetrainingStep):
                 point_weights=weights,
             ).centroids
         else:
-            vectors = torch.cat([subvectors(layers[name].weight.detach().float(), d) for name in names])
+            vectors = torch.cat([subvectors(layers[name].weight.detach().float().cpu(), d) for name in names])
             codebook = kmeans(vectors, min(k, vectors.shape[0]), iters=self.kmeans_iters, seed=seed).centroids
         book = Codebook.fp16(codebook)  # one object for all the layers: the file stores it once
         labels = {}
@@ -313,12 +313,12 @@ class OutputAwarePQ(RetrainingStep):
                     problems[0][1]
                     if index == 0
                     else self._metric(
-                        patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram
+                        patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram.cpu()
                     )
                 )
                 encoded = metric_encoding(module, d, book, grams)
             else:
-                encoded = codec.encode(module.weight, book)
+                encoded = codec.encode(module.weight.detach().cpu(), book)
             plan.set_encoded(model, f"{name}.weight", codec, encoded)
             labels[f"{name}.weight"] = scalar_labels(encoded, d)
         return labels
@@ -332,9 +332,10 @@ class OutputAwarePQ(RetrainingStep):
         row_scales: torch.Tensor | None,
         seed: int,
     ):
-        """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n]."""
-        grams = self._metric(patch_moments(model, module, d, calibration, positions=self.positions, seed=seed).gram)
-        points, weights = metric_points(module.weight.detach(), d, groups_of(module), row_scales)
+        """A layer's sub-vectors [m, n, d], their blocks' metrics [m, d, d] and point weights [m, n], on CPU."""
+        moments = patch_moments(model, module, d, calibration, positions=self.positions, seed=seed)
+        grams = self._metric(moments.gram.cpu())
+        points, weights = metric_points(module.weight.detach().cpu(), d, groups_of(module), row_scales)
         return points, grams.float(), weights
 
     def _metric(self, grams: torch.Tensor) -> torch.Tensor:

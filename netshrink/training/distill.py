@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from netshrink.devices import model_device
 from netshrink.errors import NetshrinkError
 from netshrink.training.loop import call_model
 
@@ -52,8 +53,8 @@ class DistillationLoss:
         outputs = _tensor_output(call_model(student, x))
         if self.kind == "ce":
             return F.cross_entropy(outputs, y)
-        with torch.no_grad():
-            target = _tensor_output(call_model(self.teacher, x))
+        with torch.no_grad():  # the teacher computes where the student does (a no-op once it is there)
+            target = _tensor_output(call_model(self.teacher.to(model_device(student)), x))
         if self.kind == "mse":
             return F.mse_loss(outputs, target)
         t = self.temperature

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from netshrink.data import ArrayDataset
+from netshrink.devices import Autocast, autocast_context, model_device, resolve_device, to_device
 from netshrink.errors import NetshrinkError
 from netshrink.training.session import TrainHook, TrainingSession
 
@@ -49,10 +51,14 @@ class TrainConfig:
     augment: str | None = None
     label_smoothing: float = 0.0
     seed: int = 0
+    #: "bf16": forward passes and the loss under bfloat16 autocast (faster on GPUs with bf16 units); None: float32.
+    autocast: Autocast = None
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs, batch_size and lr must be positive")
+        if self.autocast not in (None, "bf16"):
+            raise ValueError(f"autocast must be 'bf16' or None, got {self.autocast!r}")
 
 
 @dataclass
@@ -89,13 +95,17 @@ def fit(
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     params: Sequence[nn.Parameter] | None = None,
     desc: str = "train",
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train `model` on `data` for `config.epochs` epochs (fractions allowed) with `hooks` plugged in.
 
     `loss_fn(model, x, y)` defaults to cross-entropy on `call_model(model, x)`; distillation passes
     its own (`netshrink.training.distill.DistillationLoss`). `params` limits what the optimiser updates
-    (default: all parameters).
+    (default: all parameters). `device`: where to train (the model is moved there and stays; batches
+    and labels follow); None: where the model is.
     """
+    device = model_device(model) if device is None else resolve_device(device)
+    model.to(device)
     torch.manual_seed(config.seed)
     # Penalties that pull weights to zero (ADMM, weight decay on pruned weights) leave subnormal
     # floats, which x86 multiplies up to ~80x slower (LeNet-5 ADMM: 57 -> 12 steps/s). Flushing
@@ -113,7 +123,9 @@ def fit(
     with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:
         while step < total:
             for x, y in loader:
-                loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], session, optimizer)
+                x, y = to_device(x, device), to_device(y if targets is None else targets[y], device)
+                precision = autocast_context(device, config.autocast)
+                loss = _train_step(model, loss_fn, x, y, session, optimizer, precision)
                 if not math.isfinite(loss):
                     raise NetshrinkError(
                         f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)"
@@ -139,7 +151,8 @@ def _imagenet_targets(model: nn.Module, data: ArrayDataset) -> torch.Tensor | No
         return None
     was_training = model.training
     with torch.no_grad():
-        outputs = call_model(model.eval(), next(iter(data.subset(torch.arange(1)).loader(1)))[0])
+        inputs = next(iter(data.subset(torch.arange(1)).loader(1)))[0]
+        outputs = call_model(model.eval(), to_device(inputs, model_device(model)))
     model.train(was_training)
     if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] != data.num_classes:
         return data.label_map(outputs.shape[1])
@@ -153,9 +166,11 @@ def _train_step(
     y: torch.Tensor,
     session: TrainingSession,
     optimizer: torch.optim.Optimizer,
+    precision: AbstractContextManager,
 ) -> float:
     optimizer.zero_grad(set_to_none=True)
-    loss = session.loss(loss_fn(model, x, y))
+    with precision:  # the forward pass and loss only: backward runs outside autocast, as autocast asks
+        loss = session.loss(loss_fn(model, x, y))
     loss.backward()
     session.after_backward()
     optimizer.step()

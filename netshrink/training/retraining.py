@@ -4,7 +4,7 @@ shared.
 
 A retraining step derives from `TrainingStep` (a layer step from `RetrainingStep`): its `train`
 field (`RetrainSettings`: `epochs`, `lr`, `batch_size`, `momentum`, `weight_decay`, `optimizer`,
-`distill`, `temperature`) is one value, validated once, and written flat in a recipe beside the
+`distill`, `temperature`, `autocast`) is one value, validated once, and written flat in a recipe beside the
 step's own fields (`epochs: 3, lr: 0.01`; the mapping is netshrink/config.py's). Each step
 trains through `fit` with its own hooks; none owns an epoch loop. A step that retrains in one
 phase also runs from the caller's loop: `step.prepare(model)` (see training/session.py).
@@ -13,14 +13,16 @@ phase also runs from the caller's loop: `step.prepare(model)` (see training/sess
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
 from netshrink.cluster import assign_nearest
+from netshrink.config import OMIT_WHEN_EMPTY
 from netshrink.data import DEFAULT_AUGMENTATION
+from netshrink.devices import Autocast
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.format.codecs.base import Codebook, Encoded
 from netshrink.format.codecs.pq import PQ, from_subvectors, subvectors
@@ -38,7 +40,8 @@ class RetrainSettings:
     `distill` picks the loss of every retraining the step runs: `ce` (labels, the default), or `kl` /
     `mse` against the recipe's uncompressed network (`StepContext.teacher`). A heavily pruned or
     quantized student recovers more from the teacher's full output distribution than from labels
-    (Hinton et al. 2015; Stock et al. 2020 fine-tune this way).
+    (Hinton et al. 2015; Stock et al. 2020 fine-tune this way). `autocast: bf16` runs the forward
+    passes under bfloat16 autocast (for GPUs; see `TrainConfig`).
     """
 
     epochs: float = 2.0
@@ -49,6 +52,7 @@ class RetrainSettings:
     optimizer: Literal["sgd", "adam"] = "sgd"
     distill: Literal["kl", "mse", "ce"] = "ce"
     temperature: float = 1.0
+    autocast: Autocast = field(default=None, metadata=OMIT_WHEN_EMPTY)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0:
@@ -82,6 +86,7 @@ class RetrainSettings:
             optimizer=self.optimizer,
             augment=DEFAULT_AUGMENTATION.get(ctx.dataset or ""),
             seed=ctx.seed,
+            autocast=self.autocast,
         )
 
     def retrain(
@@ -223,6 +228,7 @@ class SharedValueHook(TrainHook):
 
     def prepare(self, model: nn.Module) -> None:
         self.params = parameters_named(model, self.labels)
+        self.labels = {name: labels.to(self.params[name].device) for name, labels in self.labels.items()}
 
     def after_backward(self, model: nn.Module) -> None:
         for group in self.groups:
@@ -254,7 +260,7 @@ def shared_gradient(grad: torch.Tensor, labels: torch.Tensor, reduce: str = "sum
     flat_grad, flat_labels = grad.reshape(-1), labels.reshape(-1)
     kept = flat_labels >= 0
     k = int(flat_labels.max()) + 1 if kept.any() else 0
-    sums = torch.zeros(k, dtype=grad.dtype).index_add_(0, flat_labels[kept], flat_grad[kept])
+    sums = torch.zeros(k, dtype=grad.dtype, device=grad.device).index_add_(0, flat_labels[kept], flat_grad[kept])
     if reduce == "mean":
         sums /= torch.bincount(flat_labels[kept], minlength=k).clamp_min(1).to(grad.dtype)
     out = torch.zeros_like(flat_grad)
@@ -285,7 +291,7 @@ def scalar_labels(encoded: Encoded, d: int) -> torch.Tensor:
 
 def per_weight_labels(vector_labels: torch.Tensor, d: int, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """Sub-vector labels [n] -> per-weight labels of a tensor of `shape` (codeword c, position j -> c * d + j)."""
-    return from_subvectors(vector_labels[:, None] * d + torch.arange(d), shape)
+    return from_subvectors(vector_labels[:, None] * d + torch.arange(d, device=vector_labels.device), shape)
 
 
 def per_vector_labels(labels: torch.Tensor, d: int) -> torch.Tensor:
@@ -300,11 +306,11 @@ def store_shared(
     file, so the model is reloaded with them), with each tensor's codes as trained: the file stores
     the codebook once, and a later change to these tensors is coded with it again."""
     state = model.state_dict()
-    vector_labels = {name: per_vector_labels(labels[name], d) for name in names}
+    vector_labels = {name: per_vector_labels(labels[name], d).cpu() for name in names}
     k = max(int(v.max()) + 1 for v in vector_labels.values())
     codewords = torch.zeros(k, d)
     for name in names:  # members of a cluster are identical: any one is its centre
-        codewords[vector_labels[name]] = subvectors(state[name], d).float()
+        codewords[vector_labels[name]] = subvectors(state[name], d).float().cpu()
     book = Codebook.fp16(codewords)
     for name in names:
         plan.set_encoded(
@@ -338,8 +344,12 @@ class ReassignHook(TrainHook):
 
     def prepare(self, model: nn.Module) -> None:
         self.params = parameters_named(model, self.vector_labels)
+        self.vector_labels = {name: labels.to(self.params[name].device) for name, labels in self.vector_labels.items()}
         self.latent = {name: param.detach().clone() for name, param in self.params.items()}
-        self.books = [self._codebook(group, torch.zeros(self._k(group), self.d[group[0]])) for group in self.groups]
+        self.books = [
+            self._codebook(group, torch.zeros(self._k(group), self.d[group[0]], device=self.latent[group[0]].device))
+            for group in self.groups
+        ]
 
     def after_step(self, model: nn.Module, step: int) -> None:
         with torch.no_grad():
@@ -347,10 +357,10 @@ class ReassignHook(TrainHook):
                 for name in group:  # the optimiser's move of each weight goes to its latent copy
                     self.latent[name] += self.params[name] - self._written(name, self.books[index])
                 if (step + 1) % self.every == 0:
-                    for name in group:
-                        self.vector_labels[name] = assign_nearest(
-                            subvectors(self.latent[name], self.d[name]), self.books[index]
-                        )[0]
+                    for name in group:  # clustering runs on CPU (netshrink.cluster)
+                        points = subvectors(self.latent[name], self.d[name]).cpu()
+                        nearest = assign_nearest(points, self.books[index].cpu())[0]
+                        self.vector_labels[name] = nearest.to(self.latent[name].device)
                 self.books[index] = self._codebook(group, self.books[index])
                 for name in group:
                     self.params[name].copy_(self._written(name, self.books[index]))
