@@ -76,18 +76,18 @@ def project_levels(w: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(flat)
     if nonzero.any():
         ordered = torch.sort(levels.detach().reshape(-1).to(flat.dtype)).values
-        nearest = assign_nearest_1d(flat[nonzero], ordered)
-        out[nonzero] = ordered[torch.from_numpy(nearest)]
+        nearest = assign_nearest_1d(flat[nonzero].cpu(), ordered.cpu())  # the 1-D search runs on CPU
+        out[nonzero] = ordered[torch.from_numpy(nearest).to(flat.device)]
     return out.reshape(w.shape)
 
 
 def kmeans_levels(w: torch.Tensor, bits: int) -> torch.Tensor:
     """2^bits k-means centroids of the nonzero weights (the one 1-D k-means of netshrink.cluster)."""
-    values = w.detach()[w != 0]
+    values = w.detach()[w != 0].cpu()  # the 1-D k-means runs on CPU
     if values.numel() == 0:
-        return torch.zeros(0, dtype=w.dtype)
+        return torch.zeros(0, dtype=w.dtype, device=w.device)
     centroids, _ = kmeans_1d(values, 1 << bits)
-    return torch.from_numpy(centroids).to(w.dtype)
+    return torch.from_numpy(centroids).to(device=w.device, dtype=w.dtype)
 
 
 def uniform_levels(w: torch.Tensor, bits: int, iterations: int = 20) -> torch.Tensor:
@@ -96,15 +96,15 @@ def uniform_levels(w: torch.Tensor, bits: int, iterations: int = 20) -> torch.Te
     The scale alternates nearest-level assignment and the least-squares s for that assignment, so
     the squared error never increases (Lloyd's iteration restricted to a scaled grid).
     """
-    values = w.detach()[w != 0].double()
+    values = w.detach()[w != 0].double().cpu()  # the 1-D search runs on CPU
     if values.numel() == 0:
-        return torch.zeros(0, dtype=w.dtype)
+        return torch.zeros(0, dtype=w.dtype, device=w.device)
     grid = torch.arange(1 << bits, dtype=torch.float64) - ((1 << bits) - 1) / 2
     scale = float(values.abs().max()) / float(grid.max())
     for _ in range(iterations):
         steps = grid[torch.from_numpy(assign_nearest_1d(values, grid * scale))]
         scale = float((values * steps).sum() / (steps * steps).sum())
-    return (grid * scale).to(w.dtype)
+    return (grid * scale).to(device=w.device, dtype=w.dtype)
 
 
 LEVEL_FITTERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {

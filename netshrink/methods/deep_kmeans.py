@@ -65,7 +65,8 @@ class SpectralTerm:
             _, _, vh = torch.linalg.svd(columns.T, full_matrices=False)  # W = U S Vh, Vh: r x N
             self.basis = vh[: min(self.k, vh.shape[0])].T.contiguous()
         else:
-            self.labels = kmeans(columns, min(self.k, columns.shape[0]), iters=10, seed=seed).labels
+            clusters = kmeans(columns.cpu(), min(self.k, columns.shape[0]), iters=10, seed=seed)  # on CPU
+            self.labels = clusters.labels.to(columns.device)
 
     def value(self, weight: torch.Tensor) -> torch.Tensor:
         """Tr(W^T W) - Tr(F^T W^T W F) = ||W||^2 - ||W F||^2, differentiable in W."""
@@ -74,7 +75,7 @@ class SpectralTerm:
         if self.basis is not None:
             return total - (columns.T @ self.basis).pow(2).sum()
         k = int(self.labels.max()) + 1
-        sums = torch.zeros(k, self.d, dtype=columns.dtype).index_add(0, self.labels, columns)
+        sums = torch.zeros(k, self.d, dtype=columns.dtype, device=columns.device).index_add(0, self.labels, columns)
         counts = torch.bincount(self.labels, minlength=k).clamp_min(1).to(columns.dtype)
         return total - (sums.pow(2).sum(1) / counts).sum()
 
