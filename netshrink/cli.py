@@ -107,7 +107,8 @@ def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
 def _add_device_args(parser: argparse.ArgumentParser, autocast: bool = False) -> None:
     """--device of every command that computes, and --autocast of those that train."""
     parser.add_argument(
-        "--device", help="where to compute: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+        "--device",
+        help="where to compute: cpu, cuda, cuda:N or mps (default: $NETSHRINK_DEVICE, else cuda when available, else cpu)",
     )
     if autocast:
         parser.add_argument(

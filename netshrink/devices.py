@@ -1,7 +1,8 @@
 """Where a model computes: the device a user names, the device a model is on, batches moved there.
 
-A device is named as PyTorch names it (`cpu`, `cuda`, `cuda:N`, `mps`); `None` picks the GPU when
-there is one. A device that is not there is a `NetshrinkError` with one line saying why, raised
+A device is named as PyTorch names it (`cpu`, `cuda`, `cuda:N`, `mps`); `None` means
+$NETSHRINK_DEVICE when it is set (say, `cpu` on a GPU machine, for runs that must repeat a CPU
+result bit for bit), else the GPU when there is one. A device that is not there is a `NetshrinkError` with one line saying why, raised
 when the flow starts: a typo in `--device` should not surface as a CUDA traceback after the model
 was loaded and half-trained.
 
@@ -13,6 +14,8 @@ weights (clustering, codecs) runs on CPU; the plan copies decoded values back on
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -31,9 +34,12 @@ _SPELLING = re.compile(r"(cpu|mps|cuda)(:(\d+))?")
 
 
 def resolve_device(text: str | torch.device | None = None) -> torch.device:
-    """The device `text` names, checked to be on this machine; None: `cuda` when available, else `cpu`."""
+    """The device `text` names, checked to be on this machine; None: $NETSHRINK_DEVICE if set, else
+    `cuda` when available, else `cpu`."""
     if isinstance(text, torch.device):
         text = str(text)
+    if text is None:
+        text = os.environ.get("NETSHRINK_DEVICE") or None
     if text is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     match = _SPELLING.fullmatch(text.strip().lower())
@@ -66,7 +72,7 @@ def _cuda_device(text: str, index: int | None) -> torch.device:
 
 def model_device(module: nn.Module) -> torch.device:
     """The device of the module's first parameter (else buffer); cpu for a module with neither."""
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
         return tensor.device
     return torch.device("cpu")
 

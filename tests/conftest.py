@@ -61,3 +61,11 @@ def tiny_images():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (256, 3, 8, 8), generator=g, dtype=torch.uint8)
     return ArrayDataset(x, x.float().mean((2, 3)).argmax(1))
+
+
+@pytest.fixture(autouse=True)
+def computes_on_cpu(request, monkeypatch):
+    """The default suite computes on CPU on any machine (its exact numbers are CPU numbers); tests
+    marked `device` choose their devices themselves."""
+    if request.node.get_closest_marker("device") is None:
+        monkeypatch.setenv("NETSHRINK_DEVICE", "cpu")
