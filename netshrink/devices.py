@@ -90,10 +90,10 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 @contextlib.contextmanager
-def placed_on(module: nn.Module, device: torch.device | None) -> Iterator[nn.Module]:
+def placed_on(module: nn.Module, device: str | torch.device | None) -> Iterator[nn.Module]:
     """`module` on `device` for the duration (None: where it is), then back where it was: a flow that
     only reads a caller's model (scoring, sensitivity) does not leave it on another device."""
-    home = model_device(module)
+    home, device = model_device(module), None if device is None else resolve_device(device)
     if device is None or device == home:
         yield module
         return

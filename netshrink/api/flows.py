@@ -3,8 +3,8 @@ sensitivity, train a zoo model, inspect a file, write its HTML report, list the 
 
 A model may be given as a module, a zoo name, a .nsk file, or None (the embedded demo model), as
 on the command line; every function returns a typed result that prints itself for people
-(`to_text`) and for scripts (`to_json`). `device` (cpu, cuda, cuda:N, mps; default: cuda when there
-is one) is checked first, before any model is loaded.
+(`to_text`) and for scripts (`to_json`). `device` (cpu, cuda, cuda:N, mps; default: $NETSHRINK_DEVICE,
+else cuda when there is one) is checked first, before any model is loaded.
 """
 
 from __future__ import annotations

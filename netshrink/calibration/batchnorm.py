@@ -62,7 +62,8 @@ def following_batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
 
 def batchnorm_scale(norm: _BatchNorm) -> torch.Tensor:
     """|g| / sigma per channel: how much the norm multiplies each channel at inference."""
-    scale = torch.ones_like(norm.running_var) if norm.weight is None else norm.weight.detach().abs()
+    ones = torch.ones(norm.num_features, device=norm.running_var.device)
+    scale = ones if norm.weight is None else norm.weight.detach().abs()
     return scale / torch.sqrt(norm.running_var + norm.eps)
 
 
