@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from netshrink import DEFAULT_RECIPE
 from netshrink.errors import NetshrinkError
+from netshrink.parallel.command import exit_if_collective_failed, is_main_process, join_run, stopped, without_nproc
 from netshrink.paths import check_output_path
 
 log = logging.getLogger("netshrink")
@@ -108,6 +109,15 @@ def _add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
 
 
+def _add_nproc_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        metavar="N",
+        help="run on N processes of this machine (torchrun; gloo on CPU): training data-parallel, "
+        "one-shot and calibration work shared by layer; rank 0 writes and prints (default 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option; each has a help string, so `--help` documents the whole CLI."""
     parser = Parser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, help="samples per step (default: the model's tuned setting)")
     train.add_argument("--from-pretrained", action="store_true", help="start from the published weights (fine-tune)")
     _add_seed_arg(train)
+    _add_nproc_arg(train)
     train.add_argument("-o", "--output", required=True, help="checkpoint file to write")
     _add_json_arg(train)
 
@@ -155,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
     _add_data_args(comp)
     _add_seed_arg(comp)
+    _add_nproc_arg(comp)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     _add_json_arg(comp)
     comp.add_argument(
@@ -180,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)"
     )
     _add_seed_arg(sens)
+    _add_nproc_arg(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
     sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
 
@@ -227,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _check_outputs(args)  # before PyTorch is imported: a wrong path fails in milliseconds
+        if getattr(args, "nproc", None) and args.nproc > 1:
+            from netshrink.parallel.launch import launch
+
+            return launch(args.nproc, without_nproc(sys.argv[1:] if argv is None else argv))
         result = run(args)
     except NetshrinkError as exc:
         print(f"netshrink: error: {exc}", file=sys.stderr)
@@ -234,6 +251,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netshrink: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        exit_if_collective_failed(exc)
+        raise
+    except BaseException as exc:
+        if stopped(exc):  # the launcher stops this rank after another one failed
+            return 143
+        raise
+    if not is_main_process():
+        return 0
     try:
         _emit(result, args)
     except BrokenPipeError:  # `netshrink inspect F | head`: the reader left; not an error of ours
@@ -243,6 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express: a target generates its own recipe, and one target at a time."""
+    if getattr(args, "nproc", None) is not None:
+        from netshrink.parallel.launch import check_nproc
+
+        try:
+            args.nproc = check_nproc(args.nproc)
+        except NetshrinkError as exc:
+            parser.error(str(exc))
     if args.command != "compress":
         return
     if args.recipe and _has_target(args):
@@ -281,6 +314,7 @@ def run(args: argparse.Namespace) -> Any:
     """The one API call of a command (imports PyTorch)."""
     from netshrink import api
 
+    join_run()
     data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
     if args.command == "train":
         return api.train(

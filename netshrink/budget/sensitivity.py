@@ -55,6 +55,7 @@ from netshrink.identity import ModelIdentity
 from netshrink.methods.filter_prune import holdout_split
 from netshrink.methods.palette import WeightSharing
 from netshrink.methods.prune import magnitude_masks
+from netshrink.parallel.runtime import is_main, share_work
 from netshrink.plan import fingerprint
 from netshrink.select import WEIGHT_LAYERS, Selection, select_modules
 
@@ -239,7 +240,9 @@ def measure(
     tensors = layer_tensors(model, config)
     steps = len(tensors) * (len(config.bits) + len(config.sparsity))
     with tqdm(total=steps, desc="sensitivity", unit="trial", disable=not progress) as bar:
-        layers = tuple(measure_layer(model, name, config, scorer, bar) for name in tensors)
+        # each layer's curve on one rank (runtime.share_work; the same values for any world size)
+        measured = share_work(tensors, lambda name: measure_layer(model, name, config, scorer, bar))
+    layers = tuple(measured[name] for name in tensors)
     settings = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
     return SensitivityResult(
         cache_key(model, config, dataset),
@@ -270,7 +273,8 @@ def sensitivity(
         log.info("sensitivity: reusing %s", target)
         return cached
     result = measure(model, train, config, dataset=dataset, identity=identity, progress=progress)
-    result.write(target)
+    if is_main():  # one writer in a distributed run
+        result.write(target)
     return result
 
 

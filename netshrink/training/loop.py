@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from netshrink.data import ArrayDataset
 from netshrink.errors import NetshrinkError
+from netshrink.parallel.ddp import data_parallel, global_mean, shard_batches
+from netshrink.parallel.runtime import is_main
 from netshrink.training.session import TrainHook, TrainingSession
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ def fit(
     desc: str = "train",
 ) -> TrainResult:
     """Train `model` on `data` for `config.epochs` epochs (fractions allowed) with `hooks` plugged in.
+    In a distributed run, data-parallel: each process trains on its slice of every batch
+    (netshrink/parallel/ddp.py).
 
     `loss_fn(model, x, y)` defaults to cross-entropy on `call_model(model, x)`; distillation passes
     its own (`netshrink.training.distill.DistillationLoss`). `params` limits what the optimiser updates
@@ -101,7 +105,7 @@ def fit(
     # floats, which x86 multiplies up to ~80x slower (LeNet-5 ADMM: 57 -> 12 steps/s). Flushing
     # them to zero changes no result above 1e-38.
     torch.set_flush_denormal(True)
-    loader = data.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed)
+    loader = shard_batches(data.loader(config.batch_size, shuffle=True, augment=config.augment, seed=config.seed))
     total = max(1, int(round(config.epochs * len(loader))))
     optimizer = make_optimizer(list(params if params is not None else model.parameters()), config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, config))
@@ -110,10 +114,15 @@ def fit(
     session = TrainingSession(model, hooks)
     model.train()
     result, step = TrainResult(total), 0
-    with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:
+    with (
+        data_parallel(model) as trained,
+        tqdm(total=total, desc=desc, disable=not progress or not is_main(), unit="step") as bar,
+    ):
         while step < total:
             for x, y in loader:
-                loss = _train_step(model, loss_fn, x, y if targets is None else targets[y], session, optimizer)
+                loss = global_mean(
+                    _train_step(trained, loss_fn, x, y if targets is None else targets[y], session, optimizer)
+                )
                 if not math.isfinite(loss):
                     raise NetshrinkError(
                         f"training diverged at step {step} (loss {loss}); lower the learning rate (--lr)"
