@@ -86,8 +86,17 @@ def data_parallel(model: nn.Module) -> Iterator[nn.Module]:
         return
     from torch.nn.parallel import DistributedDataParallel
 
-    yield DistributedDataParallel(model, broadcast_buffers=True)
+    same_layout(model)
+    yield DistributedDataParallel(model)  # buffers: rank 0's before every forward (the default)
     same_state_as_main(model)
+
+
+def same_layout(model: nn.Module) -> None:
+    """Every parameter in the default (contiguous) memory layout. DDP requires the same strides on
+    every rank, and rank 0 alone may have scored the model (evaluation converts it to channels_last)."""
+    for param in model.parameters():
+        if param.stride() != torch.empty(param.shape, device="meta").stride():  # also size-1 dims (C = 1)
+            param.data = param.data.clone(memory_format=torch.contiguous_format)
 
 
 def same_state_as_main(model: nn.Module) -> None:

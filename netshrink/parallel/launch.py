@@ -85,18 +85,21 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
 
 def _report_failure(exc, nproc: int, logs: Path) -> int:
-    """One line about the rank that failed first (rank 0's own error line is already on screen
-    when it failed with a user error that every rank hit); returns its exit status."""
-    rank, failure = exc.get_first_failure()
-    code = failure.exitcode
+    """One line about the rank that failed first, preferring a crash (a signal, or a status other
+    than netshrink's 2) over the ranks that then reported the loss of a peer; nothing when the
+    ranks only stopped with a user error that rank 0 has already printed. Returns the exit status."""
+    failures = exc.failures
+    crashed = {rank: failure for rank, failure in failures.items() if failure.exitcode != 2}
+    if not crashed and 0 in failures:
+        return 2
+    rank = min(crashed or failures, key=lambda r: (failures[r].timestamp, r))
+    code = failures[rank].exitcode
     if code < 0:
         status, how = 128 - code, f"was killed by {_signal_name(-code)}"
     else:
         status, how = code, f"exited with status {code}"
-    if rank == 0 and code == 2:
-        return 2  # a user error (one line, printed by rank 0)
     said = _last_error_line(logs, rank)
-    print(f"netshrink: error: process {rank} of {nproc} {how}{f' ({said})' if said else ''}", file=sys.stderr)
+    print(f"netshrink: error: process {rank} of {nproc} {how}{f': {said}' if said else ''}", file=sys.stderr)
     return status
 
 
@@ -108,13 +111,15 @@ def _signal_name(number: int) -> str:
 
 
 def _last_error_line(logs: Path, rank: int) -> str:
-    """The last `netshrink: error:` line a redirected rank wrote, without its prefix."""
+    """What a redirected rank said last: its `netshrink: error:` line without the prefix, else the
+    last line of its stderr (a traceback ends with the exception). Empty for rank 0 (on screen)."""
     lines: list[str] = []
     for path in logs.glob(f"**/{rank}/stderr.log"):
-        lines += [
-            line for line in path.read_text(errors="replace").splitlines() if line.startswith("netshrink: error:")
-        ]
-    return lines[-1].removeprefix("netshrink: error:").strip() if lines else ""
+        lines += [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("netshrink: error:")]
+    if errors:
+        return errors[-1].removeprefix("netshrink: error:").strip()
+    return lines[-1][:300] if lines else ""
 
 
 def _quiet_launcher_logs() -> None:
