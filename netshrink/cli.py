@@ -315,7 +315,13 @@ def run(args: argparse.Namespace) -> Any:
     from netshrink import api
 
     join_run()
-    data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
+    if args.command in ("inspect", "report", "recipes") and not is_main_process():
+        return None  # nothing to share: rank 0 reads, writes and prints
+    data = {
+        "dataset": getattr(args, "dataset", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "progress": is_main_process(),  # one set of progress bars in a run on several processes
+    }
     if args.command == "train":
         return api.train(
             args.model,

@@ -27,6 +27,9 @@ JSON format (`FORMAT`), kept flat for plotting:
                                "codebook_bytes": ...}, ...],
                  "combined": [{"sparsity": 0.3, "bits": 2, "bytes": ..., "codebook_bytes": ...}, ...]}, ...]}
 
+On several processes (netshrink/parallel/) each layer's curve is measured by one rank: the values do
+not depend on the number of processes, and rank 0 alone writes the JSON.
+
 Results are cached: a JSON file whose "key" matches the model's tensors and the settings is
 reused instead of measured again. In memory a result is a `curves.SensitivityResult`, which owns
 the JSON reading and writing.

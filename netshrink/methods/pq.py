@@ -31,6 +31,11 @@ in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `dept
 whole kernel) for depthwise convolutions, or `d` for every layer; `d` and `k` can differ per layer
 (`overrides: {"layer1.*": {d: 3}}`). Embedding tables have no input activations to weigh by: they
 are clustered by weight.
+
+On several processes (netshrink/parallel/): without calibration the codebooks of a stage are learnt
+one per rank; with it, layers are quantized in forward order (each on the inputs the earlier ones
+produce, `feedback` included) identically on every rank, sharing only the metric problems of a
+shared codebook. The file is the same for any number of processes; fine-tuning is data-parallel.
 """
 
 from __future__ import annotations

@@ -25,15 +25,13 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
 
 def join_run() -> None:
     """Under torchrun (WORLD_SIZE > 1): join the process group, after every argument is checked.
-    Ranks other than 0 draw no progress bars; SIGTERM (the launcher stopping the run) unwinds."""
+    SIGTERM (the launcher stopping the run after another rank failed) then unwinds (runtime.Stopped)."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return
     from netshrink.parallel.runtime import init_from_env, stop_on_sigterm
 
     init_from_env()
     stop_on_sigterm()
-    if not is_main_process():
-        os.environ["TQDM_DISABLE"] = "1"
 
 
 def is_main_process() -> bool:
