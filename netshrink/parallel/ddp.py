@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from netshrink.data.arrays import Batch, BatchLoader
-from netshrink.parallel.runtime import Ranks, ranks
+from netshrink.parallel.runtime import Ranks, collective_device, ranks
 
 
 class ShardedBatches:
@@ -119,6 +119,6 @@ def global_mean(value: float) -> float:
     here = ranks()
     if not here.distributed:
         return value
-    total = torch.tensor([value], dtype=torch.float64)
+    total = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(total)
     return float(total) / here.world

@@ -81,11 +81,20 @@ def init_from_env(device: torch.device | None = None) -> Ranks:
     if not dist.is_available():
         raise NetshrinkError("this PyTorch build has no torch.distributed; run on one process")
     backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if backend == "nccl":  # one GPU per process: NCCL's collectives run on the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds()))
     except (RuntimeError, ValueError) as exc:
         raise NetshrinkError(f"cannot join the {world}-process group ({backend}): {exc}") from None
     return ranks()
+
+
+def collective_device() -> torch.device:
+    """Where small tensors of a collective operation live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
