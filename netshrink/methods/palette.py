@@ -114,6 +114,7 @@ class WeightSharing(LayerStep):
                 bar.update(1)
 
             encode_apart(model, plan, alone, encode)
+            bar.update(bar.total - bar.n)  # the layers the other ranks encoded
         for name, codec in codecs.items():
             if [name] not in alone:
                 plan.assign(model, name, codec)

@@ -196,11 +196,11 @@ class OutputAwarePQ(RetrainingStep):
 
             def quantize(target: CompressionPlan, book: list[str]) -> dict[str, torch.Tensor]:
                 learn = self._quantize if len(book) == 1 else self._quantize_shared
-                bar.update(len(book))
                 return learn(model, target, book, layers, *settings[book[0]], calibration, row_scales, ctx.seed)
 
             for index, (stage, stage_books) in enumerate(zip(stages, books_of)):
                 labels.update(self._quantize_stage(model, plan, stage_books, quantize, calibration is None))
+                bar.update(len(stage))
                 if self.recalibrate_bn and samples:
                     recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
