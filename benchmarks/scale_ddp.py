@@ -65,7 +65,7 @@ def run_one(model: str, recipe: str, processes: int, threads: int, folder: Path)
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout)
     return {
-        "model": model,
+        "model": Path(model).stem if model.endswith(".nsk") else model,
         "recipe": Path(recipe).stem,
         "processes": processes,
         "threads": threads,
@@ -99,6 +99,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['compress_seconds']:.0f} | {speed:.2f}x | {100 * r['top1_before']:.2f} | "
             f"{100 * r['top1_after']:.2f} | {r['file_bytes']:,} | {r['ratio']:.1f}x |"
         )
+    lines += ["", f"Command: `{result['command']}`."]
+    lines += ["", *(f"- {note}" for note in result.get("notes", []))] if result.get("notes") else []
     return "\n".join(lines) + "\n"
 
 
