@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def collective_failure(exc: BaseException) -> str | None:
     if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in _COLLECTIVE_WORDS):
         return None
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # c10d's source location, advice
     return (
         f"process {here.rank} of {here.world} lost the other processes of the run (one stopped, or did not "
         f"answer within ${TIMEOUT_ENV}={timeout_seconds():g} s): {first[:200]}"
