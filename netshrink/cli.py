@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from netshrink import DEFAULT_RECIPE
 from netshrink.errors import NetshrinkError
+from netshrink.parallel.command import exit_if_collective_failed, is_main_process, join_run, stopped, without_nproc
 from netshrink.paths import check_output_path
 
 log = logging.getLogger("netshrink")
@@ -122,6 +123,15 @@ def _add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
 
 
+def _add_nproc_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        metavar="N",
+        help="run on N processes of this machine (torchrun; gloo on CPU): training data-parallel, "
+        "one-shot and calibration work shared by layer; rank 0 writes and prints (default 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command and option; each has a help string, so `--help` documents the whole CLI."""
     parser = Parser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
@@ -139,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--from-pretrained", action="store_true", help="start from the published weights (fine-tune)")
     _add_seed_arg(train)
     _add_device_args(train, autocast=True)
+    _add_nproc_arg(train)
     train.add_argument("-o", "--output", required=True, help="checkpoint file to write")
     _add_json_arg(train)
 
@@ -171,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(comp)
     _add_seed_arg(comp)
     _add_device_args(comp, autocast=True)
+    _add_nproc_arg(comp)
     comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
     _add_json_arg(comp)
     comp.add_argument(
@@ -197,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_seed_arg(sens)
     _add_device_args(sens)
+    _add_nproc_arg(sens)
     sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
     sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
 
@@ -245,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _check_outputs(args)  # before PyTorch is imported: a wrong path fails in milliseconds
+        if getattr(args, "nproc", None) and args.nproc > 1:
+            from netshrink.parallel.launch import launch
+
+            return launch(args.nproc, without_nproc(sys.argv[1:] if argv is None else argv))
         result = run(args)
     except NetshrinkError as exc:
         print(f"netshrink: error: {exc}", file=sys.stderr)
@@ -252,6 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netshrink: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        exit_if_collective_failed(exc)
+        raise
+    except BaseException as exc:
+        if stopped(exc):  # the launcher stops this rank after another one failed
+            return 143
+        raise
+    if not is_main_process():
+        return 0
     try:
         _emit(result, args)
     except BrokenPipeError:  # `netshrink inspect F | head`: the reader left; not an error of ours
@@ -261,6 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Combinations argparse cannot express: a target generates its own recipe, and one target at a time."""
+    if getattr(args, "nproc", None) is not None:
+        from netshrink.parallel.launch import check_nproc
+
+        try:
+            args.nproc = check_nproc(args.nproc)
+        except NetshrinkError as exc:
+            parser.error(str(exc))
     if args.command != "compress":
         return
     if args.recipe and _has_target(args):
@@ -302,9 +335,18 @@ def run(args: argparse.Namespace) -> Any:
     from netshrink import api
     from netshrink.devices import resolve_device
 
-    data = {"dataset": getattr(args, "dataset", None), "data_dir": getattr(args, "data_dir", None)}
-    if args.command in ("train", "compress", "sensitivity", "eval"):  # a missing device fails before any work
-        data["device"] = resolve_device(args.device)
+    computes = args.command in ("train", "compress", "sensitivity", "eval")
+    device = resolve_device(args.device) if computes else None  # a missing device fails before any work
+    join_run(device)
+    if args.command in ("inspect", "report", "recipes") and not is_main_process():
+        return None  # nothing to share: rank 0 reads, writes and prints
+    data = {
+        "dataset": getattr(args, "dataset", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "progress": is_main_process(),  # one set of progress bars in a run on several processes
+    }
+    if computes:
+        data["device"] = device
     if args.command == "train":
         return api.train(
             args.model,

@@ -32,6 +32,7 @@ from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult
 from netshrink.evaluate import evaluate as score_on
 from netshrink.identity import ModelIdentity
+from netshrink.parallel.runtime import is_main
 from netshrink.paths import check_output_path
 from netshrink.recipe import list_recipes, load_recipe
 from netshrink.report.sizes import FileReport
@@ -208,6 +209,8 @@ def train(
     started = time.perf_counter()
     fit(module, train_data, config, progress=progress, desc=f"train {model}", device=device)
     seconds = time.perf_counter() - started
+    if not is_main():  # a distributed run: rank 0 scores and writes the checkpoint
+        return TrainedCheckpoint(str(output), model, dataset, None, seconds, config)
     score = score_on(module, dataset, data_dir, progress=progress, device=device)
     save(module, output, name=model, dataset=dataset)
     return TrainedCheckpoint(str(output), model, dataset, score, seconds, config)

@@ -22,6 +22,7 @@ from netshrink.api.models import Source
 from netshrink.budget.curves import SensitivityResult
 from netshrink.errors import NetshrinkError
 from netshrink.evaluate import EvalResult, evaluate
+from netshrink.parallel.runtime import is_main
 from netshrink.paths import check_output_path
 
 if TYPE_CHECKING:  # the report (matplotlib) is imported only when asked for
@@ -76,15 +77,19 @@ class CompressOutputs:
             self.extras.sensitivity = sensitivity_curves(sensitivity)
 
     def score(self, source: Source) -> EvalResult | None:
-        """The uncompressed model's held-out score, when asked for."""
-        return self.score_of(source.module, source) if self.evaluate else None
+        """The uncompressed model's held-out score, when asked for (by rank 0 alone in a distributed
+        run: the others go on to the recipe and wait for it at its first collective operation)."""
+        return self.score_of(source.module, source) if self.evaluate and is_main() else None
 
     def score_of(self, module: object, source: Source) -> EvalResult:
         return evaluate(module, source.require_dataset(), self.data_dir, device=self.device)
 
     def finish(self, compressed: CompressedModel, source: Source, before: EvalResult | None) -> CompressedModel:
-        """Write the file and measure it (decoded once), or score the model in memory when there is no file."""
+        """Write the file and measure it (decoded once), or score the model in memory when there is no file.
+        In a distributed run rank 0 alone does this: the other ranks never touch the output paths."""
         compressed.before = before
+        if not is_main():
+            return compressed
         if self.output is None:
             compressed.after = self.score_of(compressed.model, source) if self.evaluate else None
             return compressed

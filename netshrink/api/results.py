@@ -20,7 +20,7 @@ class TrainedCheckpoint:
     file: str
     model: str
     dataset: str
-    score: EvalResult
+    score: EvalResult | None  # None on the ranks other than 0 of a distributed run (rank 0 scores)
     seconds: float
     config: TrainConfig
 

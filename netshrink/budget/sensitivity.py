@@ -27,6 +27,9 @@ JSON format (`FORMAT`), kept flat for plotting:
                                "codebook_bytes": ...}, ...],
                  "combined": [{"sparsity": 0.3, "bits": 2, "bytes": ..., "codebook_bytes": ...}, ...]}, ...]}
 
+On several processes (netshrink/parallel/) each layer's curve is measured by one rank: the values do
+not depend on the number of processes, and rank 0 alone writes the JSON.
+
 Results are cached: a JSON file whose "key" matches the model's tensors and the settings is
 reused instead of measured again. In memory a result is a `curves.SensitivityResult`, which owns
 the JSON reading and writing.
@@ -56,6 +59,7 @@ from netshrink.identity import ModelIdentity
 from netshrink.methods.filter_prune import holdout_split
 from netshrink.methods.palette import WeightSharing
 from netshrink.methods.prune import magnitude_masks
+from netshrink.parallel.runtime import is_main, share_work
 from netshrink.plan import fingerprint
 from netshrink.select import WEIGHT_LAYERS, Selection, select_modules
 
@@ -241,7 +245,9 @@ def measure(
     tensors = layer_tensors(model, config)
     steps = len(tensors) * (len(config.bits) + len(config.sparsity))
     with tqdm(total=steps, desc="sensitivity", unit="trial", disable=not progress) as bar:
-        layers = tuple(measure_layer(model, name, config, scorer, bar) for name in tensors)
+        # each layer's curve on one rank (runtime.share_work; the same values for any world size)
+        measured = share_work(tensors, lambda name: measure_layer(model, name, config, scorer, bar))
+    layers = tuple(measured[name] for name in tensors)
     settings = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
     return SensitivityResult(
         cache_key(model, config, dataset),
@@ -272,7 +278,8 @@ def sensitivity(
         log.info("sensitivity: reusing %s", target)
         return cached
     result = measure(model, train, config, dataset=dataset, identity=identity, progress=progress)
-    result.write(target)
+    if is_main():  # one writer in a distributed run
+        result.write(target)
     return result
 
 

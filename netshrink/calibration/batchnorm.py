@@ -77,7 +77,9 @@ def recalibrate_batchnorms(model: nn.Module, batches: Iterable[Any]) -> int:
     """Re-estimate every BatchNorm's running mean and variance on `batches` (equal-weight average
     over the batches, the rest of the model in eval mode: no dropout or drop-connect noise). After
     a layer's weights are replaced, the statistics of everything after it are stale; fresh ones
-    remove most of the damage before any training (BN re-estimation). Returns how many norms."""
+    remove most of the damage before any training (BN re-estimation). Returns how many norms.
+    Calibration batches are not sharded in a run on several processes: every rank re-estimates on
+    the same batches and gets the same statistics, so nothing needs reducing."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return 0

@@ -102,12 +102,22 @@ class BatchLoader:
         return -(-len(self.data) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        order, generator = self.next_epoch()
+        for start in range(0, len(self.data), self.batch_size):
+            yield self._batch(order, start, generator)
+
+    def next_epoch(self) -> tuple[torch.Tensor | None, torch.Generator]:
+        """Start the next epoch: its sample order (None: dataset order) and the generator that drew it
+        (augmentation continues from it). A data-parallel run cuts each batch of this order into
+        per-process slices (netshrink/parallel/ddp.py), so every process must draw the same order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        n = len(self.data)
-        order = torch.randperm(n, generator=generator) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            yield self._batch(order, start, generator)
+        order = torch.randperm(len(self.data), generator=generator) if self.shuffle else None
+        return order, generator
+
+    def batch_of(self, index: torch.Tensor, generator: torch.Generator) -> Batch:
+        """The batch of the samples at `index` (augmented with draws from `generator`)."""
+        return self._batch(index, 0, generator)
 
     def _batch(self, order: torch.Tensor | None, start: int, generator: torch.Generator) -> Batch:
         stop = min(start + self.batch_size, len(self.data))

@@ -32,8 +32,9 @@ from netshrink.calibration.layer_inputs import (
 )
 from netshrink.cluster.kmeans1d import KMeans1DInit
 from netshrink.errors import DATA_HINT, DataError, RecipeError
-from netshrink.format.codecs import Dense, Encoded, Palette, Sparse
-from netshrink.plan import CompressionPlan
+from netshrink.format.codecs import Codec, Dense, Encoded, Palette, Sparse
+from netshrink.parallel.plans import encode_apart
+from netshrink.plan import CompressionPlan, tied_names
 from netshrink.select import MATRIX_LAYERS
 from netshrink.step import LayerStep, StepContext, register_step
 
@@ -81,9 +82,8 @@ class WeightSharing(LayerStep):
         norms = following_batchnorms(model) if self.weighting != "none" else {}
         importance = self.importances(model, moments, {name: batchnorm_scale(norm) for name, norm in norms.items()})
         originals = {name: state[f"{name}.weight"].clone() for name in moments}
-        for module_name, _ in tqdm(
-            self.layers(model), desc=f"palette {self.bits}b", disable=not ctx.progress, leave=False
-        ):
+        codecs = {}
+        for module_name, _ in self.layers(model):
             name, layer = f"{module_name}.weight", self.for_layer(module_name)
             current = plan.codec_for(name)
             pruned = isinstance(current, Sparse)
@@ -95,10 +95,29 @@ class WeightSharing(LayerStep):
             codec = Palette(
                 layer.bits, layer.channelwise(state[name], pruned), layer.init, ctx.seed, importance.get(name)
             )
-            plan.assign(model, name, current.with_inner(codec))
+            codecs[name] = current.with_inner(codec)
+        self.assign_shared(model, plan, codecs, ctx.progress)
         modules = dict(model.named_modules())
         for name, original in originals.items():
             correct_bias(modules[name], original, moments[name].mean, norms.get(name))
+
+    def assign_shared(self, model: nn.Module, plan: CompressionPlan, codecs: dict[str, Codec], progress: bool) -> None:
+        """Encode each weight with its codec: each layer's k-means on one rank (parallel/plans.py),
+        the same codes for any number of ranks. A weight tied to another (one tensor, two names) is
+        encoded after the others, as one process would: it takes the first name's decoded value."""
+        first_of = tied_names(model.state_dict())
+        alone = [[name] for name in codecs if first_of.get(name, name) == name]
+        with tqdm(total=len(codecs), desc=f"palette {self.bits}b", disable=not progress, leave=False) as bar:
+
+            def encode(scratch: CompressionPlan, names: list[str]) -> None:
+                scratch.assign(model, names[0], codecs[names[0]])
+                bar.update(1)
+
+            encode_apart(model, plan, alone, encode)
+            bar.update(bar.total - bar.n)  # the layers the other ranks encoded
+        for name, codec in codecs.items():
+            if [name] not in alone:
+                plan.assign(model, name, codec)
 
     def calibrate(self, model: nn.Module, batches: list) -> dict[str, ChannelMoments]:
         """Per-channel input moments of the selected layers, for weighting "activation"."""
@@ -127,7 +146,8 @@ class WeightSharing(LayerStep):
 
     def apply_with_feedback(self, model: nn.Module, plan: CompressionPlan, ctx: StepContext) -> None:
         """`compensate`: each layer, in forward order, measured on the inputs the already-quantized
-        layers before it produce (as output-aware PQ does), so it also absorbs their errors."""
+        layers before it produce (as output-aware PQ does), so it also absorbs their errors. Being
+        sequential by layer, this is computed identically on every rank of a distributed run."""
         layers = dict(self.layers(model))
         for name, module in layers.items():
             codec = plan.codec_for(f"{name}.weight")

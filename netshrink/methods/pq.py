@@ -31,11 +31,17 @@ in-channel kernels), `pointwise_d` for 1x1 convolutions and Linear layers, `dept
 whole kernel) for depthwise convolutions, or `d` for every layer; `d` and `k` can differ per layer
 (`overrides: {"layer1.*": {d: 3}}`). Embedding tables have no input activations to weigh by: they
 are clustered by weight.
+
+On several processes (netshrink/parallel/): without calibration the codebooks of a stage are learnt
+one per rank; with it, layers are quantized in forward order (each on the inputs the earlier ones
+produce, `feedback` included) identically on every rank, sharing only the metric problems of a
+shared codebook. The file is the same for any number of processes; fine-tuning is data-parallel.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +67,8 @@ from netshrink.cluster import kmeans, kmeans_metric
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.format.codecs import Codebook
 from netshrink.format.codecs.pq import PQ, row_length, subvectors
+from netshrink.parallel.plans import encode_apart
+from netshrink.parallel.runtime import share_work
 from netshrink.plan import CompressionPlan
 from netshrink.select import MATRIX_LAYERS
 from netshrink.step import StepContext, register_step
@@ -185,13 +193,14 @@ class OutputAwarePQ(RetrainingStep):
         shared = [[f"{name}.weight" for name in book] for book in books if len(book) > 1]
         d_of = {f"{name}.weight": d for name, (d, _) in settings.items()}
         with tqdm(total=len(order), desc=f"pq ({self.objective})", unit="layer", disable=not ctx.progress) as bar:
+
+            def quantize(target: CompressionPlan, book: list[str]) -> dict[str, torch.Tensor]:
+                learn = self._quantize if len(book) == 1 else self._quantize_shared
+                return learn(model, target, book, layers, *settings[book[0]], calibration, row_scales, ctx.seed)
+
             for index, (stage, stage_books) in enumerate(zip(stages, books_of)):
-                for book in stage_books:
-                    quantize = self._quantize if len(book) == 1 else self._quantize_shared
-                    labels.update(
-                        quantize(model, plan, book, layers, *settings[book[0]], calibration, row_scales, ctx.seed)
-                    )
-                    bar.update(len(book))
+                labels.update(self._quantize_stage(model, plan, stage_books, quantize, calibration is None))
+                bar.update(len(stage))
                 if self.recalibrate_bn and samples:
                     recalibrate_batchnorms(model, samples)
                 if self.stage_epochs > 0 and index < len(stages) - 1:
@@ -199,6 +208,20 @@ class OutputAwarePQ(RetrainingStep):
         self._finetune(model, ctx, labels, shared, d_of, self.train.epochs, "distill (global)")
         for book in books:
             store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
+
+    def _quantize_stage(
+        self, model: nn.Module, plan: CompressionPlan, books: list[list[str]], quantize: Callable, apart: bool
+    ) -> dict[str, torch.Tensor]:
+        """The codebooks of one stage; their per-weight labels. Without calibration a codebook depends
+        on its own layers' weights alone: each is learnt on one rank (parallel/plans.py). With
+        `objective: output` a layer is measured on the inputs the already-quantized layers before it
+        produce: layer by layer, computed identically on every rank (only the metric problems of a
+        shared codebook, measured before any of its layers changes, are shared by rank). Either way
+        the codes, and the file, are the same for any number of ranks."""
+        labels: dict[str, torch.Tensor] = {}
+        for book_labels in encode_apart(model, plan, books, quantize) if apart else [quantize(plan, b) for b in books]:
+            labels.update(book_labels)
+        return labels
 
     def _stages(self, order: list[str]) -> list[list[str]]:
         """Consecutive layers (in forward order) whose names share the first `stage_depth` parts."""
@@ -286,10 +309,12 @@ class OutputAwarePQ(RetrainingStep):
         layer's metric), then each layer assigned to it in forward order (model updated)."""
         codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
         by_output = calibration is not None and not any(isinstance(layers[n], nn.Embedding) for n in names)
-        if by_output:
-            problems = [
-                self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed) for name in names
-            ]
+        if by_output:  # every layer's inputs before any of them is quantized: one layer per rank
+            measured = share_work(
+                names,
+                lambda name: self._metric_problem(model, layers[name], d, calibration, row_scales.get(name), seed),
+            )
+            problems = [measured[name] for name in names]
             points, grams, weights = joined_problems(problems)
             codebook = kmeans_metric(
                 points,

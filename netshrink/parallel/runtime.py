@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -80,11 +82,20 @@ def init_from_env(device: torch.device | None = None) -> Ranks:
     if not dist.is_available():
         raise NetshrinkError("this PyTorch build has no torch.distributed; run on one process")
     backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if backend == "nccl":  # one GPU per process: NCCL's collectives run on the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0") or 0))
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_seconds()))
     except (RuntimeError, ValueError) as exc:
         raise NetshrinkError(f"cannot join the {world}-process group ({backend}): {exc}") from None
     return ranks()
+
+
+def collective_device() -> torch.device:
+    """Where small tensors of a collective operation live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
@@ -125,3 +136,42 @@ def layer_seed(seed: int, name: str) -> int:
     """A seed for the work on item `name` (a layer), the same on every rank and for any world size."""
     digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class Stopped(BaseException):
+    """SIGTERM in a distributed run (the launcher stopping the ranks after another one failed): raised
+    where Python next runs, so `finally` blocks and atomic writes clean up (no temporary file stays
+    next to the target). A BaseException, like KeyboardInterrupt: no `except Exception` swallows it."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into `Stopped` (main thread only; a no-op elsewhere)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped()
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        pass
+
+
+#: Words of the messages c10d (gloo, NCCL, the TCP store) raises when a peer is gone or late.
+_COLLECTIVE_WORDS = ("gloo", "nccl", "c10d", "connection", "timed out", "timeout", "peer", "socket", "store")
+
+
+def collective_failure(exc: BaseException) -> str | None:
+    """The one-line message for an error of a collective operation in a distributed run (another
+    process died, or did not answer within the timeout); None for any other exception."""
+    here = ranks()
+    if not here.distributed or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in _COLLECTIVE_WORDS):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]  # c10d's source location, advice
+    return (
+        f"process {here.rank} of {here.world} lost the other processes of the run (one stopped, or did not "
+        f"answer within ${TIMEOUT_ENV}={timeout_seconds():g} s): {first[:200]}"
+    )
