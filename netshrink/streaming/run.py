@@ -182,7 +182,7 @@ def _skeleton(
     else:
         named, described = ckpt.model_description()
         name = model or named
-        options = json.loads(arch) if isinstance(arch, str) else arch if arch is not None else described
+        options = _arch_json(arch) if isinstance(arch, str) else arch if arch is not None else described
         if name is None:
             raise ModelError(
                 f"checkpoint {ckpt.path} does not name its model: give the zoo model and its arch "
@@ -193,6 +193,13 @@ def _skeleton(
         skeleton = zoo.build_skeleton(name, **options)
     identity = ModelIdentity.of(skeleton, name)
     return skeleton, replace(identity, original=_original_size(skeleton))
+
+
+def _arch_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"--arch is not JSON ({exc}): give an object such as '{{\"dim\": 512}}'") from None
 
 
 def _original_size(skeleton: nn.Module) -> OriginalSize:
