@@ -1,14 +1,17 @@
 """Peak memory of compressing a ~1 GB Llama-shaped fp32 checkpoint block by block vs whole.
 
-Writes a seeded random `llama` checkpoint (.safetensors, fp32) once, then runs, each in its own
+Writes seeded random `llama` checkpoints (.safetensors, fp32) once, then runs, each in its own
 process under `/usr/bin/time -v`:
 
-  stream: `netshrink compress CKPT --stream --recipe R -o stream.nsk` (one block in memory at a time)
+  stream: `netshrink compress CKPT --stream --recipe R -o F.nsk` (one block in memory at a time)
   whole:  load the checkpoint (safetensors.torch.load_file), build the model, `netshrink.compress(...)`
           and write the file: what compressing without streaming takes
 
-and records each run's maximum resident set size and wall time, and whether the two files are
-byte-identical (they are for a one-shot recipe: the same records in the same order).
+for three cases: `oneshot-palette5` on every layer of a 16-block model (the headline), a recipe that
+palettizes the blocks only (so the peak is not the working memory of palettizing the 125 MiB
+embedding table), and that recipe on an 8-block model (the streamed peak should not depend on the
+depth). Each case records the maximum resident set size and wall time of each run, and whether the
+two files are byte-identical (they are for a one-shot recipe: the same records in the same order).
 
     python benchmarks/streaming_memory.py [--folder /tmp/netshrink-stream-bench]
 

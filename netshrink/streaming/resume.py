@@ -3,8 +3,8 @@
 After every finished part the run saves, in `.NAME.nsk.resume/`: the writer's state (header records
 so far, payload length and CRC-32; the payload itself grows in `payload.bin` there), the hidden
 states the next part takes, the tensors a later part still needs (an embedding tied to the head),
-the index of the next part and a fingerprint of the run (checkpoint size and header digest, model,
-recipe, seed, calibration tokens). `--resume` loads it, cuts the payload back to the saved length
+the index of the next part and a fingerprint of the run (the checkpoint's size, time and a digest of
+its header and of its first and last MiB; model, recipe, seed, calibration tokens). `--resume` loads it, cuts the payload back to the saved length
 and goes on: every part is computed from exactly what an uninterrupted run had at that point, so
 the file is byte-identical. A state from another run (a different fingerprint) is refused, and a
 run without `--resume` starts over, replacing whatever state is there. Tensors are saved as
