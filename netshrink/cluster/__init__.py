@@ -1,7 +1,7 @@
 """Clustering shared by every method that clusters (one k-means, see STYLE.md)."""
 
 from netshrink.cluster.kmeans import KMeansResult, assign_nearest, assign_nearest_metric, kmeans, kmeans_metric
-from netshrink.cluster.kmeans1d import assign_nearest_1d, kmeans_1d, kmeans_1d_exact, kmeans_sse
+from netshrink.cluster.kmeans1d import assign_nearest_1d, fit_centroids_1d, kmeans_1d, kmeans_1d_exact, kmeans_sse
 
 __all__ = [
     "KMeansResult",
@@ -10,6 +10,7 @@ __all__ = [
     "kmeans",
     "kmeans_metric",
     "assign_nearest_1d",
+    "fit_centroids_1d",
     "kmeans_1d",
     "kmeans_1d_exact",
     "kmeans_sse",

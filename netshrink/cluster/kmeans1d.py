@@ -31,7 +31,15 @@ import numpy as np
 from netshrink.cluster.dp1d import optimal_partition
 from netshrink.errors import CodecError
 
-__all__ = ["kmeans_1d", "kmeans_1d_exact", "kmeans_sse", "assign_nearest_1d", "INITS", "KMeans1DInit"]
+__all__ = [
+    "kmeans_1d",
+    "fit_centroids_1d",
+    "kmeans_1d_exact",
+    "kmeans_sse",
+    "assign_nearest_1d",
+    "INITS",
+    "KMeans1DInit",
+]
 
 #: The centroid initialisations `kmeans_1d` accepts (the last three are Han et al. 2016, sec. 3.2).
 KMeans1DInit = Literal["optimal", "linear", "density", "random"]
@@ -39,6 +47,8 @@ INITS: tuple[str, ...] = typing.get_args(KMeans1DInit)
 
 #: Below this many points `assign_nearest_1d` uses a plain searchsorted (no lookup table).
 _TABLE_MIN_POINTS = 1 << 16
+#: Points `assign_nearest_1d` labels at a time, so its temporaries stay small for any tensor.
+_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------- input
@@ -243,6 +253,21 @@ def kmeans_1d(
     bins: int | None = None,
     sample_weight: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """`fit_centroids_1d` (see there), and every scalar's label: (centroids, labels)."""
+    centroids = fit_centroids_1d(x, k, init=init, seed=seed, max_iter=max_iter, bins=bins, sample_weight=sample_weight)
+    return centroids, assign_nearest_1d(x, centroids)
+
+
+def fit_centroids_1d(
+    x: Any,
+    k: int,
+    *,
+    init: str = "optimal",
+    seed: int = 0,
+    max_iter: int = 300,
+    bins: int | None = None,
+    sample_weight: Any = None,
+) -> np.ndarray:
     """Cluster the scalars of x (any shape, numpy or torch) into at most k centroids.
 
     init="optimal": exact DP over `bins` bins of the data (default `default_bins`; equal width in
@@ -255,9 +280,9 @@ def kmeans_1d(
     of x_i's output channel times the mean squared input it multiplies (the error of the layer's
     output, to a diagonal approximation). Points of zero weight are still assigned, to the nearest.
 
-    Returns (centroids, labels): float64 centroids sorted ascending, shape (k',), and int64 labels
-    of len(x) with labels[i] the index of x[i]'s nearest centroid. k' < k only when x has fewer than
-    k distinct values; the centroids are then those values and the SSE is 0.
+    Returns float64 centroids sorted ascending, shape (k',); k' < k only when x has fewer than k
+    distinct values: the centroids are then those values and the SSE is 0. Labels are not computed
+    here (`kmeans_1d` adds them): a caller that assigns later, against rounded values, saves their memory.
     """
     arr = _validated(x, k)
     if init not in INITS:
@@ -268,15 +293,13 @@ def kmeans_1d(
         raise CodecError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     data = _SortedData(arr, _validated_weights(sample_weight, arr.size))
     if data.n_distinct <= k:
-        centroids = data.distinct_values
-        return centroids, assign_nearest_1d(arr, centroids)
+        return data.distinct_values
     if init == "optimal":
         bounds = _optimal_bounds(data, int(k), bins or default_bins(data.n, int(k)))
         c = _lloyd_sorted(data, data.run_means(bounds), max_iter)
     else:
         c = _lloyd_sorted(data, _init_centroids(data, int(k), init, seed), max_iter)
-    centroids = c + data.mean
-    return centroids, assign_nearest_1d(arr, centroids)
+    return c + data.mean
 
 
 def _validated_weights(sample_weight: Any, n: int) -> np.ndarray | None:
@@ -340,33 +363,51 @@ def assign_nearest_1d(x: Any, centroids_sorted: Any) -> np.ndarray:
     mids = (c[1:] + c[:-1]) / 2
     if arr.size < _TABLE_MIN_POINTS or c.size == 1:
         return np.searchsorted(mids, arr, side="left").astype(np.int64)
-    return _assign_by_table(arr, mids)
+    table = _VoronoiTable.of(mids)
+    labels = np.empty(arr.size, dtype=np.int64)
+    for start in range(0, arr.size, _CHUNK):  # temporaries of one chunk, not of the whole tensor
+        part = arr[start : start + _CHUNK]
+        labels[start : start + part.size] = (
+            np.searchsorted(mids, part, side="left") if table is None else table.labels(part)
+        )
+    return labels
 
 
-def _assign_by_table(arr: np.ndarray, mids: np.ndarray) -> np.ndarray:
+class _VoronoiTable:
     """Nearest-centroid labels via a table over 2^20 equal-width cells of [mids[0], mids[-1]].
 
     A cell whose range, widened by one cell each side against rounding, holds no midpoint lies in
     one Voronoi cell, so its label is looked up; points in the other cells (a few % for heavy
     tails at K=256) are searched. Points outside the range clip to the end cells (labels 0, k-1).
     """
-    lo, hi = float(mids[0]), float(mids[-1])
-    n_cells = 1 << 20
-    scale = n_cells / (hi - lo) if hi > lo else 0.0
-    if not np.isfinite(scale) or scale * max(abs(lo), abs(hi)) > 1e12:  # cells below float64 resolution
-        return np.searchsorted(mids, arr, side="left").astype(np.int64)
-    cell_of_mid = np.floor((mids - lo) * scale).astype(np.int64) + 2  # +2: cells -2.. are stored from 0
-    ambiguous = np.zeros(n_cells + 5, dtype=bool)
-    for shift in (-1, 0, 1):
-        ambiguous[np.clip(cell_of_mid + shift, 0, n_cells + 4)] = True
-    centres = lo + (np.arange(n_cells + 5) - 1.5) / scale
-    table = np.searchsorted(mids, centres, side="left").astype(np.int64)
-    cells = np.subtract(arr, np.float64(lo))
-    cells *= scale
-    cells += 2
-    np.clip(cells, 0, n_cells + 4, out=cells)
-    cells = cells.astype(np.int64)  # non-negative, so truncation is floor
-    labels = table[cells]
-    fix = np.flatnonzero(ambiguous[cells])
-    labels[fix] = np.searchsorted(mids, arr[fix], side="left")
-    return labels
+
+    N_CELLS = 1 << 20
+
+    def __init__(self, mids: np.ndarray, lo: float, scale: float) -> None:
+        self.mids, self.lo, self.scale = mids, lo, scale
+        cell_of_mid = np.floor((mids - lo) * scale).astype(np.int64) + 2  # +2: cells -2.. are stored from 0
+        self.ambiguous = np.zeros(self.N_CELLS + 5, dtype=bool)
+        for shift in (-1, 0, 1):
+            self.ambiguous[np.clip(cell_of_mid + shift, 0, self.N_CELLS + 4)] = True
+        centres = lo + (np.arange(self.N_CELLS + 5) - 1.5) / scale
+        self.table = np.searchsorted(mids, centres, side="left").astype(np.int64)
+
+    @classmethod
+    def of(cls, mids: np.ndarray) -> _VoronoiTable | None:
+        """The table for these midpoints, or None when its cells would fall below float64 resolution."""
+        lo, hi = float(mids[0]), float(mids[-1])
+        scale = cls.N_CELLS / (hi - lo) if hi > lo else 0.0
+        if not np.isfinite(scale) or scale * max(abs(lo), abs(hi)) > 1e12:
+            return None
+        return cls(mids, lo, scale)
+
+    def labels(self, arr: np.ndarray) -> np.ndarray:
+        cells = np.subtract(arr, np.float64(self.lo))
+        cells *= self.scale
+        cells += 2
+        np.clip(cells, 0, self.N_CELLS + 4, out=cells)
+        cells = cells.astype(np.int64)  # non-negative, so truncation is floor
+        labels = self.table[cells]
+        fix = np.flatnonzero(self.ambiguous[cells])
+        labels[fix] = np.searchsorted(self.mids, arr[fix], side="left")
+        return labels

@@ -153,7 +153,7 @@ def encode_rans(used: np.ndarray, freqs: np.ndarray, ranks: np.ndarray) -> bytes
     """
     coder = constriction.stream.stack.AnsCoder()
     # encode_reverse pushes the symbols in reverse, so the decoder pops them in forward order.
-    coder.encode_reverse(ranks.astype(np.int32), _categorical_model(freqs))
+    coder.encode_reverse(ranks.astype(np.int32, copy=False), _categorical_model(freqs))
     words = coder.get_compressed().astype("<u4").tobytes()
     return encode_count_table(used, freqs) + words.rstrip(b"\x00")
 
@@ -289,7 +289,8 @@ _DECODERS = {
 
 
 def symbol_histogram(sym: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Used symbols (sorted), their counts, and each symbol's rank among the used ones (int64).
+    """Used symbols (sorted), their counts, and each symbol's rank among the used ones (int32: the
+    alphabet has at most 2**24 symbols, and the ranks of a large tensor are its biggest temporary).
 
     bincount is O(n + max) and fast; for a large, sparsely used alphabet sorting avoids an
     O(max) table (up to 2**24 entries).
@@ -297,10 +298,10 @@ def symbol_histogram(sym: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     top = int(sym.max())
     if top > 4 * sym.size + (1 << 16):
         used, ranks, freqs = np.unique(sym, return_inverse=True, return_counts=True)
-        return used, freqs.astype(np.int64), ranks.ravel()
+        return used, freqs.astype(np.int64), ranks.ravel().astype(np.int32)
     counts = np.bincount(sym, minlength=top + 1)
     present = counts > 0
-    rank_of = np.cumsum(present) - 1
+    rank_of = (np.cumsum(present) - 1).astype(np.int32)
     used = np.flatnonzero(present)
     return used, counts[used].astype(np.int64), rank_of[sym]
 

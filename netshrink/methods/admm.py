@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from netshrink.cluster import assign_nearest_1d, kmeans_1d
+from netshrink.cluster import assign_nearest_1d, fit_centroids_1d
 from netshrink.format.codecs import Palette
 from netshrink.format.codecs.palette import MAX_BITS
 from netshrink.methods.prune import sparse_of
@@ -86,7 +86,7 @@ def kmeans_levels(w: torch.Tensor, bits: int) -> torch.Tensor:
     values = w.detach()[w != 0].cpu()  # the 1-D k-means runs on CPU
     if values.numel() == 0:
         return torch.zeros(0, dtype=w.dtype, device=w.device)
-    centroids, _ = kmeans_1d(values, 1 << bits)
+    centroids = fit_centroids_1d(values, 1 << bits)
     return torch.from_numpy(centroids).to(device=w.device, dtype=w.dtype)
 
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from netshrink.cluster import assign_nearest_1d, kmeans_1d
+from netshrink.cluster import assign_nearest_1d, fit_centroids_1d
 from netshrink.cluster.kmeans1d import INITS
 from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs.base import (
@@ -86,7 +86,7 @@ class Palette(Codec):
         if not rows.numel():
             return self._encoded(state, np.zeros(0, dtype=np.int64), tuple(tensor.shape))
         labels = [nearest_entry(row.numpy(), book.numpy()) for row, book in zip(rows, state.values)]
-        return self._encoded(state, np.concatenate(labels), tuple(tensor.shape))
+        return self._encoded(state, labels[0] if len(labels) == 1 else np.concatenate(labels), tuple(tensor.shape))
 
     def encode_assigned(
         self, codebook: Codebook | torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]
@@ -145,7 +145,8 @@ class Palette(Codec):
             return np.zeros(k, dtype=np.float16)
         if weights is not None and not weights.any():  # an unused row (e.g. a dead channel): plain k-means
             weights = None
-        centroids, _ = kmeans_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
+        row, weights = fit_sample(row, weights, self.seed)
+        centroids = fit_centroids_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
         # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): `encode` assigns each
         # weight to the nearest *stored* value, so the file decodes to exactly what the model was evaluated with.
         book = np.unique(centroids.astype(np.float16))
@@ -181,4 +182,25 @@ def nearest_entry(row: np.ndarray, book: np.ndarray) -> np.ndarray:
     """For each value of `row`, the index in `book` (any order, repeats allowed: the first of equal
     entries) of its nearest entry."""
     values, first = np.unique(book.astype(np.float64), return_index=True)
-    return first[assign_nearest_1d(row, values)].astype(np.int64)
+    labels = assign_nearest_1d(row, values)
+    if not np.array_equal(first, np.arange(first.size)):  # repeated entries: the first of each
+        np.take(first, labels, out=labels)
+    return labels
+
+
+#: Rows of more weights than this fit their values on a random sample of this many (seeded): the
+#: k-means working memory is ~20 bytes a point, and 2^24 points pin each of 256 values far more
+#: finely than fp16 stores them. Every weight is still assigned to its nearest value.
+FIT_SAMPLE = 1 << 24
+
+
+def fit_sample(
+    row: np.ndarray, weights: np.ndarray | None, seed: int, size: int = FIT_SAMPLE
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`row` (and its weights) as they are, or a seeded uniform sample of `size` of them when longer."""
+    if row.size <= size:
+        return row, weights
+    index = np.int32 if row.size < 2**31 else np.int64  # half the memory of int64 for most rows
+    picks = np.random.default_rng(seed).integers(0, row.size, size, dtype=index)
+    picks.sort()  # reads the row in order
+    return row[picks], None if weights is None else weights[picks]
