@@ -25,19 +25,24 @@ own error class. The decoded size every record declares is added up and checked 
 before any tensor is decoded (`decode_limit`): a 255-byte file cannot ask for gigabytes. Writes are atomic (temporary file, fsync, rename), and the bytes depend only on
 the content (sorted JSON keys, no timestamps).
 
-This module writes files (`serialize`, `write_nsk`). Reading and its checks, with the records and
+This module writes files: whole (`serialize`, `write_nsk`), or record by record in bounded memory
+(`StreamedWriter`, for models compressed one block at a time), with the same bytes. Reading and its checks, with the records and
 limits both sides share, are in `netshrink.format.reader`, kept apart because they face hostile
 input; everything public there is re-exported here, so `netshrink.format.container` is the whole API.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from netshrink.errors import NetshrinkError
 from netshrink.format.codecs.base import Encoded, Stream
@@ -86,7 +91,11 @@ __all__ = [
     "decode_limit",
     "parse",
     "read_nsk",
+    "StreamedWriter",
+    "WriterState",
+    "header_bytes",
     "serialize",
+    "write_atomically",
     "write_nsk",
 ]
 
@@ -118,51 +127,83 @@ def serialize(nsk: NskFile) -> bytes:
     records, blobs = [], []
     _check_borrowed(nsk.tensors)
     for rec in nsk.tensors:
-        if rec.tied_to:
-            records.append({"name": rec.name, "module": rec.module_type, "length": 0, "tied": rec.tied_to})
-            continue
-        data = b"".join(_stream_order(rec.encoded))
-        records.append(
-            {"name": rec.name, "module": rec.module_type, "length": len(data), "enc": _enc_to_json(rec.encoded)}
-        )
+        data = b"".join(_stream_order(rec.encoded)) if not rec.tied_to else b""
+        records.append(_record_json(rec, len(data)))
         blobs.append(data)
     payload = b"".join(blobs)
+    head = header_bytes(records, nsk.model, nsk.recipe, nsk.meta, len(payload), zlib.crc32(payload))
+    nsk.header_bytes = len(head)
+    return head + payload
+
+
+def _record_json(rec: TensorRecord, length: int) -> dict[str, Any]:
+    """A tensor's entry in the header: a tied tensor names its source and has no bytes."""
+    if rec.tied_to:
+        return {"name": rec.name, "module": rec.module_type, "length": 0, "tied": rec.tied_to}
+    return {"name": rec.name, "module": rec.module_type, "length": length, "enc": _enc_to_json(rec.encoded)}
+
+
+def header_bytes(
+    records: list[dict[str, Any]],
+    model: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    meta: dict[str, Any],
+    payload_length: int,
+    payload_crc: int,
+) -> bytes:
+    """The file's prefix and compressed header, for a payload of that length and CRC-32."""
     header = {
         "netshrink": FORMAT_VERSION,
-        "model": nsk.model,
-        "recipe": nsk.recipe,
-        "meta": nsk.meta,
-        "payload_bytes": len(payload),
-        "payload_crc32": zlib.crc32(payload),
+        "model": model,
+        "recipe": recipe,
+        "meta": meta,
+        "payload_bytes": payload_length,
+        "payload_crc32": payload_crc,
         "tensors": records,
     }
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     packed = zlib.compress(text, 9)
-    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed))
-    nsk.header_bytes = len(prefix) + len(packed)
-    return prefix + packed + payload
+    return PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(packed), zlib.crc32(packed)) + packed
 
 
 def _check_borrowed(tensors: list[TensorRecord]) -> None:
     """A borrowed stream must equal the same-role stream of an EARLIER tensor, or the file would
     decode to something other than the model in memory."""
-    seen: dict[str, Encoded] = {}
+    lenders = LenderIndex()
     for rec in tensors:
+        lenders.check(rec)
+
+
+class LenderIndex:
+    """What the records so far lend: per tensor, each own stream's kind and digest (not its bytes,
+    so a writer that streams records holds only this much of them), to check the borrowed streams
+    and the tied records of later tensors against."""
+
+    def __init__(self, streams: dict[str, dict[str, list[str]]] | None = None) -> None:
+        self.streams: dict[str, dict[str, list[str]]] = streams if streams is not None else {}
+
+    def check(self, rec: TensorRecord) -> None:
+        """Refuse `rec` if it is tied to, or borrows from, what no earlier tensor holds; then record it."""
         if rec.tied_to:
-            if rec.tied_to not in seen:
+            if rec.tied_to not in self.streams:
                 raise NetshrinkError(f"tensor {rec.name!r} is tied to {rec.tied_to!r}, which is not an earlier tensor")
-            continue
+            return
+        own = {}
         for role, stream in _all_streams(rec.encoded):
             if not stream.borrowed_from:
+                own.setdefault(role, [stream.kind, _digest(stream.data)])
                 continue
-            source = seen.get(stream.borrowed_from)
-            lent = source.streams.get(role) if source is not None else None
-            if lent is None or lent.borrowed_from or lent.kind != stream.kind or lent.data != stream.data:
+            lent = self.streams.get(stream.borrowed_from, {}).get(role)
+            if lent != [stream.kind, _digest(stream.data)]:
                 raise NetshrinkError(
                     f"tensor {rec.name!r} borrows its {role!r} stream from {stream.borrowed_from!r}, "
                     "which is not an earlier tensor holding the same bytes"
                 )
-        seen[rec.name] = rec.encoded
+        self.streams[rec.name] = own
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _all_streams(enc: Encoded) -> list[tuple[str, Stream]]:
@@ -181,6 +222,12 @@ def write_nsk(path: str | Path, nsk: NskFile) -> int:
     """
     path = check_output_path(path, ".nsk file")
     data = serialize(nsk)
+    write_atomically(path, lambda handle: handle.write(data))
+    return len(data)
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write` on a temporary file in `path`'s folder, fsync it, rename it to `path`."""
     folder = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -188,7 +235,7 @@ def write_nsk(path: str | Path, nsk: NskFile) -> int:
         raise NetshrinkError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
             os.fsync(handle.fileno())
@@ -200,7 +247,6 @@ def write_nsk(path: str | Path, nsk: NskFile) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(folder)
-    return len(data)
 
 
 def _umask() -> int:
@@ -221,3 +267,109 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --- writing record by record -----------------------------------------------------------------------
+
+#: Bytes copied at a time from the payload file into the .nsk file.
+COPY_CHUNK = 1 << 24
+
+
+@dataclass
+class WriterState:
+    """What a `StreamedWriter` has written: the header records so far, the payload's length and
+    CRC-32, and what its tensors lend. Small (no tensor bytes), so it can be saved after every block
+    and a run can go on from there (`StreamedWriter(..., state=)`)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    payload_length: int = 0
+    payload_crc: int = 0
+    lenders: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WriterState:
+        return cls(**{key: copy.deepcopy(data[key]) for key in ("records", "payload_length", "payload_crc", "lenders")})
+
+
+class StreamedWriter:
+    """Writes a .nsk file whose tensors arrive a few at a time, in bounded memory.
+
+    Each record's streams go straight to a payload file next to the target, and only the header
+    records (JSON, no tensor bytes), the payload length and its running CRC-32 stay in memory. As the
+    header comes before the payload and holds the CRC, `finish` writes prefix and header, then copies
+    the payload in chunks, into a temporary file that is fsynced and renamed: the bytes are exactly
+    `serialize(NskFile(all records, ...))`, and the target is never half-written. `payload` and
+    `state` continue an interrupted writer: the payload file is cut back to the state's length.
+    """
+
+    def __init__(self, path: str | Path, payload: Path | None = None, state: WriterState | None = None) -> None:
+        self.path = check_output_path(path, ".nsk file")
+        self.state = copy.deepcopy(state) if state is not None else WriterState()
+        self._lenders = LenderIndex(self.state.lenders)
+        try:
+            if payload is None:
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".payload", dir=self.path.parent)
+                self.payload, self._file = Path(name), os.fdopen(fd, "w+b")
+            else:
+                self.payload = payload
+                self._file = payload.open("r+b" if state is not None else "w+b")
+        except OSError as exc:
+            raise NetshrinkError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        if state is not None:
+            self._resume_payload()
+
+    def _resume_payload(self) -> None:
+        length = self.state.payload_length
+        if os.fstat(self._file.fileno()).st_size < length:
+            raise NetshrinkError(
+                f"{self.payload} holds less than the {length} bytes recorded: start again without resume"
+            )
+        self._file.truncate(length)
+        self._file.seek(length)
+
+    def add(self, records: list[TensorRecord]) -> None:
+        """Append tensors, in file order: their streams to the payload, their entries to the header."""
+        for rec in records:
+            self._lenders.check(rec)
+            length = 0
+            for data in [] if rec.tied_to else _stream_order(rec.encoded):
+                self._file.write(data)
+                self.state.payload_crc = zlib.crc32(data, self.state.payload_crc)
+                length += len(data)
+            self.state.payload_length += length
+            self.state.records.append(_record_json(rec, length))
+
+    def sync(self) -> WriterState:
+        """Flush the payload to disk; the state that goes with it (to continue from)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return copy.deepcopy(self.state)
+
+    def finish(self, model: dict[str, Any], recipe: dict[str, Any] | None, meta: dict[str, Any] | None = None) -> int:
+        """Write the .nsk file atomically and remove the payload file. Returns bytes written."""
+        self._file.flush()
+        state = self.state
+        head = header_bytes(state.records, model, recipe, meta or {}, state.payload_length, state.payload_crc)
+
+        def write(handle: BinaryIO) -> None:
+            handle.write(head)
+            self._file.seek(0)
+            copied = 0
+            while chunk := self._file.read(min(COPY_CHUNK, state.payload_length - copied)):
+                handle.write(chunk)
+                copied += len(chunk)
+            if copied != state.payload_length:
+                raise NetshrinkError(f"{self.payload} lost bytes while {self.path} was written")
+
+        write_atomically(self.path, write)
+        self.close(remove=True)
+        return len(head) + state.payload_length
+
+    def close(self, remove: bool = False) -> None:
+        """Close the payload file (and delete it: a run that will not be continued)."""
+        self._file.close()
+        if remove:
+            self.payload.unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 
 Every image model takes float images in [0, 1], shaped (N, C, H, W), and normalises them itself
 (see `normalize.py`), so data loaders and evaluators stay model-agnostic. The sentence model
-(`minilm`) takes token ids and an attention mask and returns unit-norm sentence embeddings.
+(`minilm`) takes token ids and an attention mask and returns unit-norm sentence embeddings. The
+language model (`llama`) takes token ids and returns next-token logits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 from netshrink.errors import ModelError
 from netshrink.zoo.efficientnet_lite import efficientnet_lite0
 from netshrink.zoo.lenet import LeNet5, LeNet300
+from netshrink.zoo.llama import llama
 from netshrink.zoo.minilm import minilm, minilm_checkpoint, read_safetensors
 from netshrink.zoo.normalize import Normalize
 from netshrink.zoo.pretrained import (
@@ -27,11 +29,13 @@ from netshrink.zoo.pretrained import (
     read_checkpoint,
     resnet20_checkpoint,
 )
-from netshrink.zoo.protocols import DescribesArch, GapHeadSwitch, HasHead
+from netshrink.zoo.protocols import BlockLayout, BlockStructure, DescribesArch, GapHeadSwitch, HasHead
 from netshrink.zoo.resnet_cifar import resnet20
 
 __all__ = [
     "MODEL_NAMES",
+    "BlockLayout",
+    "BlockStructure",
     "DescribesArch",
     "GapHeadSwitch",
     "HasHead",
@@ -76,6 +80,8 @@ _ZOO: dict[str, _Entry] = {
         lambda _data_dir: efficientnet_lite0_checkpoint(),
     ),
     "minilm": _Entry(ModelInfo("minilm", "stsb", 384, (256,), True), minilm, minilm_checkpoint, read_safetensors),
+    # A language model: the text data set it calibrates on by default is STS-B's sentences.
+    "llama": _Entry(ModelInfo("llama", "stsb", 32000, (2048,), False), llama, None),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)

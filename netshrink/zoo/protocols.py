@@ -7,6 +7,7 @@ needs (`isinstance(model, GapHeadSwitch)`), and the zoo answers for its own mode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -32,3 +33,28 @@ class GapHeadSwitch(HasHead, DescribesArch, Protocol):
     the change in `arch_options()`."""
 
     def to_gap_head(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a model's repeated blocks are, by module name: the modules that run before them (the
+    token embedding), the `nn.ModuleList` of blocks, and the modules after them (final norm, head)."""
+
+    prefix: tuple[str, ...]
+    blocks: str
+    suffix: tuple[str, ...]
+
+
+@runtime_checkable
+class BlockStructure(Protocol):
+    """A model that runs as prefix -> block 0 -> ... -> block n-1 -> suffix, each block mapping hidden
+    states to hidden states of the same shape. Such a model can be compressed one block at a time
+    (`netshrink.streaming`): only one block need be in memory, with the hidden states that enter it."""
+
+    def block_layout(self) -> BlockLayout: ...
+
+    def embed(self, tokens: Any) -> Any: ...
+
+    def run_block(self, block: Any, hidden: Any) -> Any: ...
+
+    def head(self, hidden: Any) -> Any: ...
