@@ -1,7 +1,8 @@
 """netshrink: make trained PyTorch networks small, and measure honestly how small.
 
 Public API (`netshrink.api`): `compress`, `compress_to_target`, `evaluate`, `sensitivity`, `train`,
-`inspect`, `load`, `save`, `load_recipe`; errors derive from `NetshrinkError`.
+`inspect`, `load`, `save`, `load_recipe`, and `compress_streaming` (a checkpoint larger than memory,
+one block at a time); errors derive from `NetshrinkError`.
 
 Names are imported on first use (PEP 562), so `import netshrink` and the command line's argument
 checks do not wait seconds for PyTorch.
@@ -37,6 +38,8 @@ _EXPORTS = {
         ],
         "netshrink.api",
     ),
+    "compress_streaming": "netshrink.streaming",
+    "StreamResult": "netshrink.streaming",
     "ModelIdentity": "netshrink.identity",
     "Recipe": "netshrink.step",
     "load_recipe": "netshrink.recipe",

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from netshrink import DEFAULT_RECIPE
@@ -198,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a self-contained HTML report of the file (plots --sensitivity curves when given)",
     )
     _add_runs_arg(comp)
+    comp.add_argument(
+        "--stream",
+        action="store_true",
+        help="compress a .safetensors checkpoint one block at a time, in memory for one block (models larger "
+        "than RAM); calibrates on --dataset text, else on seeded random tokens",
+    )
+    comp.add_argument("--resume", action="store_true", help="with --stream: go on from the last finished block")
+    comp.add_argument("--model", dest="stream_model", help="with --stream: the zoo model (default: the checkpoint's)")
+    comp.add_argument(
+        "--arch", help="with --stream: the model's arguments as a JSON object (default: the checkpoint's)"
+    )
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
     sens.add_argument("model", help="zoo model name or .nsk file")
@@ -287,6 +299,15 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         )
     if args.target_ratio is not None and args.target_energy is not None:
         parser.error("give one target at a time: --target-ratio or --target-energy")
+    stream_only = [flag for flag, value in STREAM_ONLY.items() if getattr(args, value)]
+    if stream_only and not args.stream:
+        parser.error(f"{', '.join(stream_only)}: only with --stream")
+    if args.stream and (_has_target(args) or args.report or args.runs or not args.model):
+        parser.error("--stream takes a .safetensors checkpoint and a --recipe (no target, --report or --runs)")
+
+
+#: Options of `compress` that only block-by-block compression reads, by the attribute they set.
+STREAM_ONLY = {"--resume": "resume", "--model": "stream_model", "--arch": "arch"}
 
 
 def _has_target(args: argparse.Namespace) -> bool:
@@ -351,6 +372,20 @@ def run(args: argparse.Namespace) -> Any:
 
 
 def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
+    if args.stream:
+        from netshrink.streaming import compress_streaming
+
+        return compress_streaming(
+            args.model,
+            args.recipe or DEFAULT_RECIPE,
+            output=args.output or f"{Path(args.model).stem}.nsk",
+            model=args.stream_model,
+            arch=args.arch,
+            calibration=data["dataset"],
+            data_dir=data["data_dir"],
+            resume=args.resume,
+            seed=args.seed,
+        )
     output = args.output or api.default_output(args.model)
     common = dict(
         output=output,

@@ -1,0 +1,295 @@
+"""Compress a model larger than memory, one block at a time, from a .safetensors checkpoint.
+
+The model is built on the meta device. The embedding is materialised from the checkpoint,
+compressed and run on the calibration tokens, giving the hidden states X_0; then each block i in
+turn is materialised alone, compressed by the recipe's steps with X_i as their calibration data (so
+calibration-based steps, `palette` with `compensate` or output-aware `pq`, fit each layer to the
+inputs the already-compressed blocks produce, as GPTQ does), encoded into the file under its full
+tensor names, run to give X_{i+1} with its COMPRESSED weights, and released. The final norm and
+head come last. Peak memory is one block plus the calibration activations, whatever the depth; the
+records go straight to a `StreamedWriter`, so the file is never held in memory either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from netshrink import zoo
+from netshrink.errors import ModelError
+from netshrink.format.codecs import Encoded
+from netshrink.format.container import FORMAT_VERSION, StreamedWriter, TensorRecord
+from netshrink.identity import ModelIdentity, OriginalSize
+from netshrink.paths import check_output_path
+from netshrink.plan import CompressionPlan, module_kind
+from netshrink.recipe import load_recipe
+from netshrink.select import WEIGHT_LAYERS
+from netshrink.step import Recipe, StepContext
+from netshrink.streaming import resume as saved
+from netshrink.streaming.calibration import Activations, calibration_tokens, run_in_batches
+from netshrink.streaming.checkpoint import SafetensorsCheckpoint
+from netshrink.streaming.parts import (
+    Part,
+    PartModule,
+    aliases,
+    check_streamable,
+    cut,
+    set_tensor,
+    steps_for,
+    tensor_of,
+    tie,
+    to_meta,
+)
+
+log = logging.getLogger(__name__)
+
+#: Tokens per calibration row, unless the model's max_seq is shorter.
+DEFAULT_LENGTH = 64
+
+
+@dataclass
+class StreamResult:
+    """What a block-by-block compression wrote, and the compressed model's logits on the first
+    calibration batch (the file, loaded, gives the same)."""
+
+    file: Path
+    file_bytes: int
+    original_bytes: int
+    blocks: int
+    resumed_at: int  # parts already done when the run started (0: from the beginning)
+    calibration: str
+    seconds: float
+    logits: torch.Tensor
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": str(self.file),
+            "file_bytes": self.file_bytes,
+            "original_bytes": self.original_bytes,
+            "ratio": self.original_bytes / self.file_bytes,
+            "blocks": self.blocks,
+            "resumed_at_part": self.resumed_at,
+            "calibration": self.calibration,
+            "compress_seconds": self.seconds,
+        }
+
+    def to_text(self) -> str:
+        resumed = f", resumed after {self.resumed_at} parts" if self.resumed_at else ""
+        return (
+            f"{self.file}: {self.file_bytes:,} bytes, {self.original_bytes / self.file_bytes:.2f}x smaller than "
+            f"fp32 ({self.original_bytes:,} bytes); {self.blocks} blocks compressed one at a time{resumed} in "
+            f"{self.seconds:.1f} s; calibration: {self.calibration}"
+        )
+
+
+def compress_streaming(
+    checkpoint: str | Path,
+    recipe: Recipe | str | Path,
+    *,
+    output: str | Path,
+    model: str | nn.Module | None = None,
+    arch: dict[str, Any] | str | None = None,
+    calibration: torch.Tensor | str | None = None,
+    samples: int = 8,
+    length: int | None = None,
+    batch_size: int = 4,
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    data_dir: str | None = None,
+) -> StreamResult:
+    """Compress the model in `checkpoint` (.safetensors) with `recipe`, block by block, into `output`.
+
+    The model is a zoo name with `arch` (default: the checkpoint's `__metadata__` keys
+    `netshrink_model` and `arch`, a JSON object), or a module built on the meta device that has a
+    `BlockStructure`. Calibration: `samples` rows of `length` tokens (default 64, or max_seq) from `calibration` (a text data
+    set's name or a token tensor), else seeded random tokens. `resume` goes on from the last
+    finished block of an interrupted run with the same inputs; the file is the same either way.
+    """
+    started = time.perf_counter()
+    target = check_output_path(output, ".nsk file")
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    check_streamable(recipe)
+    ckpt = SafetensorsCheckpoint.open(checkpoint)
+    skeleton, identity = _skeleton(ckpt, model, arch)
+    parts, alias = cut(skeleton), aliases(skeleton)
+    sources = _check_tensors(ckpt, skeleton, alias)
+    length = length or min(DEFAULT_LENGTH, identity.arch.get("max_seq", DEFAULT_LENGTH))
+    tokens = calibration_tokens(calibration, _vocab(skeleton, parts[0]), samples, length, seed, data_dir)
+    log.info("calibration: %s", tokens.source)
+    fingerprint = {
+        "checkpoint": ckpt.fingerprint,
+        "model": identity.to_json(),
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        "batch_size": batch_size,
+        "tokens": _digest(tokens.tokens),
+        "format": FORMAT_VERSION,
+    }
+    folder = saved.resume_folder(target)
+    point = saved.start(folder, fingerprint, resume)
+    resumed_at = point.next_part
+    writer = StreamedWriter(target, folder / saved.PAYLOAD, point.writer if resumed_at else None)
+    hidden = point.hidden if resumed_at else tokens.tokens
+    for name, value in point.kept.items():
+        set_tensor(skeleton, name, value)
+    tie(skeleton, alias)
+    with tqdm(total=len(parts), initial=resumed_at, desc="compress by block", disable=not progress) as bar:
+        for index in range(resumed_at, len(parts)):
+            part = parts[index]
+            _materialise(ckpt, skeleton, part, sources, alias)
+            records, changes = _compress_part(skeleton, part, recipe, Activations(hidden), alias, seed)
+            writer.add(records)
+            point.arch.update(changes)
+            last = index == len(parts) - 1
+            with torch.no_grad():
+                hidden = run_in_batches(part.run, hidden[:batch_size] if last else hidden, batch_size)
+            kept = _release(skeleton, parts, index, alias)
+            if not last:
+                saved.save(folder, fingerprint, saved.ResumePoint(index + 1, writer.sync(), point.arch, hidden, kept))
+            bar.update(1)
+            bar.set_postfix_str(part.name)
+    identity = identity.with_arch(point.arch)
+    size = writer.finish(identity.to_json(), recipe.to_dict())
+    saved.finish(folder)
+    assert identity.original is not None
+    return StreamResult(
+        target,
+        size,
+        identity.original.fp32_bytes,
+        len(parts) - 2,
+        resumed_at,
+        tokens.source,
+        time.perf_counter() - started,
+        hidden,
+    )
+
+
+def _skeleton(
+    ckpt: SafetensorsCheckpoint, model: str | nn.Module | None, arch: dict[str, Any] | str | None
+) -> tuple[nn.Module, ModelIdentity]:
+    """The model on the meta device and the identity its file records."""
+    if isinstance(model, nn.Module):
+        skeleton, name, options = model.to("meta"), None, {}
+    else:
+        named, described = ckpt.model_description()
+        name = model or named
+        options = _arch_json(arch) if isinstance(arch, str) else arch if arch is not None else described
+        if name is None:
+            raise ModelError(
+                f"checkpoint {ckpt.path} does not name its model: give the zoo model and its arch "
+                "(--model llama --arch '{\"dim\": ...}'), or write __metadata__ netshrink_model and arch"
+            )
+        if not isinstance(options, dict):
+            raise ModelError(f"the model's arch must be a JSON object, got {options!r}")
+        skeleton = zoo.build_skeleton(name, **options)
+    identity = ModelIdentity.of(skeleton, name)
+    return skeleton, replace(identity, original=_original_size(skeleton))
+
+
+def _arch_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"--arch is not JSON ({exc}): give an object such as '{{\"dim\": 512}}'") from None
+
+
+def _original_size(skeleton: nn.Module) -> OriginalSize:
+    """`report.sizes.original_size` on the meta device: a tied tensor counted once (by identity,
+    as meta tensors have no storage to compare)."""
+    unique = {id(t): t for t in skeleton.state_dict(keep_vars=True).values()}
+    weights = {id(m.weight): m.weight.numel() for m in skeleton.modules() if isinstance(m, WEIGHT_LAYERS)}
+    return OriginalSize(4 * sum(t.numel() for t in unique.values()), sum(weights.values()))
+
+
+def _check_tensors(ckpt: SafetensorsCheckpoint, skeleton: nn.Module, alias: dict[str, str]) -> dict[str, str]:
+    """model tensor name -> checkpoint name, for every tensor stored once; names and shapes checked
+    before any work (a tied tensor may be stored under any of its names)."""
+    names_of: dict[str, list[str]] = {}
+    for name in skeleton.state_dict(keep_vars=True):
+        names_of.setdefault(alias.get(name, name), []).append(name)
+    sources, missing = {}, []
+    for first, names in names_of.items():
+        found = next((n for n in names if n in ckpt.entries), None)
+        if found is None:
+            missing.append(first)
+            continue
+        expected, entry = tensor_of(skeleton, first), ckpt.entries[found]
+        if tuple(expected.shape) != entry.shape or expected.is_floating_point() != entry.dtype.is_floating_point:
+            raise ModelError(
+                f"checkpoint {ckpt.path}: tensor {found!r} is {entry.dtype} {list(entry.shape)}, "
+                f"the model expects {expected.dtype} {list(expected.shape)}"
+            )
+        sources[first] = found
+    if missing:
+        raise ModelError(f"checkpoint {ckpt.path} lacks {len(missing)} tensors of the model: {', '.join(missing[:4])}")
+    unexpected = sorted(set(ckpt.entries) - {n for names in names_of.values() for n in names})
+    if unexpected:
+        raise ModelError(f"checkpoint {ckpt.path} holds tensors the model does not have: {', '.join(unexpected[:4])}")
+    return sources
+
+
+def _vocab(skeleton: nn.Module, prefix: Part) -> int:
+    embeddings = [m for root in prefix.roots for m in skeleton.get_submodule(root).modules()]
+    embedding = next((m for m in embeddings if isinstance(m, nn.Embedding)), None)
+    if embedding is None:
+        raise ModelError("the model's prefix has no token embedding: give calibration inputs")
+    return embedding.num_embeddings
+
+
+def _materialise(
+    ckpt: SafetensorsCheckpoint, skeleton: nn.Module, part: Part, sources: dict[str, str], alias: dict[str, str]
+) -> None:
+    for name in part.tensors:
+        if name not in alias:
+            set_tensor(skeleton, name, ckpt.read(sources[name]).to(tensor_of(skeleton, name).dtype))
+    tie(skeleton, alias)
+
+
+def _compress_part(
+    skeleton: nn.Module, part: Part, recipe: Recipe, data: Activations, alias: dict[str, str], seed: int
+) -> tuple[list[TensorRecord], dict[str, Any]]:
+    """The recipe applied to one part; its records in state-dict order, a tensor tied to an earlier
+    part's recorded as tied (the steps never see it again)."""
+    earlier = {name for name in part.tensors if name in alias and alias[name] not in part.tensors}
+    shell = PartModule(skeleton, part, earlier)
+    torch.manual_seed(seed)
+    plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=False)
+    for step in steps_for(recipe, skeleton, part, shell):
+        step.apply(shell, plan, ctx)
+        plan.refresh(shell)
+    encoded = {rec.name: rec for rec in plan.encode_all(shell)}
+    records = []
+    for name in part.tensors:
+        if name in earlier:
+            owner = skeleton.get_submodule(name.rpartition(".")[0])
+            placeholder = Encoded("dense", tuple(tensor_of(skeleton, name).shape))
+            records.append(TensorRecord(name, placeholder, module_kind(owner), tied_to=alias[name]))
+        else:
+            records.append(encoded[name])
+    return records, ctx.arch
+
+
+def _release(skeleton: nn.Module, parts: list[Part], index: int, alias: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Send part `index`'s tensors back to meta, except those a later part uses under another name;
+    returns every tensor still needed later (to save for a resumed run)."""
+    later = {name for part in parts[index + 1 :] for name in part.tensors}
+    needed = {alias[name] for name in later if name in alias}
+    to_meta(skeleton, [n for n in parts[index].tensors if n not in alias and n not in needed])
+    tie(skeleton, alias)
+    done = {name for part in parts[: index + 1] for name in part.tensors}
+    return {name: tensor_of(skeleton, name) for name in sorted(needed & done)}
+
+
+def _digest(tokens: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
