@@ -206,10 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
         "than RAM); calibrates on --dataset text, else on seeded random tokens",
     )
     comp.add_argument("--resume", action="store_true", help="with --stream: go on from the last finished block")
-    comp.add_argument("--model", dest="stream_model", help="with --stream: the zoo model (default: the checkpoint's)")
-    comp.add_argument(
-        "--arch", help="with --stream: the model's arguments as a JSON object (default: the checkpoint's)"
-    )
 
     sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
     sens.add_argument("model", help="zoo model name or .nsk file")
@@ -307,7 +303,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 #: Options of `compress` that only block-by-block compression reads, by the attribute they set.
-STREAM_ONLY = {"--resume": "resume", "--model": "stream_model", "--arch": "arch"}
+STREAM_ONLY = {"--resume": "resume"}
 
 
 def _has_target(args: argparse.Namespace) -> bool:
@@ -379,7 +375,7 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
             args.model,
             args.recipe or DEFAULT_RECIPE,
             output=args.output or f"{Path(args.model).stem}.nsk",
-            model=args.stream_model,
+            model=args.zoo_model,
             arch=args.arch,
             calibration=data["dataset"],
             data_dir=data["data_dir"],
