@@ -101,38 +101,18 @@ def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def json_object(text: str) -> dict[str, Any]:
-    """An --arch value: a JSON object of constructor arguments."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
-    return value
-
-
 def _add_checkpoint_model_args(parser: argparse.ArgumentParser) -> None:
     """--model and --arch: which zoo model a .safetensors checkpoint holds, when its metadata does not say."""
+    what = "for a .safetensors checkpoint: the zoo model it holds"
+    parser.add_argument("--model", dest="zoo_model", metavar="NAME", help=f"{what} (default: its metadata's)")
     parser.add_argument(
-        "--model",
-        dest="zoo_model",
-        metavar="NAME",
-        help="for a .safetensors checkpoint: the zoo model it holds (default: the one its metadata names)",
-    )
-    parser.add_argument(
-        "--arch",
-        type=json_object,
-        metavar="JSON",
-        help='for a .safetensors checkpoint: the model\'s constructor arguments, e.g. \'{"layers": 4}\'',
+        "--arch", metavar="JSON", help=f"{what}: its arguments, a JSON object (default: its metadata's)"
     )
 
 
 def checkpoint_identity(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The model --model / --arch describe, as a header's model record (None when neither is given)."""
-    if args.zoo_model is None and args.arch is None:
-        return None
-    return {"name": args.zoo_model, "arch": args.arch or {}}
+    """The model --model / --arch name (None when neither is given): `identity=` of the API."""
+    return None if args.zoo_model is None and args.arch is None else {"name": args.zoo_model, "arch": args.arch}
 
 
 def _add_seed_arg(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ def test_the_model_the_metadata_names_is_loaded_with_its_weights(tmp_path):
 def test_model_and_arch_name_a_checkpoint_without_metadata(tmp_path):
     path = tmp_path / "plain.safetensors"
     write_checkpoint(path, metadata=False)
-    with pytest.raises(ModelError, match="names no model"):
+    with pytest.raises(ModelError, match="does not name its model"):
         resolve(path)
     assert resolve(path, identity={"name": "llama", "arch": ARCH}).module.config["layers"] == 2
     out = tmp_path / "out.nsk"
@@ -62,7 +62,19 @@ def test_model_and_arch_name_a_checkpoint_without_metadata(tmp_path):
 def test_a_checkpoint_that_does_not_fit_is_one_line_naming_the_tensor(tmp_path, capsys, arch, drop, offender):
     path = tmp_path / "ckpt.safetensors"
     write_checkpoint(path, arch, metadata=False, drop=drop)
-    code = main(["compress", str(path), "--model", "llama", "--arch", json.dumps(ARCH), "--no-eval", "-o", str(tmp_path / "o.nsk")])
+    code = main(
+        [
+            "compress",
+            str(path),
+            "--model",
+            "llama",
+            "--arch",
+            json.dumps(ARCH),
+            "--no-eval",
+            "-o",
+            str(tmp_path / "o.nsk"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and offender in err, err
 

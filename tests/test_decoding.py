@@ -89,15 +89,19 @@ def test_load_onto_a_gpu(tmp_path):
     assert torch.equal(loaded.model.embed_tokens.weight.cpu(), model.model.embed_tokens.weight)
 
 
-PEAK_SCRIPT = """
+PEAK_SCRIPT = (
+    """
 import json, sys
 import torch, netshrink
 def peak_kib():  # VmHWM: this process's own peak (ru_maxrss keeps the parent's across fork + exec)
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 before = peak_kib()
-model = """ + "{load}" + """
+model = """
+    + "{load}"
+    + """
 print(json.dumps({"growth_kib": peak_kib() - before}))
 """
+)
 
 
 def peak_growth(path, load: str) -> int:

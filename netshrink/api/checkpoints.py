@@ -12,6 +12,7 @@ pointer to streaming compression, which never holds it whole.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from netshrink.identity import ModelIdentity
 from netshrink.memory import available_bytes, is_out_of_memory
 from netshrink.placement import TensorPlacer, tied_names
 from netshrink.streaming.checkpoint import SafetensorsCheckpoint
+from netshrink.streaming.run import _skeleton as model_skeleton
 
 SUFFIX = ".safetensors"
 GIB = 1 << 30
@@ -33,23 +35,19 @@ def is_safetensors(path: Path) -> bool:
     return path.suffix == SUFFIX
 
 
-def checkpoint_identity(
+def checkpoint_model(
     checkpoint: SafetensorsCheckpoint, given: ModelIdentity | Mapping[str, Any] | None = None
-) -> ModelIdentity:
-    """The zoo model of a checkpoint: the one given (its arch over the metadata's), else the metadata's."""
-    name, arch = checkpoint.model_description()
-    if given is not None:
-        given = given if isinstance(given, ModelIdentity) else ModelIdentity.from_json(given, "identity")
-        arch = {**arch, **given.arch} if given.name in (None, name) else dict(given.arch)
-        name = given.name or name
-    if name is None:
-        raise ModelError(
-            f"{checkpoint.path} names no model in its metadata: give the zoo model (--model NAME [--arch JSON]; "
-            "Python: identity={'name': NAME, 'arch': {...}})"
-        )
-    if name not in zoo.MODEL_NAMES:
-        raise ModelError(f"{checkpoint.path}: unknown model {name!r}; choose one of: {', '.join(zoo.MODEL_NAMES)}")
-    return ModelIdentity(name, None, arch, zoo.model_info(name).dataset)
+) -> tuple[nn.Module, ModelIdentity]:
+    """The checkpoint's zoo model on the meta device, and its identity: the model and arch `given`
+    (a name, and an arch as an object or JSON text), else those the checkpoint's metadata names."""
+    if isinstance(given, ModelIdentity):
+        name, arch = given.name, dict(given.arch) or None
+    else:
+        name, arch = (given or {}).get("name"), (given or {}).get("arch")
+    if (name or checkpoint.model_description()[0]) not in (None, *zoo.MODEL_NAMES):
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(zoo.MODEL_NAMES)}")
+    skeleton, identity = model_skeleton(checkpoint, name, arch)
+    return skeleton, replace(identity, dataset=zoo.model_info(identity.name).dataset)
 
 
 def load_checkpoint(
@@ -57,8 +55,7 @@ def load_checkpoint(
 ) -> tuple[nn.Module, ModelIdentity]:
     """The zoo model of a .safetensors checkpoint holding its weights, and its identity (see the module)."""
     checkpoint = SafetensorsCheckpoint.open(path)
-    identity = checkpoint_identity(checkpoint, given)
-    skeleton = zoo.build_skeleton(identity.name, **identity.arch)
+    skeleton, identity = checkpoint_model(checkpoint, given)
     check_fits(skeleton, checkpoint)
     needed = sum(t.numel() * t.element_size() for t in {id(t): t for t in skeleton.state_dict().values()}.values())
     room = available_bytes()
@@ -75,7 +72,7 @@ def load_checkpoint(
         if not is_out_of_memory(exc):
             raise
         raise NetshrinkError(out_of_memory(checkpoint.path, "an allocation failed")) from None
-    return module.eval(), ModelIdentity.of(module, identity.name, identity.dataset)
+    return module.eval(), identity
 
 
 def out_of_memory(path: Path, why: str) -> str:

@@ -242,7 +242,13 @@ def _read_records(header: dict[str, Any], data: bytes | FileBytes, payload_start
 
 
 def _read_record(
-    record: Any, index: int, data: bytes | FileBytes, payload_start: int, offset: int, earlier: dict[str, Encoded], version: int
+    record: Any,
+    index: int,
+    data: bytes | FileBytes,
+    payload_start: int,
+    offset: int,
+    earlier: dict[str, Encoded],
+    version: int,
 ) -> TensorRecord:
     """One tensor record. Version 1 records carry their offset and CRC-32; version 3 may be tied."""
     per_tensor_crc = version == 1

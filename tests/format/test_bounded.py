@@ -55,7 +55,8 @@ def same_records(a: NskFile, b: NskFile) -> bool:
         return False
     pairs = list(zip(a.tensors, b.tensors, strict=True))
     return all(
-        (x.name, x.module_type, x.tied_to) == (y.name, y.module_type, y.tied_to) and (x.tied_to or x.encoded == y.encoded)
+        (x.name, x.module_type, x.tied_to) == (y.name, y.module_type, y.tied_to)
+        and (x.tied_to or x.encoded == y.encoded)
         for x, y in pairs
     )
 
