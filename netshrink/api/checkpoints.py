@@ -44,8 +44,9 @@ def checkpoint_model(
         name, arch = given.name, dict(given.arch) or None
     else:
         name, arch = (given or {}).get("name"), (given or {}).get("arch")
-    if (name or checkpoint.model_description()[0]) not in (None, *zoo.MODEL_NAMES):
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(zoo.MODEL_NAMES)}")
+    wanted = name or checkpoint.model_description()[0]
+    if wanted not in (None, *zoo.MODEL_NAMES):
+        raise ModelError(f"{checkpoint.path}: unknown model {wanted!r}; choose one of: {', '.join(zoo.MODEL_NAMES)}")
     skeleton, identity = model_skeleton(checkpoint, name, arch)
     return skeleton, replace(identity, dataset=zoo.model_info(identity.name).dataset)
 
