@@ -137,6 +137,11 @@ def measure(command: list[str], limit_bytes: int | None, name: str, timeout: flo
     }
 
 
+def _size_if_ok(path: Path, row: dict[str, Any]) -> int | None:
+    """The output's size, for a run that succeeded (a failed run may leave an earlier run's file)."""
+    return path.stat().st_size if row["exit"] == 0 and path.is_file() else None
+
+
 def _text(data: bytes | str | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
@@ -177,24 +182,24 @@ def run_size(size: int, args: argparse.Namespace, results: Results, limit: int) 
     path = checkpoint(args.work_dir, size)
     model, block = decoded_bytes(arch)
     common = {"size_gb": size, "checkpoint_bytes": path.stat().st_size, "model_bytes": model, "block_bytes": block}
-    recipes = [("stream palette", PALETTE_RECIPE)]
-    if size in args.pq_sizes:
-        recipes.append(("stream pq", str(args.work_dir / "scale-pq.yaml")))
-    for run, recipe in recipes:
+    recipes = [("stream palette", PALETTE_RECIPE, limit)] if "palette" in args.runs else []
+    if size in args.pq_sizes and "pq" in args.runs:
+        pq_limit = int(args.pq_limit_gib * (1 << 30)) if args.pq_limit_gib else None
+        recipes.append(("stream pq", str(args.work_dir / "scale-pq.yaml"), pq_limit))
+    for run, recipe, run_limit in recipes:
         out = args.work_dir / f"llama-{size}gb-{run.split()[-1]}.nsk"
-        row = measure(
-            cli("compress", str(path), "--stream", "--recipe", recipe, "-o", str(out)), limit, "nsk_scale", args.timeout
-        )
-        results.add({"run": run, **common, **row, "file_bytes": out.stat().st_size if out.is_file() else None})
-    if size in args.whole_sizes:
+        command = cli("compress", str(path), "--stream", "--recipe", recipe, "-o", str(out))
+        row = measure(command, run_limit, "nsk_scale", args.timeout)
+        results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
+    if size in args.whole_sizes and "whole" in args.runs:
         out = args.work_dir / f"llama-{size}gb-whole.nsk"
         command = cli("compress", str(path), "--recipe", PALETTE_RECIPE, "--no-eval", "-o", str(out))
         for run, run_limit in (("whole palette, no limit", None), ("whole palette, same limit", limit)):
             if run_limit is None and model * 3 > args.unlimited_max_gb * GB:
                 continue  # would not fit the machine: only the limited run
             row = measure(command, run_limit, "nsk_scale", args.timeout)
-            results.add({"run": run, **common, **row, "file_bytes": out.stat().st_size if out.is_file() else None})
-    if size == max(args.sizes):
+            results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
+    if size == max(args.sizes) and "load" in args.runs:
         compressed = args.work_dir / f"llama-{size}gb-palette.nsk"
         row = measure([sys.executable, "-c", LOAD_SCRIPT, str(compressed)], None, "nsk_scale", args.timeout)
         results.add({"run": "load (netshrink.load)", **common, **row, "file_bytes": compressed.stat().st_size})
@@ -205,7 +210,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,8", help="nominal checkpoint sizes in GB (of 1, 2, 4, 8)")
     parser.add_argument("--pq-sizes", default="1,2", help="sizes also compressed with calibration-based PQ")
     parser.add_argument("--whole-sizes", default="1,8", help="sizes also compressed without --stream")
-    parser.add_argument("--limit-gib", type=float, default=4.0, help="memory limit of the compression runs")
+    parser.add_argument("--runs", default="palette,pq,whole,load", help="which runs (palette, pq, whole, load)")
+    parser.add_argument("--limit-gib", type=float, default=4.0, help="memory limit of the palette and whole runs")
+    parser.add_argument("--pq-limit-gib", type=float, default=0.0, help="memory limit of the PQ runs (0: none)")
+    parser.add_argument("--append", action="store_true", help="add the runs to an existing --out file")
     parser.add_argument("--unlimited-max-gb", type=float, default=12.0, help="largest unlimited whole-model run")
     parser.add_argument("--work-dir", type=Path, default=Path("/work/runs/scale"))
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per run")
@@ -213,6 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     for key in ("sizes", "pq_sizes", "whole_sizes"):
         setattr(args, key, [int(v) for v in getattr(args, key).split(",") if v])
+    args.runs = args.runs.split(",")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "scale-pq.yaml").write_text(PQ_RECIPE)
     limit = int(args.limit_gib * (1 << 30))
@@ -227,8 +236,13 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     results = Results(args.out, settings)
-    baseline = measure([sys.executable, "-c", "import torch, netshrink.cli, netshrink.streaming"], None, "x", 120)
-    results.add({"run": "import torch + netshrink", **baseline})
+    if args.append:
+        earlier = json.loads(args.out.read_text())
+        settings["command"] = f"{earlier['settings']['command']}; then {settings['command']}"
+        results.data["runs"] = earlier["runs"]
+    else:
+        baseline = measure([sys.executable, "-c", "import torch, netshrink.cli, netshrink.streaming"], None, "x", 120)
+        results.add({"run": "import torch + netshrink", **baseline})
     for size in args.sizes:
         run_size(size, args, results, limit)
     write_table(results.data, args.out.with_suffix(".md"))
@@ -252,6 +266,8 @@ def write_table(data: dict[str, Any], path: Path) -> None:
     ]
     for row in data["runs"][1:]:
         result = "ok" if row["exit"] == 0 else (row.get("error_line") or f"exit {row['exit']}")
+        if row["exit"] == 137 and row["limit"] != "none":
+            result = "killed by the kernel at the memory limit (exit 137)"
         lines.append(
             f"| {row['run']} | {_gb(row.get('checkpoint_bytes'))} | {_gb(row.get('model_bytes'))} | "
             f"{_gb(row.get('block_bytes'))} | {'yes' if row['limit'] != 'none' else 'no'} | "
