@@ -59,7 +59,7 @@ class SafetensorsCheckpoint:
     size: int
     entries: dict[str, TensorEntry]
     metadata: dict[str, str]
-    fingerprint: str  # file size and a digest of the header: which checkpoint a run was reading
+    fingerprint: str  # size, modification time, digest of header and sampled data: which checkpoint a run read
 
     @classmethod
     def open(cls, path: str | Path) -> SafetensorsCheckpoint:
@@ -87,7 +87,7 @@ class SafetensorsCheckpoint:
         metadata = header.pop("__metadata__", None) or {}
         base = 8 + length
         entries = {name: _entry(path, name, value, base, size) for name, value in header.items()}
-        fingerprint = f"{size}:{hashlib.sha256(text).hexdigest()}"
+        fingerprint = f"{size}:{path.stat().st_mtime_ns}:{_digest(path, text, base, size)}"
         return cls(path, size, entries, {str(k): str(v) for k, v in dict(metadata).items()}, fingerprint)
 
     def read(self, name: str) -> torch.Tensor:
@@ -120,6 +120,21 @@ class SafetensorsCheckpoint:
         if not isinstance(arch, dict):
             raise ModelError(f"checkpoint {self.path}: metadata 'arch' must be a JSON object")
         return name, arch
+
+
+#: Bytes of tensor data at each end of the file that go into the fingerprint.
+FINGERPRINT_SAMPLE = 1 << 20
+
+
+def _digest(path: Path, header: bytes, base: int, size: int) -> str:
+    """A digest of the header and of the first and last MiB of tensor data: another checkpoint of the
+    same shapes (retrained weights) differs there, and reading it costs milliseconds."""
+    digest = hashlib.sha256(header)
+    with path.open("rb") as file:
+        for start in sorted({base, max(base, size - FINGERPRINT_SAMPLE)}):
+            file.seek(start)
+            digest.update(file.read(FINGERPRINT_SAMPLE))
+    return digest.hexdigest()
 
 
 def _entry(path: Path, name: str, value: Any, base: int, size: int) -> TensorEntry:

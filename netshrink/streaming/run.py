@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,10 @@ def compress_streaming(
 
     The model is a zoo name with `arch` (default: the checkpoint's `__metadata__` keys
     `netshrink_model` and `arch`, a JSON object), or a module built on the meta device that has a
-    `BlockStructure`. Calibration: `samples` rows of `length` tokens (default 64, or max_seq) from `calibration` (a text data
-    set's name or a token tensor), else seeded random tokens. `resume` goes on from the last
-    finished block of an interrupted run with the same inputs; the file is the same either way.
+    `BlockStructure`. Calibration: `samples` rows of `length` tokens (default 64, or max_seq if
+    shorter) from `calibration` (a text data set's name or a token tensor), else seeded random
+    tokens. `resume` goes on from the last finished block of an interrupted run with the same
+    inputs; the file is the same either way.
     """
     started = time.perf_counter()
     target = check_output_path(output, ".nsk file")
@@ -120,10 +122,10 @@ def compress_streaming(
     check_streamable(recipe)
     ckpt = SafetensorsCheckpoint.open(checkpoint)
     skeleton, identity = _skeleton(ckpt, model, arch)
-    parts, alias = cut(skeleton), aliases(skeleton)
-    sources = _check_tensors(ckpt, skeleton, alias)
+    source = _Source(ckpt, skeleton, cut(skeleton), aliases(skeleton))
+    source.sources = _check_tensors(ckpt, skeleton, source.alias)
     length = length or min(DEFAULT_LENGTH, identity.arch.get("max_seq", DEFAULT_LENGTH))
-    tokens = calibration_tokens(calibration, _vocab(skeleton, parts[0]), samples, length, seed, data_dir)
+    tokens = calibration_tokens(calibration, _vocab(skeleton, source.parts[0]), samples, length, seed, data_dir)
     log.info("calibration: %s", tokens.source)
     fingerprint = {
         "checkpoint": ckpt.fingerprint,
@@ -138,39 +140,73 @@ def compress_streaming(
     point = saved.start(folder, fingerprint, resume)
     resumed_at = point.next_part
     writer = StreamedWriter(target, folder / saved.PAYLOAD, point.writer if resumed_at else None)
-    hidden = point.hidden if resumed_at else tokens.tokens
-    for name, value in point.kept.items():
-        set_tensor(skeleton, name, value)
-    tie(skeleton, alias)
-    with tqdm(total=len(parts), initial=resumed_at, desc="compress by block", disable=not progress) as bar:
-        for index in range(resumed_at, len(parts)):
-            part = parts[index]
-            _materialise(ckpt, skeleton, part, sources, alias)
-            records, changes = _compress_part(skeleton, part, recipe, Activations(hidden), alias, seed)
-            writer.add(records)
-            point.arch.update(changes)
-            last = index == len(parts) - 1
-            with torch.no_grad():
-                hidden = run_in_batches(part.run, hidden[:batch_size] if last else hidden, batch_size)
-            kept = _release(skeleton, parts, index, alias)
-            if not last:
-                saved.save(folder, fingerprint, saved.ResumePoint(index + 1, writer.sync(), point.arch, hidden, kept))
-            bar.update(1)
-            bar.set_postfix_str(part.name)
+    if not resumed_at:
+        point.hidden = tokens.tokens
+    logits = _compress_parts(
+        source,
+        recipe,
+        point,
+        writer,
+        lambda done: saved.save(folder, fingerprint, done),
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
     identity = identity.with_arch(point.arch)
     size = writer.finish(identity.to_json(), recipe.to_dict())
     saved.finish(folder)
     assert identity.original is not None
-    return StreamResult(
-        target,
-        size,
-        identity.original.fp32_bytes,
-        len(parts) - 2,
-        resumed_at,
-        tokens.source,
-        time.perf_counter() - started,
-        hidden,
-    )
+    blocks = len(source.parts) - 2
+    seconds = time.perf_counter() - started
+    return StreamResult(target, size, identity.original.fp32_bytes, blocks, resumed_at, tokens.source, seconds, logits)
+
+
+@dataclass
+class _Source:
+    """The model being streamed: its checkpoint, its skeleton, its parts, its tied names, and the
+    checkpoint name of each tensor stored once."""
+
+    ckpt: SafetensorsCheckpoint
+    skeleton: nn.Module
+    parts: list[Part]
+    alias: dict[str, str]
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _compress_parts(
+    source: _Source,
+    recipe: Recipe,
+    point: saved.ResumePoint,
+    writer: StreamedWriter,
+    save: Callable[[saved.ResumePoint], None],
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> torch.Tensor:
+    """Compress the parts from `point` on, writing their records and saving a point after each part
+    but the last; returns the logits of the first calibration batch."""
+    skeleton, parts, alias = source.skeleton, source.parts, source.alias
+    for name, value in point.kept.items():
+        set_tensor(skeleton, name, value)
+    tie(skeleton, alias)
+    hidden = point.hidden
+    assert hidden is not None
+    with tqdm(total=len(parts), initial=point.next_part, desc="compress by block", disable=not progress) as bar:
+        for index in range(point.next_part, len(parts)):
+            part = parts[index]
+            bar.set_postfix_str(part.name)
+            _materialise(source, part)
+            records, changes = _compress_part(skeleton, part, recipe, Activations(hidden), alias, seed)
+            writer.add(records)
+            point.arch.update(changes)
+            last = index == len(parts) - 1
+            hidden = run_in_batches(part.run, hidden[:batch_size] if last else hidden, batch_size)
+            kept = _release(skeleton, parts, index, alias)
+            if not last:
+                save(saved.ResumePoint(index + 1, writer.sync(), point.arch, hidden, kept))
+            bar.update(1)
+    return hidden
 
 
 def _skeleton(
@@ -245,13 +281,14 @@ def _vocab(skeleton: nn.Module, prefix: Part) -> int:
     return embedding.num_embeddings
 
 
-def _materialise(
-    ckpt: SafetensorsCheckpoint, skeleton: nn.Module, part: Part, sources: dict[str, str], alias: dict[str, str]
-) -> None:
+def _materialise(source: _Source, part: Part) -> None:
+    """Read the part's tensors from the checkpoint into the skeleton, in its dtypes."""
+    skeleton = source.skeleton
     for name in part.tensors:
-        if name not in alias:
-            set_tensor(skeleton, name, ckpt.read(sources[name]).to(tensor_of(skeleton, name).dtype))
-    tie(skeleton, alias)
+        if name not in source.alias:
+            value = source.ckpt.read(source.sources[name])
+            set_tensor(skeleton, name, value.to(tensor_of(skeleton, name).dtype))
+    tie(skeleton, source.alias)
 
 
 def _compress_part(

@@ -75,3 +75,49 @@ def test_calibration_from_a_token_tensor_is_used_and_reported(tmp_path, checkpoi
     assert "given token tensor" in result.calibration
     with torch.no_grad():
         assert torch.equal(netshrink.load(tmp_path / "s.nsk")(tokens[:2]), result.logits)
+
+
+def test_a_user_model_on_meta_streams_from_a_bf16_checkpoint(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from netshrink.zoo import BlockLayout
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(50, 16)
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(2))
+            self.out = torch.nn.Linear(16, 50)
+
+        def block_layout(self) -> BlockLayout:
+            return BlockLayout(prefix=("embedding",), blocks="blocks", suffix=("out",))
+
+        def embed(self, tokens):
+            return self.embedding(tokens)
+
+        def run_block(self, block, hidden):
+            return hidden + torch.tanh(block(hidden))
+
+        def head(self, hidden):
+            return self.out(hidden)
+
+        def forward(self, tokens):
+            hidden = self.embed(tokens)
+            for block in self.blocks:
+                hidden = self.run_block(block, hidden)
+            return self.head(hidden)
+
+    torch.manual_seed(0)
+    original = Model()
+    save_file({k: v.bfloat16() for k, v in original.state_dict().items()}, str(tmp_path / "user.safetensors"))
+    with torch.device("meta"):
+        skeleton = Model()
+    result = compress_streaming(
+        tmp_path / "user.safetensors", "oneshot-palette5", output=tmp_path / "u.nsk", model=skeleton, progress=False
+    )
+    loaded = netshrink.load(tmp_path / "u.nsk", model=Model())
+    tokens = calibration_tokens(None, 50, 8, 64, seed=0).tokens
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens[:4]), result.logits)
+        reference = original(tokens[:4])
+    assert (loaded(tokens[:4]) - reference).abs().mean() < 0.1 * reference.abs().mean()
