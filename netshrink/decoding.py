@@ -8,6 +8,7 @@ checked the same way. So a crafted file fails in milliseconds instead of allocat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import torch
 from torch import nn
 
 from netshrink.errors import FormatError, ModelError, NetshrinkError
+from netshrink.format.bounded import open_nsk
 from netshrink.format.codecs import decode
 from netshrink.format.container import NskFile, TensorRecord, read_nsk
 from netshrink.identity import ModelIdentity
+from netshrink.placement import Device, TensorPlacer, target_device
 
 
 @dataclass
@@ -53,21 +56,26 @@ def decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of the file, decoded; a tied tensor is the very tensor it is tied to."""
     state = {}
     for rec in nsk.tensors:
-        if rec.tied_to:
-            state[rec.name] = state[rec.tied_to]
-            continue
-        try:
-            state[rec.name] = decode(rec.encoded)
-        except NetshrinkError as exc:
-            raise FormatError(f"{path}: tensor {rec.name!r}: {exc}") from None
-        except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError, MemoryError) as exc:
-            # The header passed its checksum but describes data its codec cannot decode.
-            raise FormatError(f"{path}: tensor {rec.name!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+        state[rec.name] = state[rec.tied_to] if rec.tied_to else decode_tensor(rec, path)
     return state
 
 
-def zoo_module(identity: ModelIdentity, records: list[TensorRecord], path: str | Path) -> nn.Module:
-    """The zoo model a header describes, built only after its skeleton matched the file's records."""
+def decode_tensor(rec: TensorRecord, path: str | Path) -> torch.Tensor:
+    """One stored tensor, decoded; a failure is a FormatError naming the file and the tensor."""
+    try:
+        return decode(rec.encoded)
+    except NetshrinkError as exc:
+        raise FormatError(f"{path}: tensor {rec.name!r}: {exc}") from None
+    except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError, MemoryError) as exc:
+        # The header passed its checksum but describes data its codec cannot decode.
+        raise FormatError(f"{path}: tensor {rec.name!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def zoo_module(
+    identity: ModelIdentity, records: list[TensorRecord], path: str | Path, *, empty: bool = False
+) -> nn.Module:
+    """The zoo model a header describes, built only after its skeleton matched the file's records;
+    `empty`: its parameters left on the meta device, for `fill_module` to place the file's tensors."""
     from netshrink import zoo
 
     if identity.name not in zoo.MODEL_NAMES:
@@ -79,7 +87,7 @@ def zoo_module(identity: ModelIdentity, records: list[TensorRecord], path: str |
         check_matches(zoo.build_skeleton(identity.name, **identity.arch), records, path)
     except ModelError as exc:
         raise ModelError(f"{path}: the model its header describes is not valid: {exc}") from None
-    return zoo.build_model(identity.name, **identity.arch)
+    return (zoo.build_empty if empty else zoo.build_model)(identity.name, **identity.arch)
 
 
 def check_matches(module: nn.Module, records: list[TensorRecord], path: str | Path) -> None:
@@ -100,19 +108,45 @@ def check_matches(module: nn.Module, records: list[TensorRecord], path: str | Pa
             )
 
 
-def load_module(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
+def load_module(
+    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
+) -> nn.Module:
     """The module of a file (the given one, or the zoo model its header describes), loaded, in eval mode."""
-    return open_module(path, model, max_bytes=max_bytes)[0]
+    return open_module(path, model, max_bytes=max_bytes, device=device)[0]
 
 
 def open_module(
-    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None
+    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
 ) -> tuple[nn.Module, ModelIdentity]:
-    """`load_module`, and the identity the header records (the file read once)."""
-    nsk, identity = read_file(path, max_bytes)
-    module = model if model is not None else zoo_module(identity, nsk.tensors, path)
-    check_matches(module, nsk.tensors, path)
-    return loaded(module, decoded(nsk, identity, path)), identity
+    """`load_module`, and the identity the header records.
+
+    The file is read one tensor at a time (`format.bounded.open_nsk`), and a zoo model is built with
+    its parameters on the meta device, each decoded tensor taking the place of one: the peak is the
+    loaded model plus one tensor, never the file and a decoded copy of the model on top of it.
+    """
+    target = target_device(device)
+    with open_nsk(path, max_bytes) as reader:
+        identity = ModelIdentity.from_json(reader.nsk.model, str(path))
+        module = model if model is not None else zoo_module(identity, reader.nsk.tensors, path, empty=True)
+        check_matches(module, reader.nsk.tensors, path)
+        fill_module(module, reader.records(), path, target)
+    if target is not None:
+        module.to(target)  # what the file does not hold: non-persistent buffers, a given module's own tensors
+    return module.eval(), identity
+
+
+def fill_module(
+    module: nn.Module, records: Iterable[TensorRecord], path: str | Path, device: torch.device | None = None
+) -> None:
+    """Decode records one at a time into `module` (names and shapes already checked): each tensor
+    replaces a meta one or is copied into a real one, then is dropped before the next is read."""
+    placer = TensorPlacer(module, device)
+    for rec in records:
+        if rec.tied_to:
+            placer.tie(rec.name, rec.tied_to)
+        else:
+            placer.place(rec.name, decode_tensor(rec, path))
+    placer.check_complete(str(path))
 
 
 def loaded(module: nn.Module, decoded: DecodedFile) -> nn.Module:

@@ -40,17 +40,22 @@ def test_evaluate_stays_the_api_function_beside_its_submodule():
 
 @pytest.fixture
 def count_decodes(monkeypatch):
-    """How many tensors were decoded, per file: every decode goes through netshrink.decoding."""
+    """How many times each file was decoded: every decode goes through netshrink.decoding, all at
+    once (decode_state) or one tensor at a time into a module (fill_module)."""
     import netshrink.decoding as decoding
 
     counts: dict[str, int] = {}
-    real = decoding.decode_state
 
-    def counting(nsk, path):
-        counts[str(path)] = counts.get(str(path), 0) + 1
-        return real(nsk, path)
+    def counting(real, path_at):
+        def wrapper(*args, **kwargs):
+            path = str(args[path_at])
+            counts[path] = counts.get(path, 0) + 1
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(decoding, "decode_state", counting)
+        return wrapper
+
+    monkeypatch.setattr(decoding, "decode_state", counting(decoding.decode_state, 1))
+    monkeypatch.setattr(decoding, "fill_module", counting(decoding.fill_module, 2))
     return counts
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from netshrink.cli import build_parser, main
+from netshrink.arguments import build_parser
+from netshrink.cli import main
 
 
 def run(capsys, *argv):

@@ -19,7 +19,8 @@ Families (built in tests/fuzz_cases.py, from a seeded RNG, the same bytes every 
 
 Every case must end in a `NetshrinkError` with a one-line message, or in a model equal to the
 original (see fuzz_cases' docstring for the exact oracle); `file_report` (what `netshrink inspect`
-prints) runs on a sample. The loop runs in a subprocess under an address-space limit, so a reader
+prints) runs on a sample. Both readers face the cases: `load` reads a file one tensor at a time
+(`format.bounded.open_nsk`), `file_report` reads it whole (`read_nsk`). The loop runs in a subprocess under an address-space limit, so a reader
 that allocates gigabytes fails this test instead of the machine, and the subprocess's peak RSS is
 measured against MAX_RSS_GROWTH_MIB. Failures are reported all together, grouped by exception
 type and the netshrink line that raised it, with an example edit each.

@@ -3,6 +3,7 @@
     report = netshrink.save(model, "model.nsk")        # every tensor stored exactly (a checkpoint)
     model = netshrink.load("model.nsk")                # zoo models rebuild themselves
     model = netshrink.load("mine.nsk", model=MyNet())  # any other model: pass the module
+    model = netshrink.load("model.nsk", device="cuda")  # decoded tensor by tensor onto the GPU
 
 Weights are decoded once, at load, into an ordinary dense module: inference runs at dense speed.
 """
@@ -21,6 +22,7 @@ from netshrink.energy.files import energy_summary, stored_formats
 from netshrink.errors import ModelError
 from netshrink.format.container import NskFile
 from netshrink.identity import ModelIdentity
+from netshrink.placement import Device
 from netshrink.plan import CompressionPlan
 from netshrink.report.sizes import FileReport, report_of
 
@@ -35,14 +37,19 @@ def save(
     return model.save(path)
 
 
-def load(path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None) -> nn.Module:
-    """Rebuild a runnable module from a .nsk file (decoded once; eval mode).
+def load(
+    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
+) -> nn.Module:
+    """Rebuild a runnable module from a .nsk file (decoded once; eval mode), on `device` when given
+    ("cpu", "cuda", "cuda:N"; a device this machine lacks is a NetshrinkError).
 
     A file is untrusted input: its declared decoded size is checked against `max_bytes` (default:
     `format.container.decode_limit`) and its tensor names and shapes against the model before
-    anything is decoded (`netshrink.decoding`).
+    anything is decoded (`netshrink.decoding`). The file is read and decoded one tensor at a time,
+    each going straight into the module (a zoo model is built without weights first), so the
+    memory it takes is the loaded model plus one tensor.
     """
-    return load_module(path, model, max_bytes=max_bytes)
+    return load_module(path, model, max_bytes=max_bytes, device=device)
 
 
 def read_identity(path: str | Path) -> ModelIdentity:

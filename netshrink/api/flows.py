@@ -118,18 +118,20 @@ def evaluate(
     split: str = "test",
     progress: bool = True,
     device: str | torch.device | None = None,
+    identity: ModelIdentity | Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Score a model on the held-out split of its data set (or `dataset`): top-1, or Spearman for
-    sentence pairs. `limit` scores a fixed random subset of that many samples."""
+    sentence pairs. `limit` scores a fixed random subset of that many samples. `identity` names the
+    zoo model of a .safetensors checkpoint whose metadata does not."""
     device = resolve_device(device)
     if dataset is not None and not isinstance(dataset, str):  # a data set in memory
-        source = resolve(model, data_dir=data_dir, progress=progress)
+        source = resolve(model, data_dir=data_dir, identity=identity, progress=progress)
         return replace(
             score_on(source.module, dataset, split=split, progress=progress, limit=limit, device=device),
             model=source.label,
             dataset="dataset",
         )
-    source = resolve(model, dataset=dataset, data_dir=data_dir, progress=progress)
+    source = resolve(model, dataset=dataset, data_dir=data_dir, identity=identity, progress=progress)
     name = source.require_dataset()
     result = score_on(source.module, name, data_dir, split=split, progress=progress, limit=limit, device=device)
     return replace(result, model=source.label, dataset=name)

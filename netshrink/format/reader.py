@@ -29,6 +29,7 @@ from netshrink.errors import (
     UnsupportedVersion,
 )
 from netshrink.format.codecs.base import STREAM_KINDS, Encoded, Stream, check_shape
+from netshrink.format.spans import ByteSpan, FileBytes, crc32_of
 
 MAGIC = b"\x89NSK\r\n\x1a\n"
 FORMAT_VERSION = 3
@@ -96,8 +97,15 @@ def read_nsk(path: str | Path, max_bytes: int | None = None) -> NskFile:
 
 def parse(data: bytes, max_bytes: int | None = None) -> NskFile:
     """Parse the bytes of a .nsk file (see `netshrink.format.container` for the layout)."""
-    header = _read_header(data)
-    payload_start = PREFIX.size + _header_len(data)
+    return parse_parts(data, data, max_bytes)
+
+
+def parse_parts(head: bytes, data: bytes | FileBytes, max_bytes: int | None = None) -> NskFile:
+    """Parse a file given its first bytes (`head`: at least the prefix and the header, or all there
+    is) and all of its bytes (`data`): bytes in memory, or `FileBytes` of an open file, whose
+    records then hold `ByteSpan`s instead of stream bytes (`netshrink.format.bounded`)."""
+    header = _read_header(head)
+    payload_start = PREFIX.size + header_length(head)
     tensors = _read_records(header, data, payload_start)
     check_decoded_size(tensors, len(data), max_bytes)
     return NskFile(
@@ -133,7 +141,8 @@ def check_decoded_size(tensors: list[TensorRecord], file_bytes: int, max_bytes: 
     return declared
 
 
-def _header_len(data: bytes) -> int:
+def header_length(data: bytes) -> int:
+    """The header length a file's prefix declares (the prefix must be there)."""
     return PREFIX.unpack_from(data)[3]
 
 
@@ -198,7 +207,7 @@ def _recipe_field(header: dict[str, Any]) -> dict[str, Any] | None:
     return value
 
 
-def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> list[TensorRecord]:
+def _read_records(header: dict[str, Any], data: bytes | FileBytes, payload_start: int) -> list[TensorRecord]:
     records = header.get("tensors")
     payload_bytes = header.get("payload_bytes")
     if not isinstance(records, list) or len(records) > MAX_TENSORS:
@@ -215,7 +224,7 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
         crc = header.get("payload_crc32")
         if not _is_count(crc):
             raise MalformedHeader("malformed header: 'payload_crc32' must be a non-negative integer")
-        if zlib.crc32(data[payload_start:]) != crc:
+        if crc32_of(data[payload_start:]) != crc:
             raise ChecksumMismatch("payload checksum mismatch: the tensors' bytes are corrupt")
     tensors, offset, earlier, names = [], 0, {}, set()
     for index, record in enumerate(records):
@@ -233,7 +242,13 @@ def _read_records(header: dict[str, Any], data: bytes, payload_start: int) -> li
 
 
 def _read_record(
-    record: Any, index: int, data: bytes, payload_start: int, offset: int, earlier: dict[str, Encoded], version: int
+    record: Any,
+    index: int,
+    data: bytes | FileBytes,
+    payload_start: int,
+    offset: int,
+    earlier: dict[str, Encoded],
+    version: int,
 ) -> TensorRecord:
     """One tensor record. Version 1 records carry their offset and CRC-32; version 3 may be tied."""
     per_tensor_crc = version == 1
@@ -254,7 +269,7 @@ def _read_record(
     blob = data[start : start + length]
     if len(blob) != length:
         raise TruncatedFile(f"truncated: tensor {name!r} runs past the end of the file")
-    if per_tensor_crc and zlib.crc32(blob) != record["crc32"]:
+    if per_tensor_crc and crc32_of(blob) != record["crc32"]:
         raise ChecksumMismatch(f"checksum mismatch in tensor {name!r}: the file is corrupt")
     encoded, used = _enc_from_json(record.get("enc"), blob, 0, name, depth=0, earlier=earlier)
     if used != length:
@@ -275,7 +290,7 @@ def _tied_record(record: dict[str, Any], name: str, module: str, earlier: dict[s
 
 
 def _enc_from_json(
-    node: Any, blob: bytes, pos: int, name: str, depth: int, earlier: dict[str, Encoded]
+    node: Any, blob: bytes | ByteSpan, pos: int, name: str, depth: int, earlier: dict[str, Encoded]
 ) -> tuple[Encoded, int]:
     """Rebuild an Encoded tree from its JSON, slicing stream bytes from `blob` starting at `pos`
     (borrowed streams from the `earlier` tensors instead)."""

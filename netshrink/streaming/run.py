@@ -121,7 +121,7 @@ def compress_streaming(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_streamable(recipe)
     ckpt = SafetensorsCheckpoint.open(checkpoint)
-    skeleton, identity = _skeleton(ckpt, model, arch)
+    skeleton, identity = model_skeleton(ckpt, model, arch)
     source = _Source(ckpt, skeleton, cut(skeleton), aliases(skeleton))
     source.sources = _check_tensors(ckpt, skeleton, source.alias)
     length = length or min(DEFAULT_LENGTH, identity.arch.get("max_seq", DEFAULT_LENGTH))
@@ -209,7 +209,7 @@ def _compress_parts(
     return hidden
 
 
-def _skeleton(
+def model_skeleton(
     ckpt: SafetensorsCheckpoint, model: str | nn.Module | None, arch: dict[str, Any] | str | None
 ) -> tuple[nn.Module, ModelIdentity]:
     """The model on the meta device and the identity its file records."""

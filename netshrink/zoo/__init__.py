@@ -41,6 +41,7 @@ __all__ = [
     "HasHead",
     "ModelInfo",
     "Normalize",
+    "build_empty",
     "build_model",
     "build_skeleton",
     "get_model",
@@ -124,6 +125,35 @@ def build_skeleton(name: str, **arch: Any) -> nn.Module:
     """
     with torch.device("meta"), _no_init():
         return build_model(name, **arch)
+
+
+def build_empty(name: str, **arch: Any) -> nn.Module:
+    """The architecture with its parameters on the meta device and its buffers real (no initialisation).
+
+    What a loader fills tensor by tensor (`netshrink.placement`) without holding the weights twice:
+    every parameter comes from the file, while buffers are small and some (Normalize's constants,
+    non-persistent) are in no file, so they are built as the model builds them.
+    """
+    with _parameters_on_meta(), _no_init():
+        return build_model(name, **arch)
+
+
+@contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter a module registers goes to the meta device (a tied one, already there, stays
+    the same object). Its real allocation, never written under `_no_init`, is freed at once."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 def models_with(capability: type) -> tuple[str, ...]:

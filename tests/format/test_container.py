@@ -368,6 +368,7 @@ def test_names_and_shapes_are_checked_before_anything_is_decoded(nsk_path, tiny_
         raise AssertionError("decoded before the model check")
 
     monkeypatch.setattr(netshrink.decoding, "decode_state", no_decoding)
+    monkeypatch.setattr(netshrink.decoding, "decode_tensor", no_decoding)
     with pytest.raises(ModelError, match="does not fit"):
         netshrink.load(nsk_path, model=torch.nn.Linear(3, 3))
 
