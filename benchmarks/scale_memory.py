@@ -42,10 +42,11 @@ from netshrink import zoo  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 CGROUP = Path("/sys/fs/cgroup/memory")
 GB = 1e9
-#: Wide blocks (Llama-7B's width), few of them: the block is the unit of streaming memory.
-WIDTH = dict(vocab=8192, dim=4096, heads=32, kv_heads=32, ffn=11008, max_seq=64, tied=True)
-#: Blocks per nominal checkpoint size (GB): 0.13 GB of embedding + 0.81 GB per block.
-LAYERS = {1: 1, 2: 2, 4: 5, 8: 10}
+#: Blocks of a 1B-class model (TinyLlama's width: d 2048, grouped-query attention with 4 key/value
+#: heads, MLP 5632), as many as the size needs: the block is the unit of streaming memory.
+WIDTH = dict(vocab=8192, dim=2048, heads=16, kv_heads=4, ffn=5632, max_seq=64, tied=True)
+#: Blocks per nominal checkpoint size (GB): 0.07 GB of embedding + 0.18 GB per block.
+LAYERS = {1: 5, 2: 11, 4: 22, 8: 44}
 PALETTE_RECIPE = "oneshot-palette5"
 PQ_RECIPE = """name: scale-pq
 description: Output-aware PQ of every block's linear layers (sub-vectors of 8, 256 codewords,
