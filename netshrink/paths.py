@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from netshrink.errors import DataError, NetshrinkError
 
@@ -55,3 +55,17 @@ def read_json(path: str | Path, what: str) -> Any:
         raise DataError(f"{path}: no such file ({what})") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path} is not a readable JSON file ({what}): {exc}") from None
+
+
+def open_input(path: str | Path, what: str, error: type[NetshrinkError] = NetshrinkError) -> BinaryIO:
+    """`path` opened for binary reading; a missing file, a folder or an unreadable file is one
+    `error` line naming the path and `what` it should be (".nsk file", ".safetensors checkpoint")."""
+    path = Path(path)
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None

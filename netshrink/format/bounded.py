@@ -23,6 +23,7 @@ from netshrink.errors import NetshrinkError
 from netshrink.format.codecs.base import Encoded, Stream
 from netshrink.format.reader import MAX_HEADER_BYTES, PREFIX, NskFile, TensorRecord, header_length, parse_parts
 from netshrink.format.spans import ByteSpan, FileBytes
+from netshrink.paths import open_input
 
 
 class NskReader:
@@ -64,14 +65,7 @@ def open_nsk(path: str | Path, max_bytes: int | None = None) -> NskReader:
     Every failure is the FormatError subclass `read_nsk` raises for the same file, naming the file.
     """
     path = Path(path)
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise NetshrinkError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NetshrinkError(f"{path}: is a folder, not a .nsk file") from None
-    except OSError as exc:
-        raise NetshrinkError(f"{path}: cannot read ({exc.strerror})") from None
+    handle = open_input(path, ".nsk file")
     try:
         nsk = parse_parts(_head(handle), FileBytes(handle, os.fstat(handle.fileno()).st_size), max_bytes)
     except NetshrinkError as exc:

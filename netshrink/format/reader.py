@@ -30,6 +30,7 @@ from netshrink.errors import (
 )
 from netshrink.format.codecs.base import STREAM_KINDS, Encoded, Stream, check_shape
 from netshrink.format.spans import ByteSpan, FileBytes, crc32_of
+from netshrink.paths import open_input
 
 MAGIC = b"\x89NSK\r\n\x1a\n"
 FORMAT_VERSION = 3
@@ -81,14 +82,8 @@ def read_nsk(path: str | Path, max_bytes: int | None = None) -> NskFile:
     `max_bytes` bounds the decoded size the file's tensors may declare (default: `decode_limit`).
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NetshrinkError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NetshrinkError(f"{path}: is a folder, not a .nsk file") from None
-    except OSError as exc:
-        raise NetshrinkError(f"{path}: cannot read ({exc.strerror})") from None
+    with open_input(path, ".nsk file") as handle:
+        data = handle.read()
     try:
         return parse(data, max_bytes)
     except NetshrinkError as exc:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from netshrink.errors import ModelError
+from netshrink.paths import open_input
 
 #: safetensors' own bound on the JSON header.
 MAX_HEADER_BYTES = 100 << 20
@@ -64,20 +65,13 @@ class SafetensorsCheckpoint:
     @classmethod
     def open(cls, path: str | Path) -> SafetensorsCheckpoint:
         path = Path(path)
-        try:
-            size = path.stat().st_size
-            with path.open("rb") as file:
-                head = file.read(8)
-                length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-                if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-                    raise ModelError(f"{path} is not a .safetensors checkpoint (its header length is impossible)")
-                text = file.read(length)
-        except FileNotFoundError:
-            raise ModelError(f"checkpoint {path}: no such file") from None
-        except IsADirectoryError:
-            raise ModelError(f"checkpoint {path} is a folder, not a .safetensors file") from None
-        except OSError as exc:
-            raise ModelError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        with open_input(path, ".safetensors checkpoint", ModelError) as file:
+            size = os.fstat(file.fileno()).st_size
+            head = file.read(8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+                raise ModelError(f"{path} is not a .safetensors checkpoint (its header length is impossible)")
+            text = file.read(length)
         try:
             header = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
