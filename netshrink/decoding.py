@@ -20,6 +20,7 @@ from netshrink.format.bounded import open_nsk
 from netshrink.format.codecs import decode
 from netshrink.format.container import NskFile, TensorRecord, read_nsk
 from netshrink.identity import ModelIdentity
+from netshrink.memory import return_freed_memory
 from netshrink.placement import Device, TensorPlacer, target_device
 
 
@@ -146,6 +147,7 @@ def fill_module(
             placer.tie(rec.name, rec.tied_to)
         else:
             placer.place(rec.name, decode_tensor(rec, path))
+            return_freed_memory()  # the tensor's decoding temporaries, before the next one's
     placer.check_complete(str(path))
 
 

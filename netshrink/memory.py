@@ -8,6 +8,9 @@ allocation that still fails is recognised by `is_out_of_memory` and reported the
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import resource
 from pathlib import Path
 
@@ -81,3 +84,23 @@ def _system_available() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def return_freed_memory() -> None:
+    """Give memory freed since the last call back to the system (glibc's `malloc_trim`; nothing on
+    other C libraries). Work that frees large temporaries one after another (decoding a file tensor
+    by tensor) otherwise leaves them in the heap: glibc raises its mmap threshold after each large
+    free, so the next ones come from a heap it does not shrink (measured: loading a 0.97 GB model
+    peaked 0.23 GB above the model and imports without this, 0.06 GB with it)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None

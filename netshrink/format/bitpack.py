@@ -36,15 +36,16 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     return b"".join(chunks)
 
 
-def unpack_bits(data: bytes, width: int, count: int) -> np.ndarray:
-    """Inverse of `pack_bits`: `count` values as int64. Raises FormatError if `data` is too short."""
+def unpack_bits(data: bytes, width: int, count: int, dtype: type = np.int64) -> np.ndarray:
+    """Inverse of `pack_bits`: `count` values as `dtype` (wide enough for `width` bits). Raises
+    FormatError if `data` is too short."""
     width = _validated_width(width, FormatError)
     count = validated_count(count)
     buf = as_uint8(data)
     needed = packed_len(count, width)
     if buf.size < needed:
         raise FormatError(f"bit-packed stream holds {buf.size} bytes; {count} x {width}-bit values need {needed}")
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count, dtype=dtype)
     for start in range(0, count, _PACK_CHUNK):
         n = min(_PACK_CHUNK, count - start)
         first = start * width // 8

@@ -109,7 +109,8 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
 
 
 def decode_symbols(data: bytes, count: int, alphabet_size: int) -> np.ndarray:
-    """Inverse of `encode_symbols`: `count` symbols as an int64 array.
+    """Inverse of `encode_symbols`: `count` symbols as an int32 array (an alphabet holds at most
+    2**24 symbols, and the labels of a large tensor are the largest thing its decoding holds).
 
     Any malformed, truncated or corrupt input raises FormatError. Every length read from `data` is
     checked against the bytes that remain before anything is allocated, so memory stays bounded by
@@ -234,7 +235,8 @@ def _decode_rans_payload(payload: np.ndarray, count: int, used: np.ndarray, freq
         raise FormatError(f"rANS payload is corrupt: {exc}") from exc
     if not exact:
         raise FormatError("rANS payload does not end where the symbols do: truncated or corrupt")
-    return used[ranks]
+    used = used.astype(np.int32)
+    return ranks if np.array_equal(used, np.arange(used.size)) else used[ranks]
 
 
 # ----------------------------------------------------------------------------- other modes
@@ -254,7 +256,7 @@ def _decode_packed(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarr
     pad = bits.size * 8 - count * width
     if pad and int(bits[-1]) >> (8 - pad):
         raise FormatError("bit-packed stream has nonzero padding bits: corrupt")
-    values = unpack_bits(bits.tobytes(), width, count)
+    values = unpack_bits(bits.tobytes(), width, count, np.int32)
     if int(values.max()) >= alphabet_size:
         raise FormatError(f"bit-packed symbol {int(values.max())} outside alphabet of {alphabet_size}")
     return values
@@ -267,13 +269,13 @@ def _decode_constant(body: np.ndarray, count: int, alphabet_size: int) -> np.nda
             f"constant stream invalid: symbol {symbol}, alphabet {alphabet_size}, "
             f"count {count}, {body.size - pos} trailing bytes"
         )
-    return np.full(count, int(symbol), dtype=np.int64)
+    return np.full(count, int(symbol), dtype=np.int32)
 
 
 def _decode_empty(body: np.ndarray, count: int, alphabet_size: int) -> np.ndarray:
     if count != 0 or body.size:
         raise FormatError(f"empty stream given for {count} symbols (with {body.size} trailing bytes)")
-    return np.zeros(0, dtype=np.int64)
+    return np.zeros(0, dtype=np.int32)
 
 
 _DECODERS = {

@@ -44,7 +44,7 @@ def test_round_trip_exact(kind: str, n: int) -> None:
     symbols = _stream(kind, n, alphabet)
     data = encode_symbols(symbols, alphabet)
     decoded = decode_symbols(data, n, alphabet)
-    assert decoded.dtype == np.int64
+    assert decoded.dtype == np.int32
     np.testing.assert_array_equal(decoded, symbols)
 
 
@@ -232,7 +232,7 @@ def test_fuzzed_streams_decode_exactly_or_raise_format_error(kind: str, n: int, 
         except FormatError:
             outcomes["format_error"] += 1
             continue
-        assert decoded.dtype == np.int64 and decoded.shape == (n,)
+        assert decoded.dtype == np.int32 and decoded.shape == (n,)
         assert decoded.size == 0 or 0 <= decoded.min() <= decoded.max() < alphabet
         outcomes["exact" if np.array_equal(decoded, symbols) else "undetected"] += 1
     assert outcomes["format_error"] > 0

@@ -156,6 +156,12 @@ class Palette(Codec):
     def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """The fp16 codebook [rows, k] and int64 labels [rows, weights per row], validated before
         anything is allocated."""
+        codebook, labels = cls._stored(enc)
+        return codebook, labels.to(torch.int64)
+
+    @classmethod
+    def _stored(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """`codebook_and_labels` with the labels as decoded (int32)."""
         bits = require_int(enc.params, "bits", 1, MAX_BITS, cls.name)
         numel = enc.numel
         rows = require_int(enc.params, "rows", 0 if numel == 0 else 1, max(numel, 1), cls.name)
@@ -163,16 +169,15 @@ class Palette(Codec):
             raise FormatError(f"palette has {rows} rows, which do not divide {numel} weights")
         k = require_int(enc.params, "book", 1, 1 << bits, cls.name)
         codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, rows * k)
-        indices = decode_symbols(require_stream(enc, "indices", "indices"), numel, k)
-        labels = torch.from_numpy(indices).to(torch.int64)
+        labels = torch.from_numpy(decode_symbols(require_stream(enc, "indices", "indices"), numel, k))
         return codebook.reshape(rows, k), labels.reshape(rows, numel // rows if rows else 0)
 
     @classmethod
     def decode(cls, enc: Encoded) -> torch.Tensor:
-        codebook, labels = cls.codebook_and_labels(enc)
+        codebook, labels = cls._stored(enc)
         if codebook.shape[0] == 0:
             return torch.zeros(enc.shape)
-        return codebook.float().gather(1, labels).reshape(enc.shape)
+        return gather_rows(codebook.float(), labels).reshape(enc.shape)
 
     def describe(self) -> str:
         return f"palette{self.bits}" + ("c" if self.per_channel else "")
@@ -204,3 +209,21 @@ def fit_sample(
     picks = np.random.default_rng(seed).integers(0, row.size, size, dtype=index)
     picks.sort()  # reads the row in order
     return row[picks], None if weights is None else weights[picks]
+
+
+#: Labels `gather_rows` widens to int64 at a time: the decoded tensor plus its int32 labels is then
+#: all a large tensor's decoding holds.
+GATHER_CHUNK = 1 << 20
+
+
+def gather_rows(book: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """book[r, labels[r, j]] for every row r and position j, a chunk of labels at a time."""
+    rows, per_row = labels.shape
+    out = torch.empty(rows, per_row, dtype=book.dtype)
+    step = max(1, GATHER_CHUNK // max(per_row, 1))
+    for r in range(0, rows, step):
+        for c in range(0, per_row, GATHER_CHUNK):
+            out[r : r + step, c : c + GATHER_CHUNK] = book[r : r + step].gather(
+                1, labels[r : r + step, c : c + GATHER_CHUNK].long()
+            )
+    return out
