@@ -1,6 +1,6 @@
 """Peak memory and time of compressing and loading llama-shaped checkpoints of 1 to 8 GB.
 
-Synthetic fp32 checkpoints (random weights, N(0, 0.02^2); a few wide blocks) are written tensor by
+Synthetic fp32 checkpoints (random weights, N(0, 0.02^2); 1B-class blocks) are written tensor by
 tensor as .safetensors, with metadata naming the zoo model and its arch, under --work-dir (never in
 the repository). Each measured command then runs in a fresh process under `/usr/bin/time -v`
 ("Maximum resident set size"), inside a cgroup v1 memory group when one can be made (root; else
@@ -308,7 +308,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.axhline(data["settings"]["limit_bytes"] / GB, color="red", lw=0.8, ls="--", label="memory limit (compression)")
     ax.set_xlabel("checkpoint size (GB, fp32)")
     ax.set_ylabel("peak RSS (GB)")
-    ax.set_title("Peak memory vs checkpoint size (llama, 4096 wide)")
+    width = data["settings"]["widths"]
+    ax.set_title(f"Peak memory vs checkpoint size (llama, blocks {width['dim']} x {width['ffn']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
