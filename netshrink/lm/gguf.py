@@ -57,10 +57,10 @@ class GGUFModel:
     tokenizer: dict[str, Any]
 
 
-def read_gguf(path: str | Path, *, weights: bool = True) -> GGUFModel:
+def read_gguf(path: str | Path, *, weights: bool = True, reader: Any = None) -> GGUFModel:
     """The model in `path`; `weights=False` reads only the architecture and the tokenizer."""
     path = Path(path)
-    reader = _open(path)
+    reader = reader if reader is not None else _open(path)
     fields = {name: _field_value(field) for name, field in reader.fields.items()}
     if fields.get("general.architecture") != ARCHITECTURE:
         raise ModelError(
@@ -86,6 +86,48 @@ def load_gguf_model(path: str | Path) -> Any:
         placer.place(name, tensor)
     placer.check_complete(str(path))
     return module.eval()
+
+
+@dataclass(frozen=True)
+class GGUFEntry:
+    """A tensor as the model sees it (Hugging Face name, float32, its shape)."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class GGUFCheckpoint:
+    """A GGUF file read one tensor at a time, with the interface of `SafetensorsCheckpoint`, so block-by-
+    block compression (`netshrink.streaming`) reads it directly: each tensor is dequantized when read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.reader = _open(self.path)
+        header = read_gguf(self.path, weights=False, reader=self.reader)
+        self.arch, self.tokenizer = header.arch, header.tokenizer
+        self.tensors = {}
+        for tensor in self.reader.tensors:
+            name = hf_name(tensor.name, self.arch["layers"])
+            if name is not None:
+                self.tensors[name] = tensor
+        self.entries = {name: GGUFEntry(torch.float32, _shape(t)) for name, t in self.tensors.items()}
+        stat = self.path.stat()
+        self.fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}:gguf"
+
+    @classmethod
+    def open(cls, path: str | Path) -> GGUFCheckpoint:
+        return cls(path)
+
+    def read(self, name: str) -> torch.Tensor:
+        return _dequantized(self.path, self.tensors[name], name, self.arch)
+
+    def model_description(self) -> tuple[str | None, dict[str, Any]]:
+        return "llama", dict(self.arch)
+
+
+def _shape(tensor: Any) -> tuple[int, ...]:
+    """GGUF lists dimensions innermost first; torch outermost first."""
+    return tuple(int(d) for d in reversed(tensor.shape.tolist()))
 
 
 def _open(path: Path) -> Any:
@@ -139,8 +181,6 @@ def _llama_arch(path: Path, fields: dict[str, Any], tied: bool) -> dict[str, Any
 
 
 def _state_dict(path: Path, reader: Any, arch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from gguf.quants import dequantize
-
     state: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         name = hf_name(tensor.name, arch["layers"])
@@ -148,18 +188,25 @@ def _state_dict(path: Path, reader: Any, arch: dict[str, Any]) -> dict[str, torc
             if tensor.name.startswith("rope_freqs"):
                 raise ModelError(f"{path}: scaled rotary frequencies (rope_freqs) are not supported")
             continue  # an auxiliary tensor a Llama does not use
-        try:
-            array = dequantize(tensor.data, tensor.tensor_type)
-        except Exception as exc:  # an unknown quantization type
-            raise ModelError(f"{path}: cannot dequantize {tensor.name} ({tensor.tensor_type!r}: {exc})") from None
-        weight = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: F32 tensors are read-only maps
-        if name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = arch["heads"] if name.endswith("q_proj.weight") else arch["kv_heads"]
-            weight = _unpermute(weight, heads, path, tensor.name)
-        state[name] = weight
+        state[name] = _dequantized(path, tensor, name, arch)
     if arch["tied"] and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]  # one tensor under both names
     return state
+
+
+def _dequantized(path: Path, tensor: Any, name: str, arch: dict[str, Any]) -> torch.Tensor:
+    """One tensor in float32 and Hugging Face's layout (query and key rows un-permuted)."""
+    from gguf.quants import dequantize
+
+    try:
+        array = dequantize(tensor.data, tensor.tensor_type)
+    except Exception as exc:  # an unknown quantization type
+        raise ModelError(f"{path}: cannot dequantize {tensor.name} ({tensor.tensor_type!r}: {exc})") from None
+    weight = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: F32 tensors are read-only maps
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+        heads = arch["heads"] if name.endswith("q_proj.weight") else arch["kv_heads"]
+        weight = _unpermute(weight, heads, path, tensor.name)
+    return weight
 
 
 def hf_name(gguf_name: str, layers: int) -> str | None:
@@ -183,4 +230,4 @@ def _unpermute(weight: torch.Tensor, heads: int, path: Path, name: str) -> torch
     return weight.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols).contiguous()
 
 
-__all__ = ["GGUFModel", "hf_name", "load_gguf_model", "read_gguf"]
+__all__ = ["GGUFCheckpoint", "GGUFModel", "hf_name", "load_gguf_model", "read_gguf"]

@@ -120,8 +120,9 @@ def compress_streaming(
     target = check_output_path(output, ".nsk file")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_streamable(recipe)
-    ckpt = SafetensorsCheckpoint.open(checkpoint)
+    ckpt, model = open_checkpoint(checkpoint, model)
     skeleton, identity = model_skeleton(ckpt, model, arch)
+    identity = _text_identity(identity, ckpt, calibration)
     source = _Source(ckpt, skeleton, cut(skeleton), aliases(skeleton))
     source.sources = _check_tensors(ckpt, skeleton, source.alias)
     length = length or min(DEFAULT_LENGTH, identity.arch.get("max_seq", DEFAULT_LENGTH))
@@ -159,6 +160,28 @@ def compress_streaming(
     blocks = len(source.parts) - 2
     seconds = time.perf_counter() - started
     return StreamResult(target, size, identity.original.fp32_bytes, blocks, resumed_at, tokens.source, seconds, logits)
+
+
+def open_checkpoint(spec: str | Path, model: str | nn.Module | None) -> tuple[Any, str | nn.Module | None]:
+    """The checkpoint to stream from: a .safetensors or .gguf file, or a zoo model whose published
+    weights are one of those (its name then names the model, unless `model` does)."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in zoo.MODEL_NAMES and zoo.model_info(str(spec)).has_pretrained:
+        path, model = zoo.checkpoint_path(str(spec)), model or str(spec)
+    if path.suffix == ".gguf":
+        from netshrink.lm.gguf import GGUFCheckpoint
+
+        return GGUFCheckpoint.open(path), model
+    return SafetensorsCheckpoint.open(path), model
+
+
+def _text_identity(identity: ModelIdentity, ckpt: Any, calibration: Any) -> ModelIdentity:
+    """A language model's identity also names its data set and, from a GGUF file, where its tokenizer is."""
+    extra = dict(identity.extra)
+    if hasattr(ckpt, "tokenizer") and identity.name == "llama":
+        extra["tokenizer"] = str(ckpt.path.resolve())
+    dataset = calibration if isinstance(calibration, str) else identity.dataset
+    return replace(identity, dataset=dataset, extra=extra)
 
 
 @dataclass

@@ -45,6 +45,7 @@ __all__ = [
     "build_empty",
     "build_model",
     "build_skeleton",
+    "checkpoint_path",
     "get_model",
     "model_info",
     "models_with",
@@ -201,6 +202,17 @@ def _check_arch_value(name: str, key: str, value: Any, depth: int = 0) -> None:
     raise ModelError(f"{name}: argument {key!r} = {str(value)[:60]!r} is not a number, short string or short list")
 
 
+def checkpoint_path(name: str, data_dir: str | Path | None = None) -> Path:
+    """Where the published weights of zoo model `name` are (a ModelError when none are published)."""
+    entry = _entry(name)
+    if entry.checkpoint is None:
+        raise ModelError(
+            f"no pretrained weights are published for {name!r}; train one with "
+            f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
+        )
+    return entry.checkpoint(data_dir)
+
+
 def get_model(name: str, pretrained: bool = True, data_dir: str | Path | None = None) -> nn.Module:
     """A zoo model in eval mode, with its published weights unless `pretrained=False`.
 
@@ -210,11 +222,6 @@ def get_model(name: str, pretrained: bool = True, data_dir: str | Path | None = 
     entry = _entry(name)
     model = entry.build()
     if pretrained:
-        if entry.checkpoint is None:
-            raise ModelError(
-                f"no pretrained weights are published for {name!r}; train one with "
-                f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
-            )
-        path = entry.checkpoint(data_dir)
+        path = checkpoint_path(name, data_dir)
         load_strict(model, entry.read(path), path)
     return model.eval()
