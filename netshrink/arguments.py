@@ -72,7 +72,8 @@ def number_list(kind: type) -> Any:
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     """--dataset and --data-dir, shared by every command that reads data."""
     parser.add_argument(
-        "--dataset", help="data set: mnist, mnist5k, cifar10, imagenette, stsb (default: the model's own)"
+        "--dataset",
+        help="data set: mnist, mnist5k, cifar10, imagenette, stsb, shakespeare, milton (default: the model's own)",
     )
     parser.add_argument(
         "--data-dir",

@@ -1,7 +1,9 @@
 """Scoring a model on the held-out split of a dataset.
 
 The metric is named in the result and chosen by the dataset (`metric` attribute; images: top-1
-accuracy, STS-B sentence pairs: Spearman correlation of cosine similarity with the gold score).
+accuracy, STS-B sentence pairs: Spearman correlation of cosine similarity with the gold score,
+token windows of text: perplexity, lower is better). How a metric prints and which way is better
+is in netshrink/metrics.py.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
-from netshrink.data import ArrayDataset, SentencePairs, load_dataset
+from netshrink import metrics
+from netshrink.data import ArrayDataset, SentencePairs, TokenWindows, load_dataset
 from netshrink.devices import model_device, placed_on
-from netshrink.errors import NetshrinkError
+from netshrink.errors import ModelError, NetshrinkError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EvalResult:
     """A score: `metric` names it ("top1" is a fraction in [0, 1], "spearman" a correlation in
-    [-1, 1]), `n` is the sample count; `model` and `dataset` say what was scored on what."""
+    [-1, 1], "perplexity" a number >= 1, lower is better), `n` is the sample count (token windows
+    for perplexity); `model` and `dataset` say what was scored on what."""
 
     metric: str
     value: float
@@ -34,7 +39,12 @@ class EvalResult:
     dataset: str = field(default="", compare=False)
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.show(self.value)} on {self.n} samples"
+        return f"{self.metric} {self.show(self.value)} on {self.n} {self.unit}"
+
+    @property
+    def unit(self) -> str:
+        """What `n` counts: samples, or token windows for perplexity."""
+        return "windows" if self.metric == metrics.PERPLEXITY else "samples"
 
     def to_text(self) -> str:
         return f"{self.model} on {self.dataset}: {self}"
@@ -43,18 +53,19 @@ class EvalResult:
         return {"model": self.model, "dataset": self.dataset, "metric": self.metric, "value": self.value, "n": self.n}
 
     def show(self, value: float) -> str:
-        """`value` in this metric's usual form: accuracy as a percentage, correlations as numbers."""
-        return f"{value:.2%}" if self.metric == "top1" else f"{value:.4f}"
+        """`value` in this metric's usual form: accuracy as a percentage, perplexity and
+        correlations as numbers."""
+        return metrics.show_value(self.metric, value)
 
     def show_change(self, before: float) -> str:
-        """The change from `before`: percentage points for accuracy, plain difference otherwise."""
-        delta = self.value - before
-        return f"{100 * delta:+.2f} pp" if self.metric == "top1" else f"{delta:+.4f}"
+        """The change from `before`: percentage points for accuracy, relative for perplexity,
+        plain difference otherwise."""
+        return metrics.show_change(self.metric, self.value, before)
 
 
 def evaluate(
     model: nn.Module,
-    dataset: str | ArrayDataset | SentencePairs,
+    dataset: str | ArrayDataset | SentencePairs | TokenWindows,
     data_dir: str | Path | None = None,
     split: str = "test",
     batch_size: int = 256,
@@ -62,8 +73,8 @@ def evaluate(
     limit: int | None = None,
     device: torch.device | None = None,
 ) -> EvalResult:
-    """Top-1 accuracy (Spearman for sentence pairs) of `model` on `split` of `dataset` (a name or
-    a dataset).
+    """Top-1 accuracy (Spearman for sentence pairs, perplexity for token windows) of `model` on
+    `split` of `dataset` (a name or a dataset).
 
     A 1000-way model on an ImageNet subset (Imagenette) is scored against the ImageNet
     indices of its labels; otherwise outputs must match the dataset's classes. `limit` scores
@@ -78,8 +89,12 @@ def evaluate(
     name = dataset if isinstance(dataset, str) else "dataset"
     desc = f"eval {name}/{split}"
     with placed_on(model, device):
-        if getattr(data, "metric", "top1") == "spearman":
+        metric = getattr(data, "metric", metrics.ACCURACY)
+        if metric == "spearman":
             result = EvalResult("spearman", _pair_spearman(model, data, batch_size, progress, desc), len(data))
+        elif metric == metrics.PERPLEXITY:
+            nll = window_nll(model, data, batch_size, progress, desc)
+            result = EvalResult(metric, perplexity(nll), len(data))
         else:
             predicted, target = top1_predictions(model, data, batch_size, progress, desc=desc)
             correct = int((predicted == target).sum())
@@ -145,3 +160,42 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty(values.shape, dtype=torch.float64)
     ranks[order] = mean_rank[inverse]
     return ranks
+
+
+#: Tokens per forward pass when scoring windows: the logits of a batch are tokens x vocab floats
+#: (49152 for SmolLM2: 0.8 GB at 4096 tokens), however large the requested batch size.
+MAX_TOKENS_PER_FORWARD = 4096
+
+
+def window_nll(
+    model: nn.Module, data: TokenWindows, batch_size: int = 8, progress: bool = False, desc: str = "eval"
+) -> torch.Tensor:
+    """Each window's mean next-token negative log-likelihood (nats), float64 (N,): token t
+    predicted from the tokens before it in its window, the first token only context."""
+    model.eval()
+    device = model_device(model)
+    per_forward = max(1, min(batch_size, MAX_TOKENS_PER_FORWARD // data.length))
+    means = []
+    with torch.inference_mode():
+        for x, _ in tqdm(data.loader(per_forward), desc=desc, unit="batch", disable=not progress):
+            x = x.to(device)
+            logits = model(x)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[:2] != x.shape:
+                raise ModelError(
+                    f"perplexity needs a causal language model returning logits (batch, tokens, vocab) for "
+                    f"token ids {tuple(x.shape)}; {type(model).__name__} returned {getattr(logits, 'shape', type(logits))}"
+                )
+            means.extend(next_token_nll(row_logits, row) for row_logits, row in zip(logits, x))
+    return torch.tensor(means, dtype=torch.float64)
+
+
+def next_token_nll(logits: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Mean -log p(tokens[t] | tokens[:t]) over t >= 1 of one window, given its logits (t, vocab).
+    Computed row by row in float32, so a batch never holds a second vocab-wide copy."""
+    return float(F.cross_entropy(logits[:-1].float(), tokens[1:], reduction="mean"))
+
+
+def perplexity(window_nlls: torch.Tensor) -> float:
+    """exp(mean next-token NLL over every predicted token): windows have equal length, so the mean
+    of their means is the mean over tokens."""
+    return float(torch.exp(window_nlls.double().mean())) if len(window_nlls) else float("nan")

@@ -101,7 +101,7 @@ class CompressedModel:
             lines.append(
                 f"{self.identity.dataset} held-out {self.before.metric}: before "
                 f"{self.before.show(self.before.value)}, after {self.after.show(self.after.value)} "
-                f"(change {self.after.show_change(self.before.value)}) on {self.after.n} samples; "
+                f"(change {self.after.show_change(self.before.value)}) on {self.after.n} {self.after.unit}; "
                 f"compression took {self.seconds:.1f} s"
             )
         if self.budget is not None and self.budget.energy_ratio is not None:

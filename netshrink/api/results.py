@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from netshrink import metrics
 from netshrink.evaluate import EvalResult
 from netshrink.training.loop import TrainConfig
 
@@ -31,16 +32,17 @@ class TrainedCheckpoint:
             "dataset": self.dataset,
             "metric": self.score.metric,
             "value": self.score.value,
-            "error": 1 - self.score.value,
+            "error": 1 - self.score.value if self.score.metric == metrics.ACCURACY else None,
             "train_seconds": self.seconds,
             "config": asdict(self.config),
         }
 
     def to_text(self) -> str:
         score = self.score
+        error = f" (error {1 - score.value:.2%})" if score.metric == metrics.ACCURACY else ""
         return (
-            f"trained {self.model} on {self.dataset} in {self.seconds:.0f} s: {score.metric} {score.value:.2%} "
-            f"(error {1 - score.value:.2%}) on {score.n} held-out samples -> {self.file}"
+            f"trained {self.model} on {self.dataset} in {self.seconds:.0f} s: {score.metric} {score.show(score.value)}"
+            f"{error} on {score.n} held-out {score.unit} -> {self.file}"
         )
 
 

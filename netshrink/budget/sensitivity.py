@@ -98,6 +98,12 @@ class SensitivityConfig:
 
 def calibration_split(train: ArrayDataset, samples: int, seed: int) -> ArrayDataset:
     """A deterministic held-out slice of the TRAINING split (the same slicing filter_prune uses)."""
+    metric = getattr(train, "metric", "top1")
+    if metric != "top1":  # the scorer compares class predictions: (batch, classes) logits and labels
+        raise DataError(
+            f"sensitivity scores classifiers (top-1, KL of class predictions); a {metric} data set "
+            f"({type(train).__name__}) is not supported: compress with a fixed recipe instead of a budget"
+        )
     if len(train) < 2:
         raise DataError(f"sensitivity needs training data to hold a calibration slice out, got {len(train)} samples")
     return holdout_split(train, min(samples, len(train) // 2), seed)[1]

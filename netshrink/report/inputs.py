@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from netshrink import metrics
 from netshrink.budget.curves import AXES, SensitivityResult
 from netshrink.errors import DataError
 from netshrink.paths import read_json
@@ -105,6 +106,9 @@ def _run_label(obj: dict[str, Any]) -> str:
 
 
 def _accuracy(obj: dict[str, Any]) -> float | None:
+    """The run's accuracy; None for a run scored by another metric (`compress --json` names it)."""
+    if obj.get("metric", metrics.ACCURACY) != metrics.ACCURACY:
+        return None
     for key in ACCURACY_KEYS:
         value = _number(obj.get(key))
         if value is not None:

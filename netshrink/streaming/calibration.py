@@ -53,7 +53,8 @@ def calibration_tokens(
 
 
 def _text_tokens(name: str, samples: int, length: int, data_dir: str | None) -> torch.Tensor:
-    """The data set's sentences, padding dropped, joined and cut into `samples` rows of `length`."""
+    """The data set's text (sentences with their padding dropped, or token windows as they are),
+    joined and cut into `samples` rows of `length`."""
     from netshrink.data import load_dataset
     from netshrink.data.text import PAD_ID
 
@@ -62,7 +63,8 @@ def _text_tokens(name: str, samples: int, length: int, data_dir: str | None) -> 
     if ids is None or ids.is_floating_point():
         raise DataError(f"calibration data set {name} holds no text")
     stream = ids.reshape(-1)
-    stream = stream[stream != PAD_ID]
+    if getattr(data, "metric", None) != "perplexity":  # token windows hold no padding; id 0 is a real token
+        stream = stream[stream != PAD_ID]
     if len(stream) < samples * length:
         raise DataError(f"{name} has {len(stream)} tokens, fewer than the {samples} x {length} asked for calibration")
     return stream[: samples * length].reshape(samples, length)

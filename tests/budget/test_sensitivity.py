@@ -137,3 +137,10 @@ def test_malformed_files_are_one_line_errors(tmp_path, text, message):
     with pytest.raises(DataError, match=message) as err:
         SensitivityResult.read(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_token_windows_are_refused_by_name(tiny_net):
+    from netshrink.data import TokenWindows
+
+    with pytest.raises(DataError, match="sensitivity scores classifiers.*perplexity data set"):
+        measure(tiny_net, TokenWindows(torch.zeros(8, 4, dtype=torch.long)), CONFIG, dataset="x", progress=False)

@@ -246,3 +246,11 @@ def test_text_training_data_is_refused_by_name():
 def test_compound_recipes_parse(name):
     steps = [step.step_name for step in load_recipe(name).steps]
     assert steps[:2] == ["gap_head", "filter_prune"] and steps[-2:] == ["palette", "cast"]
+
+
+def test_token_windows_are_refused_by_name():
+    from netshrink.data import TokenWindows
+
+    windows = TokenWindows(torch.randint(0, 64, (20, 6)))
+    with pytest.raises(RecipeError, match="filter_prune .* image models.*token id batches"):
+        netshrink.compress(ThreeLayers(), recipe({"filter_prune": {"keep": 0.5, "epochs": 0}}), windows, progress=False)

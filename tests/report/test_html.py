@@ -263,3 +263,13 @@ def test_page_renders_in_headless_chromium(nsk, full_extras, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r'<body[^>]*data-images="ok"', dom), "some image did not decode (or the script did not run)"
     assert {plot_id: "plot" for plot_id in PLOT_IDS} == parse(dom).figures
+
+
+def test_perplexity_reads_as_perplexity_and_is_not_plotted_as_accuracy(nsk, tmp_path):
+    from netshrink.report.inputs import _accuracy
+
+    extras = ReportExtras(evaluation={"metric": "perplexity", "dataset": "shakespeare", "before": 20.0, "after": 21.0})
+    page = render_html(file_report(nsk), extras)
+    assert "21.00" in page and "before 20.00, change +5.0 %" in page and "2100.00%" not in page
+    assert _accuracy({"ratio": 4.0, "metric": "perplexity", "after": 21.0}) is None
+    assert _accuracy({"ratio": 4.0, "metric": "top1", "after": 0.9}) == 0.9
