@@ -64,17 +64,18 @@ class PeerResult:
     library: str = ""
 
 
-def stored_bits(weights: int, bits: int, tables: Iterable[torch.Tensor | tuple[int, torch.dtype]] = ()) -> int:
-    """Bits a peer stores for one weight: `weights` indices at `bits` each, plus its side tensors.
+def stored_bits(indices: int, bits: int, tables: Iterable[torch.Tensor | tuple[int, torch.dtype]] = ()) -> int:
+    """Bits a peer stores for one weight: its `indices` at `bits` each, plus its side tensors.
 
-    Each side tensor (lookup table, scale, zero point) counts numel x the width of the dtype it is
-    kept in; pass the tensor itself, or (element count, dtype) for one that is described.
+    `indices` is the weight's element count, or fewer when one index stands for a vector of weights
+    (coremltools' cluster_dim). Each side tensor (lookup table, scale, zero point) counts numel x the
+    width of the dtype it is kept in; pass the tensor itself, or (element count, dtype).
     """
     side = 0
     for table in tables:
         count, dtype = (table.numel(), table.dtype) if isinstance(table, torch.Tensor) else table
         side += count * dtype.itemsize * 8
-    return weights * bits + side
+    return indices * bits + side
 
 
 def target_linears(model: nn.Module, include_head: bool = False) -> dict[str, nn.Linear]:
@@ -107,6 +108,13 @@ def fake_quantize(
     return PeerResult(
         name, bits, group, total_bits / total_weights, math.ceil(total_bits / 8), seconds, total_weights, library
     )
+
+
+def linear_holding(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free Linear whose weight is `weight` (a copy): what the libraries' calls take."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight)
+    return linear
 
 
 # ---- round to nearest (ours) -------------------------------------------------------------------
@@ -147,26 +155,31 @@ def coreml_weight(weight: torch.Tensor, bits: int, group: int | None, **config: 
         PostTrainingPalettizer,
         PostTrainingPalettizerConfig,
     )
-    from peers.coreml_palettize import lookup_tables
+    from peers.coreml_palettize import METADATA_PREFIX
 
-    granularity = dict(granularity="per_grouped_channel", group_size=group, channel_axis=0) if group else {}
-    module_config = ModulePostTrainingPalettizerConfig(n_bits=bits, **(granularity or {"granularity": "per_tensor"}))
-    for key, value in config.items():
-        setattr(module_config, key, value)
-    holder = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
-    holder[0].weight = nn.Parameter(weight)
-    config = PostTrainingPalettizerConfig(global_config=module_config)
-    palettized = PostTrainingPalettizer(holder, config).compress(inplace=True)
-    table = lookup_tables(palettized)["0"]
-    dequantized = palettized[0].weight.detach().half().float()  # every value is a table entry
-    return dequantized, stored_bits(weight.numel(), bits, [(table.numel(), torch.float16)])
+    grouping = dict(granularity="per_grouped_channel", group_size=group, channel_axis=0)
+    module_config = ModulePostTrainingPalettizerConfig(
+        n_bits=bits, **(grouping if group else {"granularity": "per_tensor"}), **config
+    )
+    holder = nn.Sequential(linear_holding(weight))
+    palettizer = PostTrainingPalettizer(holder, PostTrainingPalettizerConfig(global_config=module_config))
+    palettized = palettizer.compress(inplace=True)
+    state = palettized.state_dict()
+    table = state[f"0.{METADATA_PREFIX}/weight/lut"]  # (*groups, 2^bits, cluster_dim)
+    side = [(table.numel(), torch.float16)]
+    channel_scale = state.get(f"0.{METADATA_PREFIX}/weight/palettization_scale")  # enable_per_channel_scale
+    if channel_scale is not None:
+        side.append((channel_scale.numel(), torch.float16))
+    dequantized = palettized[0].weight.detach().half().float()  # the fp16 tables (x fp16 scales)
+    return dequantized, stored_bits(weight.numel() // table.shape[-1], bits, side)
 
 
 def quantize_coreml(model: nn.Module, bits: int, group: int | None, **opts: Any) -> PeerResult:
     """coremltools k-means palettization; `group` output channels share one fp16 table (None: one per tensor).
 
-    Extra `opts` (other than include_head) set fields of ModulePostTrainingPalettizerConfig,
-    e.g. `enable_fast_kmeans_mode=False` or `cluster_dim=2`.
+    Extra `opts` (other than include_head) set fields of ModulePostTrainingPalettizerConfig, e.g.
+    `enable_fast_kmeans_mode=False`, `cluster_dim=2` (one index per 2 weights, 2-vector table
+    entries) or `enable_per_channel_scale=True` (an fp16 scale per output channel, counted).
     """
     coremltools = _import_or_unavailable("coremltools")
     for name in ("coremltools", "coremltools.optimize.torch", "coremltools.optimize.torch._utils.k_means"):
@@ -182,10 +195,8 @@ def hqq_weight(weight: torch.Tensor, bits: int, group: int | None, **config: Any
     """HQQ's own quantize (HQQLinear, fp16 compute) and dequantize; counts its scale and zero."""
     from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    linear.weight = nn.Parameter(weight)
     quant_config = BaseQuantizeConfig(nbits=bits, group_size=group, **config)
-    quantized = HQQLinear(linear, quant_config, compute_dtype=torch.float16, device="cpu")
+    quantized = HQQLinear(linear_holding(weight), quant_config, compute_dtype=torch.float16, device="cpu")
     meta = quantized.meta
     if meta.get("quant_scale") or meta.get("quant_zero"):
         raise PeerUnavailable("hqq: quantized scale/zero (quant_scale/quant_zero) are not sized here")
@@ -267,8 +278,7 @@ def torchao_weight(
     from torchao.quantization import quantize_
 
     config = torchao_config(bits, group, kernel, mapping, scale_dtype)
-    holder = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
-    holder[0].weight = nn.Parameter(weight)
+    holder = nn.Sequential(linear_holding(weight))
     try:
         quantize_(holder, config)
     except (ImportError, NotImplementedError, AssertionError, ValueError, RuntimeError) as error:

@@ -129,3 +129,15 @@ def test_a_failing_peer_leaves_the_model_unchanged(tiny) -> None:
     with pytest.raises(PeerUnavailable):
         fake_quantize(model, "failing", 2, 64, fails_on_the_third)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+
+
+def test_coreml_counts_vector_indices_and_channel_scales() -> None:
+    """cluster_dim=2: one index per 2 weights, tables of 2-vectors; a per-channel scale is one fp16 a row."""
+    pytest.importorskip("coremltools")
+    torch.manual_seed(2)
+    weight = torch.randn(32, 64)
+    _, vector_bits = llm_peers.coreml_weight(weight.clone(), 3, 16, cluster_dim=2)
+    assert vector_bits == 3 * 32 * 64 // 2 + 2 * 8 * 2 * 16  # 2 tables of 8 entries of 2 fp16
+    dequantized, scaled_bits = llm_peers.coreml_weight(weight.clone(), 3, 16, enable_per_channel_scale=True)
+    assert scaled_bits == 3 * 32 * 64 + 2 * 8 * 16 + 32 * 16
+    assert ((dequantized - weight).norm() / weight.norm()).item() < 0.25
