@@ -157,6 +157,8 @@ def coreml_weight(weight: torch.Tensor, bits: int, group: int | None, **config: 
     )
     from peers.coreml_palettize import METADATA_PREFIX
 
+    for name in ("coremltools", "coremltools.optimize.torch", "coremltools.optimize.torch._utils.k_means"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per layer otherwise
     grouping = dict(granularity="per_grouped_channel", group_size=group, channel_axis=0)
     module_config = ModulePostTrainingPalettizerConfig(
         n_bits=bits, **(grouping if group else {"granularity": "per_tensor"}), **config
@@ -182,8 +184,6 @@ def quantize_coreml(model: nn.Module, bits: int, group: int | None, **opts: Any)
     entries) or `enable_per_channel_scale=True` (an fp16 scale per output channel, counted).
     """
     coremltools = _import_or_unavailable("coremltools")
-    for name in ("coremltools", "coremltools.optimize.torch", "coremltools.optimize.torch._utils.k_means"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # one INFO line per layer otherwise
     library = f"coremltools {coremltools.__version__}"
     return fake_quantize(model, "coreml", bits, group, coreml_weight, library=library, **opts)
 
