@@ -285,6 +285,8 @@ def torchao_weight(
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PeerUnavailable(f"torchao {type(config).__name__} on CPU: {reason}") from error
     quantized = holder[0].weight
+    if not hasattr(quantized, "__tensor_flatten__"):  # torchao skips a Linear its kernel cannot take
+        raise PeerUnavailable(f"torchao {type(config).__name__} left a {tuple(weight.shape)} weight unquantized")
     names, _ = quantized.__tensor_flatten__()
     side = [getattr(quantized, name) for name in names if name != "qdata"]  # scale, zero_point
     return quantized.dequantize().float(), stored_bits(weight.numel(), bits, side)

@@ -31,7 +31,7 @@ RUNS: list[tuple[str, int | None, dict[str, Any]]] = [
     ("coreml", 16, {}),
     ("hqq", 64, {}),
     ("torchao", 64, {"kernel": "intx"}),
-    ("torchao", 128, {"kernel": "int4"}),
+    ("torchao", 64, {"kernel": "int4"}),
 ]
 
 
