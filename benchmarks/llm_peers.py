@@ -142,7 +142,7 @@ def rtn_weight(weight: torch.Tensor, bits: int, group: int | None) -> QuantizedW
 
 def quantize_rtn(model: nn.Module, bits: int, group: int | None, **opts: Any) -> PeerResult:
     """Round to nearest, asymmetric min-max per group (fp16 scale + zero per group)."""
-    return fake_quantize(model, "rtn", bits, group, rtn_weight, **opts)
+    return fake_quantize(model, "rtn", bits, group, rtn_weight, library="ours (llm_peers.rtn_weight)", **opts)
 
 
 # ---- coremltools k-means palettization ---------------------------------------------------------

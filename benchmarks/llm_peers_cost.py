@@ -49,6 +49,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Peer quantizer cost on a SmolLM2-135M-shaped model ({result['machine']}, 1 thread)",
         "",
+        f"Random weights of SmolLM2-135M's shape, the {result['rows'][0]['weights'] if result['rows'] else 0:,} "
+        "block Linear weights; seconds of the quantize + dequantize calls on one thread of a machine other "
+        "jobs shared, so a guide to cost, not a speed benchmark. coremltools' group counts output channels "
+        "per table; the others' group counts input weights per scale.",
+        "",
         "| peer | bits | group | bits/weight | stored MB | seconds | library |",
         "|---|---|---|---|---|---|---|",
     ]
