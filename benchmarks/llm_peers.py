@@ -312,8 +312,8 @@ PEERS: dict[str, Callable[..., PeerResult]] = {
 
 
 def run_peer(name: str, model: nn.Module, bits: int, group: int | None, **opts: Any) -> PeerResult | str:
-    """`PEERS[name]` on `model`, or the one-line reason it cannot run here (the model then unchanged)."""
+    """`PEERS[name]` on `model`, or the one-line reason it cannot run here, naming the library (model unchanged)."""
     try:
         return PEERS[name](model, bits, group, **opts)
     except PeerUnavailable as unavailable:
-        return f"{name}: {unavailable}"
+        return str(unavailable)
