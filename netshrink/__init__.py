@@ -29,6 +29,7 @@ _EXPORTS = {
             "compress",
             "compress_to_target",
             "evaluate",
+            "generate",
             "inspect",
             "load",
             "save",

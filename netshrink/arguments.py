@@ -240,6 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(ev)
     _add_json_arg(ev)
 
+    gen = sub.add_parser("generate", help="continue a prompt with a language model (zoo name, .nsk, folder, .gguf)")
+    gen.add_argument("model", help="zoo model name, .nsk file, Hugging Face model folder or .gguf file")
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="tokens to add (default 64)")
+    gen.add_argument(
+        "--temperature", type=float, default=0.0, help="0 picks the likeliest token (default); above 0 samples"
+    )
+    gen.add_argument("--top-k", type=positive_int, metavar="K", help="sample among the K likeliest tokens only")
+    gen.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json, model folder or .gguf (default: the model's)")
+    _add_seed_arg(gen)
+    _add_device_args(gen)
+    _add_json_arg(gen)
+
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")
     ins.add_argument("file", help=".nsk file to describe")
     _add_json_arg(ins)

@@ -1,4 +1,4 @@
-"""Command line: `netshrink train | compress | sensitivity | eval | inspect | report | recipes`.
+"""Command line: `netshrink train | compress | sensitivity | eval | generate | inspect | report | recipes`.
 
 A thin front end over the API (`netshrink.api`): arguments are parsed and every output path checked
 before PyTorch is even imported, then one API call runs the command and its result is printed as
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> Any:
     from netshrink import api
     from netshrink.devices import resolve_device
 
-    computes = args.command in ("train", "compress", "sensitivity", "eval")
+    computes = args.command in ("train", "compress", "sensitivity", "eval", "generate")
     device = resolve_device(args.device) if computes else None  # a missing device fails before any work
     join_run(device)
     if args.command in ("inspect", "report", "recipes") and not is_main_process():
@@ -167,6 +167,20 @@ def run(args: argparse.Namespace) -> Any:
         )
     if args.command == "eval":
         return api.evaluate(args.model, **data, limit=args.limit, identity=checkpoint_identity(args))
+    if args.command == "generate":
+        from netshrink.api.language import generate
+
+        return generate(
+            args.model,
+            args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+            device=device,
+            data_dir=data["data_dir"],
+        )
     if args.command == "inspect":
         return api.inspect(args.file)
     if args.command == "report":

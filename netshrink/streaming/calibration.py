@@ -36,7 +36,7 @@ def calibration_tokens(
     if isinstance(calibration, torch.Tensor):
         tokens, source = calibration, "the given token tensor"
     elif isinstance(calibration, str):
-        tokens, source = _text_tokens(calibration, samples, length, data_dir), f"{calibration} sentences"
+        tokens, source = _text_tokens(calibration, samples, length, data_dir, seed), f"{calibration} text"
     elif calibration is None:
         generator = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, vocab, (samples, length), generator=generator)
@@ -52,8 +52,9 @@ def calibration_tokens(
     return CalibrationTokens(tokens.long().contiguous(), f"{len(tokens)} x {tokens.shape[1]} {source}")
 
 
-def _text_tokens(name: str, samples: int, length: int, data_dir: str | None) -> torch.Tensor:
-    """The data set's text (sentences with their padding dropped, or token windows as they are),
+def _text_tokens(name: str, samples: int, length: int, data_dir: str | None, seed: int = 0) -> torch.Tensor:
+    """The data set's text: token windows of that length as they are (`samples` of them, a seeded
+    sample spread over all the works), else its text (sentences with their padding dropped)
     joined and cut into `samples` rows of `length`."""
     from netshrink.data import load_dataset
     from netshrink.data.text import PAD_ID
@@ -62,8 +63,11 @@ def _text_tokens(name: str, samples: int, length: int, data_dir: str | None) -> 
     ids = getattr(data, "tokens", None)
     if ids is None or ids.is_floating_point():
         raise DataError(f"calibration data set {name} holds no text")
+    windows = getattr(data, "metric", None) == "perplexity"
+    if windows and ids.shape[1] == length and len(ids) >= samples:
+        return data.sample(samples, seed).tokens
     stream = ids.reshape(-1)
-    if getattr(data, "metric", None) != "perplexity":  # token windows hold no padding; id 0 is a real token
+    if not windows:  # token windows hold no padding; id 0 is a real token
         stream = stream[stream != PAD_ID]
     if len(stream) < samples * length:
         raise DataError(f"{name} has {len(stream)} tokens, fewer than the {samples} x {length} asked for calibration")

@@ -52,8 +52,10 @@ from netshrink.streaming.parts import (
 
 log = logging.getLogger(__name__)
 
-#: Tokens per calibration row, unless the model's max_seq is shorter.
+#: Tokens per calibration row, unless the model's max_seq is shorter or the data set has windows.
 DEFAULT_LENGTH = 64
+#: Calibration rows when no step of the recipe asks for more.
+DEFAULT_SAMPLES = 8
 
 
 @dataclass
@@ -99,7 +101,7 @@ def compress_streaming(
     model: str | nn.Module | None = None,
     arch: dict[str, Any] | str | None = None,
     calibration: torch.Tensor | str | None = None,
-    samples: int = 8,
+    samples: int | None = None,
     length: int | None = None,
     batch_size: int = 4,
     resume: bool = False,
@@ -111,20 +113,23 @@ def compress_streaming(
 
     The model is a zoo name with `arch` (default: the checkpoint's `__metadata__` keys
     `netshrink_model` and `arch`, a JSON object), or a module built on the meta device that has a
-    `BlockStructure`. Calibration: `samples` rows of `length` tokens (default 64, or max_seq if
-    shorter) from `calibration` (a text data set's name or a token tensor), else seeded random
-    tokens. `resume` goes on from the last finished block of an interrupted run with the same
+    `BlockStructure`. Calibration: `samples` rows (default: the most calibration samples a step of
+    the recipe asks for, at least 8) of `length` tokens (default: the data set's window length for
+    token windows, else 64; at most max_seq) from `calibration` (a text data set's name or a token
+    tensor), else seeded random tokens. `resume` goes on from the last finished block of an interrupted run with the same
     inputs; the file is the same either way.
     """
     started = time.perf_counter()
     target = check_output_path(output, ".nsk file")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_streamable(recipe)
-    ckpt = SafetensorsCheckpoint.open(checkpoint)
+    ckpt, model = open_checkpoint(checkpoint, model)
     skeleton, identity = model_skeleton(ckpt, model, arch)
+    identity = _text_identity(identity, ckpt, calibration)
     source = _Source(ckpt, skeleton, cut(skeleton), aliases(skeleton))
     source.sources = _check_tensors(ckpt, skeleton, source.alias)
-    length = length or min(DEFAULT_LENGTH, identity.arch.get("max_seq", DEFAULT_LENGTH))
+    samples = samples or max([getattr(step, "calibration", 0) for step in recipe.steps] + [DEFAULT_SAMPLES])
+    length = length or min(_window_length(calibration), identity.arch.get("max_seq", DEFAULT_LENGTH))
     tokens = calibration_tokens(calibration, _vocab(skeleton, source.parts[0]), samples, length, seed, data_dir)
     log.info("calibration: %s", tokens.source)
     fingerprint = {
@@ -159,6 +164,37 @@ def compress_streaming(
     blocks = len(source.parts) - 2
     seconds = time.perf_counter() - started
     return StreamResult(target, size, identity.original.fp32_bytes, blocks, resumed_at, tokens.source, seconds, logits)
+
+
+def _window_length(calibration: Any) -> int:
+    """The window length of a text data set of token windows (SmolLM2's Shakespeare: 512), else the default."""
+    if isinstance(calibration, str):
+        from netshrink.data import WINDOW_LENGTHS
+
+        return WINDOW_LENGTHS.get(calibration, DEFAULT_LENGTH)
+    return DEFAULT_LENGTH
+
+
+def open_checkpoint(spec: str | Path, model: str | nn.Module | None) -> tuple[Any, str | nn.Module | None]:
+    """The checkpoint to stream from: a .safetensors or .gguf file, or a zoo model whose published
+    weights are one of those (its name then names the model, unless `model` does)."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in zoo.MODEL_NAMES and zoo.model_info(str(spec)).has_pretrained:
+        path, model = zoo.checkpoint_path(str(spec)), model or str(spec)
+    if path.suffix == ".gguf":
+        from netshrink.lm.gguf import GGUFCheckpoint
+
+        return GGUFCheckpoint.open(path), model
+    return SafetensorsCheckpoint.open(path), model
+
+
+def _text_identity(identity: ModelIdentity, ckpt: Any, calibration: Any) -> ModelIdentity:
+    """A language model's identity also names its data set and, from a GGUF file, where its tokenizer is."""
+    extra = dict(identity.extra)
+    if hasattr(ckpt, "tokenizer") and identity.name == "llama":
+        extra["tokenizer"] = str(ckpt.path.resolve())
+    dataset = calibration if isinstance(calibration, str) else identity.dataset
+    return replace(identity, dataset=dataset, extra=extra)
 
 
 @dataclass

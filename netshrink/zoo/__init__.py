@@ -3,7 +3,7 @@
 Every image model takes float images in [0, 1], shaped (N, C, H, W), and normalises them itself
 (see `normalize.py`), so data loaders and evaluators stay model-agnostic. The sentence model
 (`minilm`) takes token ids and an attention mask and returns unit-norm sentence embeddings. The
-language model (`llama`) takes token ids and returns next-token logits.
+language models (`llama`, `smollm2-135m`) take token ids and return next-token logits.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from netshrink.zoo.pretrained import (
 )
 from netshrink.zoo.protocols import BlockLayout, BlockStructure, DescribesArch, GapHeadSwitch, HasHead
 from netshrink.zoo.resnet_cifar import resnet20
+from netshrink.zoo.smollm2 import read_smollm2, smollm2_135m, smollm2_gguf
 
 __all__ = [
     "MODEL_NAMES",
@@ -44,6 +45,7 @@ __all__ = [
     "build_empty",
     "build_model",
     "build_skeleton",
+    "checkpoint_path",
     "get_model",
     "model_info",
     "models_with",
@@ -82,6 +84,9 @@ _ZOO: dict[str, _Entry] = {
     "minilm": _Entry(ModelInfo("minilm", "stsb", 384, (256,), True), minilm, minilm_checkpoint, read_safetensors),
     # A language model: the text data set it calibrates on by default is STS-B's sentences.
     "llama": _Entry(ModelInfo("llama", "stsb", 32000, (2048,), False), llama, None),
+    "smollm2-135m": _Entry(
+        ModelInfo("smollm2-135m", "shakespeare", 49152, (512,), True), smollm2_135m, smollm2_gguf, read_smollm2
+    ),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_ZOO)
@@ -181,11 +186,11 @@ MAX_ARCH_ITEMS = 256
 
 
 def _check_arch_value(name: str, key: str, value: Any, depth: int = 0) -> None:
-    """An architecture argument: an int in [0, 2^24], a short string, or a short list of those."""
+    """An architecture argument: a number in [0, 2^24], a short string, or a short list of those."""
     if isinstance(value, bool) or value is None:
         return
-    if isinstance(value, int):
-        if not 0 <= value <= MAX_ARCH_INT:
+    if isinstance(value, (int, float)):  # a float: a rotary base or a norm epsilon
+        if not 0 <= value <= MAX_ARCH_INT:  # NaN fails this too
             raise ModelError(f"{name}: argument {key!r} = {value} is outside 0..{MAX_ARCH_INT}")
         return
     if isinstance(value, str) and len(value) <= 64:
@@ -194,7 +199,18 @@ def _check_arch_value(name: str, key: str, value: Any, depth: int = 0) -> None:
         for item in value:
             _check_arch_value(name, key, item, depth + 1)
         return
-    raise ModelError(f"{name}: argument {key!r} = {str(value)[:60]!r} is not an integer, short string or short list")
+    raise ModelError(f"{name}: argument {key!r} = {str(value)[:60]!r} is not a number, short string or short list")
+
+
+def checkpoint_path(name: str, data_dir: str | Path | None = None) -> Path:
+    """Where the published weights of zoo model `name` are (a ModelError when none are published)."""
+    entry = _entry(name)
+    if entry.checkpoint is None:
+        raise ModelError(
+            f"no pretrained weights are published for {name!r}; train one with "
+            f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
+        )
+    return entry.checkpoint(data_dir)
 
 
 def get_model(name: str, pretrained: bool = True, data_dir: str | Path | None = None) -> nn.Module:
@@ -206,11 +222,6 @@ def get_model(name: str, pretrained: bool = True, data_dir: str | Path | None = 
     entry = _entry(name)
     model = entry.build()
     if pretrained:
-        if entry.checkpoint is None:
-            raise ModelError(
-                f"no pretrained weights are published for {name!r}; train one with "
-                f"`netshrink train {name}` or call get_model({name!r}, pretrained=False)"
-            )
-        path = entry.checkpoint(data_dir)
+        path = checkpoint_path(name, data_dir)
         load_strict(model, entry.read(path), path)
     return model.eval()

@@ -29,7 +29,7 @@ from netshrink.zoo.protocols import BlockLayout
 
 #: Layer count a description (a file's header) may ask for.
 MAX_LAYERS = 1024
-ROPE_BASE = 10000.0  # Su et al. 2021, eq. 15; Llama's rope_theta
+ROPE_BASE = 10000  # Su et al. 2021, eq. 15; Llama's rope_theta (SmolLM2: 100000)
 NORM_EPS = 1e-5  # Llama's rms_norm_eps
 
 
@@ -47,10 +47,14 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-def rotary_angles(length: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, (length, head_dim), frequencies repeated over both halves."""
-    inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+def rotary_angles(
+    length: int, head_dim: int, device: torch.device, base: float = ROPE_BASE, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency for positions start..start+length-1, (length, head_dim),
+    frequencies repeated over both halves."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos(), angles.sin()
 
@@ -62,28 +66,69 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+class KVCache:
+    """The keys and values of the positions seen so far, one pair per block, so that generating a
+    token attends to the earlier ones without recomputing them (batch-1 generation reads each
+    weight once per token instead of once per token per earlier position)."""
+
+    def __init__(self, layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * layers
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    def length(self, layer: int = 0) -> int:
+        """Positions already cached (in block `layer`)."""
+        keys = self.keys[layer]
+        return 0 if keys is None else keys.shape[2]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this call's keys and values (b, kv_heads, t, head_dim); all of them so far."""
+        if self.keys[layer] is not None:
+            k = torch.cat((self.keys[layer], k), dim=2)
+            v = torch.cat((self.values[layer], v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
 class Attention(nn.Module):
     """Causal grouped-query self-attention with rotary positions; no biases (Llama)."""
 
-    def __init__(self, dim: int, heads: int, kv_heads: int) -> None:
+    def __init__(self, dim: int, heads: int, kv_heads: int, rope_theta: float = ROPE_BASE) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.rope_theta = rope_theta
         self.q_proj = nn.Linear(dim, heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(heads * self.head_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         batch, length, _ = x.shape
+        start = 0 if cache is None else cache.length(layer)
         q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rotary_angles(length, self.head_dim, x.device)
+        cos, sin = rotary_angles(length, self.head_dim, x.device, self.rope_theta, start)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
         group = self.heads // self.kv_heads  # query heads per key/value head
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        context = F.scaled_dot_product_attention(q, k, v, **_causal_mask(length, start, x.device))
         return self.o_proj(context.transpose(1, 2).reshape(batch, length, -1))
+
+
+def _causal_mask(length: int, start: int, device: torch.device) -> dict[str, Any]:
+    """Attention arguments for `length` new positions after `start` cached ones: each sees every
+    cached position and the new ones up to itself."""
+    if start == 0:
+        return {"is_causal": length > 1}
+    if length == 1:
+        return {}
+    seen = (
+        torch.arange(start + length, device=device)[None, :]
+        <= torch.arange(start, start + length, device=device)[:, None]
+    )
+    return {"attn_mask": seen}
 
 
 class MLP(nn.Module):
@@ -102,26 +147,32 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """One pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Hidden (b, t, dim) in and out."""
 
-    def __init__(self, dim: int, heads: int, kv_heads: int, ffn: int) -> None:
+    def __init__(
+        self, dim: int, heads: int, kv_heads: int, ffn: int, rope_theta: float = ROPE_BASE, norm_eps: float = NORM_EPS
+    ) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(dim)
-        self.self_attn = Attention(dim, heads, kv_heads)
-        self.post_attention_layernorm = RMSNorm(dim)
+        self.input_layernorm = RMSNorm(dim, norm_eps)
+        self.self_attn = Attention(dim, heads, kv_heads, rope_theta)
+        self.post_attention_layernorm = RMSNorm(dim, norm_eps)
         self.mlp = MLP(dim, ffn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaModel(nn.Module):
     """Embedding, blocks, final norm: the `model.` part of Hugging Face's layout."""
 
-    def __init__(self, vocab: int, dim: int, layers: int, heads: int, kv_heads: int, ffn: int) -> None:
+    def __init__(
+        self, vocab: int, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, rope_theta: float, norm_eps: float
+    ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, dim)
-        self.layers = nn.ModuleList(DecoderLayer(dim, heads, kv_heads, ffn) for _ in range(layers))
-        self.norm = RMSNorm(dim)
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim, heads, kv_heads, ffn, rope_theta, norm_eps) for _ in range(layers)
+        )
+        self.norm = RMSNorm(dim, norm_eps)
 
 
 class Llama(nn.Module):
@@ -137,13 +188,17 @@ class Llama(nn.Module):
         ffn: int = 1376,
         max_seq: int = 2048,
         tied: bool = True,
+        rope_theta: float = ROPE_BASE,
+        norm_eps: float = NORM_EPS,
     ) -> None:
         super().__init__()
         _check_shape(vocab, dim, layers, heads, kv_heads, ffn, max_seq)
         self.config = dict(
             vocab=vocab, dim=dim, layers=layers, heads=heads, kv_heads=kv_heads, ffn=ffn, max_seq=max_seq, tied=tied
         )
-        self.model = LlamaModel(vocab, dim, layers, heads, kv_heads, ffn)
+        if rope_theta != ROPE_BASE or norm_eps != NORM_EPS:  # recorded only when not the defaults: older files
+            self.config.update(rope_theta=rope_theta, norm_eps=norm_eps)  # keep their exact headers
+        self.model = LlamaModel(vocab, dim, layers, heads, kv_heads, ffn, rope_theta, norm_eps)
         self.lm_head = nn.Linear(dim, vocab, bias=False)
         if tied:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -167,11 +222,18 @@ class Llama(nn.Module):
         """Logits from the last block's hidden states: final norm, then the LM head."""
         return self.lm_head(self.model.norm(hidden))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of every position; with a `cache`, `tokens` continue the cached ones (generation)."""
+        if cache is not None and cache.length() + _token_count(tokens) > self.config["max_seq"]:
+            raise ModelError(f"llama: {cache.length()} cached + {_token_count(tokens)} new tokens exceed max_seq")
         hidden = self.embed(tokens)
-        for block in self.model.layers:
-            hidden = self.run_block(block, hidden)
+        for layer, block in enumerate(self.model.layers):
+            hidden = block(hidden, cache, layer) if cache is not None else self.run_block(block, hidden)
         return self.head(hidden)
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for `forward(tokens, cache)`."""
+        return KVCache(len(self.model.layers))
 
 
 def _check_shape(vocab: int, dim: int, layers: int, heads: int, kv_heads: int, ffn: int, max_seq: int) -> None:
@@ -185,6 +247,10 @@ def _check_shape(vocab: int, dim: int, layers: int, heads: int, kv_heads: int, f
         raise ModelError(f"llama: dim {dim} must split into {heads} heads of an even width (rotary pairs)")
     if heads % kv_heads:
         raise ModelError(f"llama: {heads} query heads must be a multiple of the {kv_heads} key/value heads")
+
+
+def _token_count(tokens: Any) -> int:
+    return tokens.shape[-1] if isinstance(tokens, torch.Tensor) else 0
 
 
 def _check_tokens(tokens: Any, max_seq: int) -> torch.Tensor:
@@ -206,4 +272,4 @@ def llama(**arch: Any) -> Llama:
     return Llama(**arch)
 
 
-__all__ = ["Llama", "RMSNorm", "apply_rotary", "llama", "rotary_angles"]
+__all__ = ["KVCache", "Llama", "RMSNorm", "apply_rotary", "llama", "rotary_angles"]

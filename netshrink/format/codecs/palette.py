@@ -17,6 +17,7 @@ import torch
 
 from netshrink.cluster import assign_nearest_1d, fit_centroids_1d
 from netshrink.cluster.kmeans1d import INITS
+from netshrink.cluster.rows1d import fit_rows_density
 from netshrink.errors import CodecError, FormatError
 from netshrink.format.codecs.base import (
     Codebook,
@@ -71,6 +72,8 @@ class Palette(Codec):
         k = book_size(self.bits, rows.shape[1])
         if not rows.numel():
             return Codebook(torch.zeros(0, k, dtype=torch.float16))
+        if self.init == "density" and weights is None and len(rows) > 1 and rows.shape[1] <= FIT_SAMPLE:
+            return Codebook(torch.from_numpy(np.stack([_book(c.numpy(), k) for c in fit_rows_density(rows, k)])))
         books = [
             self._cluster_row(row.numpy(), k, None if weights is None else weights[i].numpy())
             for i, row in enumerate(rows)
@@ -149,8 +152,7 @@ class Palette(Codec):
         centroids = fit_centroids_1d(row, k, init=self.init, seed=self.seed, sample_weight=weights)
         # The codebook is stored in fp16 (Wu et al. 2018 store 16-bit centres): `encode` assigns each
         # weight to the nearest *stored* value, so the file decodes to exactly what the model was evaluated with.
-        book = np.unique(centroids.astype(np.float16))
-        return np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
+        return _book(centroids, k)
 
     @classmethod
     def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,6 +199,12 @@ def nearest_entry(row: np.ndarray, book: np.ndarray) -> np.ndarray:
 #: k-means working memory is ~20 bytes a point, and 2^24 points pin each of 256 values far more
 #: finely than fp16 stores them. Every weight is still assigned to its nearest value.
 FIT_SAMPLE = 1 << 24
+
+
+def _book(centroids: np.ndarray, k: int) -> np.ndarray:
+    """Centroids as a row of the fp16 codebook: sorted distinct values, padded to k with the largest."""
+    book = np.unique(centroids.astype(np.float16))
+    return np.concatenate([book, np.full(k - book.size, book[-1], dtype=np.float16)])
 
 
 def fit_sample(

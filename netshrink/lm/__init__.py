@@ -1,0 +1,1 @@
+"""Causal language models: reading GGUF files, tokenizers, and text generation."""
