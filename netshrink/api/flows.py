@@ -26,7 +26,7 @@ from netshrink.api.results import RecipeList, ReportWritten, TrainedCheckpoint
 from netshrink.budget.curves import SensitivityResult
 from netshrink.budget.sensitivity import SensitivityConfig
 from netshrink.budget.sensitivity import sensitivity as cached_sensitivity
-from netshrink.data import ArrayDataset, SentencePairs, TokenWindows, load_dataset
+from netshrink.data import WINDOW_LENGTHS, ArrayDataset, SentencePairs, TokenWindows, load_dataset
 from netshrink.devices import Autocast, placed_on, resolve_device
 from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult
@@ -134,7 +134,12 @@ def evaluate(
         )
     source = resolve(model, dataset=dataset, data_dir=data_dir, identity=identity, progress=progress)
     name = source.require_dataset()
-    result = score_on(source.module, name, data_dir, split=split, progress=progress, limit=limit, device=device)
+    data: Any = name
+    if name in WINDOW_LENGTHS:  # text: encoded with the model's own tokenizer
+        from netshrink.api.language import find_tokenizer
+
+        data = load_dataset(name, split, data_dir, tokenizer=find_tokenizer(source))
+    result = score_on(source.module, data, data_dir, split=split, progress=progress, limit=limit, device=device)
     return replace(result, model=source.label, dataset=name)
 
 

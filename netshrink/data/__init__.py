@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from netshrink.data.arrays import ArrayDataset, BatchLoader
 from netshrink.data.augment import AUGMENTATIONS, DEFAULT_AUGMENTATION, augment_batch
@@ -66,13 +67,16 @@ _DOWNLOADERS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> Dataset:
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None, tokenizer: Any = None) -> Dataset:
     """Dataset `name`, `split` in {"train", "test"} (Imagenette's "test" is its val folder, STS-B's
-    its dev file, Shakespeare's the held-out plays; Milton has only "test")."""
+    its dev file, Shakespeare's the held-out plays; Milton has only "test"). `tokenizer`: the one the
+    text of a token-window data set is encoded with (default: SmolLM2's)."""
     if name not in _LOADERS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {name}; choose 'train' or 'test'")
+    if name in WINDOW_LENGTHS and tokenizer is not None:
+        return _LOADERS[name](split, data_dir, tokenizer)
     return _LOADERS[name](split, data_dir)
 
 

@@ -27,7 +27,13 @@ class CalibrationTokens:
 
 
 def calibration_tokens(
-    calibration: Any, vocab: int, samples: int, length: int, seed: int, data_dir: str | None = None
+    calibration: Any,
+    vocab: int,
+    samples: int,
+    length: int,
+    seed: int,
+    data_dir: str | None = None,
+    tokenizer: Any = None,
 ) -> CalibrationTokens:
     """Token rows from `calibration`: a (samples, length) integer tensor, a text data set's name, or
     None for seeded random ids."""
@@ -36,7 +42,8 @@ def calibration_tokens(
     if isinstance(calibration, torch.Tensor):
         tokens, source = calibration, "the given token tensor"
     elif isinstance(calibration, str):
-        tokens, source = _text_tokens(calibration, samples, length, data_dir, seed), f"{calibration} text"
+        tokens = _text_tokens(calibration, samples, length, data_dir, seed, tokenizer)
+        source = f"{calibration} text"
     elif calibration is None:
         generator = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, vocab, (samples, length), generator=generator)
@@ -52,14 +59,16 @@ def calibration_tokens(
     return CalibrationTokens(tokens.long().contiguous(), f"{len(tokens)} x {tokens.shape[1]} {source}")
 
 
-def _text_tokens(name: str, samples: int, length: int, data_dir: str | None, seed: int = 0) -> torch.Tensor:
+def _text_tokens(
+    name: str, samples: int, length: int, data_dir: str | None, seed: int = 0, tokenizer: Any = None
+) -> torch.Tensor:
     """The data set's text: token windows of that length as they are (`samples` of them, a seeded
     sample spread over all the works), else its text (sentences with their padding dropped)
     joined and cut into `samples` rows of `length`."""
     from netshrink.data import load_dataset
     from netshrink.data.text import PAD_ID
 
-    data = load_dataset(name, "train", data_dir)
+    data = load_dataset(name, "train", data_dir, tokenizer=tokenizer)
     ids = getattr(data, "tokens", None)
     if ids is None or ids.is_floating_point():
         raise DataError(f"calibration data set {name} holds no text")

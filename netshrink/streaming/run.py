@@ -130,7 +130,8 @@ def compress_streaming(
     source.sources = _check_tensors(ckpt, skeleton, source.alias)
     samples = samples or max([getattr(step, "calibration", 0) for step in recipe.steps] + [DEFAULT_SAMPLES])
     length = length or min(_window_length(calibration), identity.arch.get("max_seq", DEFAULT_LENGTH))
-    tokens = calibration_tokens(calibration, _vocab(skeleton, source.parts[0]), samples, length, seed, data_dir)
+    vocab = _vocab(skeleton, source.parts[0])
+    tokens = calibration_tokens(calibration, vocab, samples, length, seed, data_dir, _tokenizer_of(ckpt, identity))
     log.info("calibration: %s", tokens.source)
     fingerprint = {
         "checkpoint": ckpt.fingerprint,
@@ -186,6 +187,15 @@ def open_checkpoint(spec: str | Path, model: str | nn.Module | None) -> tuple[An
 
         return GGUFCheckpoint.open(path), model
     return SafetensorsCheckpoint.open(path), model
+
+
+def _tokenizer_of(ckpt: Any, identity: ModelIdentity) -> Any:
+    """The tokenizer a GGUF file holds (None: the text data set's default, SmolLM2's)."""
+    if getattr(ckpt, "tokenizer", None) and identity.name == "llama":
+        from netshrink.lm.tokenizer import from_gguf_metadata
+
+        return from_gguf_metadata(ckpt.tokenizer, str(ckpt.path))
+    return None
 
 
 def _text_identity(identity: ModelIdentity, ckpt: Any, calibration: Any) -> ModelIdentity:

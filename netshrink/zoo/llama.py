@@ -213,6 +213,11 @@ class Llama(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The hidden states the first block takes: token embeddings (b, t, dim)."""
         tokens = _check_tokens(tokens, self.config["max_seq"])
+        if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < self.config["vocab"]:
+            raise ModelError(
+                f"llama: token ids {int(tokens.min())}..{int(tokens.max())} outside its vocabulary of "
+                f"{self.config['vocab']} (text encoded with another model's tokenizer?)"
+            )
         return self.model.embed_tokens(tokens)
 
     def run_block(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
