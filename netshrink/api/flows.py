@@ -26,7 +26,7 @@ from netshrink.api.results import RecipeList, ReportWritten, TrainedCheckpoint
 from netshrink.budget.curves import SensitivityResult
 from netshrink.budget.sensitivity import SensitivityConfig
 from netshrink.budget.sensitivity import sensitivity as cached_sensitivity
-from netshrink.data import WINDOW_LENGTHS, ArrayDataset, SentencePairs, load_dataset
+from netshrink.data import WINDOW_LENGTHS, ArrayDataset, SentencePairs, TokenWindows, load_dataset
 from netshrink.devices import Autocast, placed_on, resolve_device
 from netshrink.errors import DataError, NetshrinkError
 from netshrink.evaluate import EvalResult
@@ -111,7 +111,7 @@ def _training_data(recipe: Recipe, source: Source, data_dir: str | None) -> Arra
 
 def evaluate(
     model: ModelSource,
-    dataset: str | ArrayDataset | SentencePairs | None = None,
+    dataset: str | ArrayDataset | SentencePairs | TokenWindows | None = None,
     *,
     data_dir: str | None = None,
     limit: int | None = None,
@@ -120,8 +120,9 @@ def evaluate(
     device: str | torch.device | None = None,
     identity: ModelIdentity | Mapping[str, Any] | None = None,
 ) -> EvalResult:
-    """Score a model on the held-out split of its data set (or `dataset`): top-1, or Spearman for
-    sentence pairs. `limit` scores a fixed random subset of that many samples. `identity` names the
+    """Score a model on the held-out split of its data set (or `dataset`): top-1, Spearman for
+    sentence pairs, perplexity for text windows. `limit` scores a fixed random subset of that many
+    samples (windows). `identity` names the
     zoo model of a .safetensors checkpoint whose metadata does not."""
     device = resolve_device(device)
     if dataset is not None and not isinstance(dataset, str):  # a data set in memory

