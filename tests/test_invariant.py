@@ -25,6 +25,7 @@ import netshrink
 from netshrink.api import CompressedModel
 from netshrink.data import ArrayDataset
 from netshrink.data.text import SentencePairs
+from netshrink.data.tokens import TokenWindows
 from netshrink.format.codecs import Encoded
 from netshrink.format.container import read_nsk
 from netshrink.identity import ModelIdentity
@@ -85,6 +86,14 @@ def sentence_pairs(n: int) -> SentencePairs:
     return SentencePairs(tokens, torch.rand(n, generator=g) * 5)
 
 
+SMALL_LLAMA = dict(vocab=64, dim=32, layers=2, heads=4, kv_heads=2, ffn=48, max_seq=64, tied=True)
+
+
+def token_windows(n: int, length: int) -> TokenWindows:
+    """n windows of random token ids (the LM recipes' calibration data)."""
+    return TokenWindows(torch.randint(0, SMALL_LLAMA["vocab"], (n, length), generator=torch.Generator().manual_seed(0)))
+
+
 def zoo(name: str, **defaults: Any) -> Callable[..., nn.Module]:
     return lambda **arch: build_model(name, **{**defaults, **arch})
 
@@ -102,6 +111,7 @@ KINDS: dict[str, tuple[Callable[..., nn.Module], Callable[[], Any]]] = {
     "fp16": (zoo("resnet20"), lambda: images(32, 3, 32)),
     "minilm": (zoo("minilm", **MINILM), lambda: sentence_pairs(32)),
     "efficientnet": (efficientnet, lambda: images(32, 3, 32)),
+    "smollm2": (zoo("llama", **SMALL_LLAMA), lambda: token_windows(8, 32)),
 }
 
 
