@@ -219,7 +219,13 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/work/runs/scale"))
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale-memory.json")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the .md and .png of --out; run nothing")
     args = parser.parse_args()
+    if args.tables_only:
+        data = json.loads(args.out.read_text())
+        write_table(data, args.out.with_suffix(".md"))
+        plot(data, args.out.with_suffix(".png"))
+        return
     for key in ("sizes", "pq_sizes", "whole_sizes"):
         setattr(args, key, [int(v) for v in getattr(args, key).split(",") if v])
     args.runs = args.runs.split(",")
@@ -265,7 +271,7 @@ def write_table(data: dict[str, Any], path: Path) -> None:
         "| run | checkpoint | model fp32 | one block | limit | peak RSS | wall | file | result |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for row in data["runs"][1:]:
+    for row in by_run(data["runs"][1:]):
         result = "ok" if row["exit"] == 0 else (row.get("error_line") or f"exit {row['exit']}")
         if row["exit"] == 137 and row["limit"] != "none":
             result = "killed by the kernel at the memory limit (exit 137)"
@@ -277,6 +283,13 @@ def write_table(data: dict[str, Any], path: Path) -> None:
     base = data["runs"][0]["peak_rss_bytes"]
     lines += ["", f"Importing torch and netshrink alone takes {_gb(base)} of RSS (included in every peak).", ""]
     path.write_text("\n".join(lines))
+
+
+def by_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows grouped by run (in order of first appearance), each run's by size: runs appended by
+    later invocations join their kind."""
+    order = {name: index for index, name in enumerate(dict.fromkeys(row["run"] for row in rows))}
+    return sorted(rows, key=lambda row: (order[row["run"]], row.get("size_gb") or 0))
 
 
 def _gb(value: int | None) -> str:
