@@ -190,7 +190,7 @@ def run_size(size: int, args: argparse.Namespace, results: Results, limit: int) 
     for run, recipe, run_limit in recipes:
         out = args.work_dir / f"llama-{size}gb-{run.split()[-1]}.nsk"
         command = cli("compress", str(path), "--stream", "--recipe", recipe, "-o", str(out))
-        row = measure(command, run_limit, "nsk_scale", args.timeout)
+        row = measure(command, run_limit, args.cgroup, args.timeout)
         results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
     if size in args.whole_sizes and "whole" in args.runs:
         out = args.work_dir / f"llama-{size}gb-whole.nsk"
@@ -198,11 +198,11 @@ def run_size(size: int, args: argparse.Namespace, results: Results, limit: int) 
         for run, run_limit in (("whole palette, no limit", None), ("whole palette, same limit", limit)):
             if run_limit is None and model * 3 > args.unlimited_max_gb * GB:
                 continue  # would not fit the machine: only the limited run
-            row = measure(command, run_limit, "nsk_scale", args.timeout)
+            row = measure(command, run_limit, args.cgroup, args.timeout)
             results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
     if size == max(args.sizes) and "load" in args.runs:
         compressed = args.work_dir / f"llama-{size}gb-palette.nsk"
-        row = measure([sys.executable, "-c", LOAD_SCRIPT, str(compressed)], None, "nsk_scale", args.timeout)
+        row = measure([sys.executable, "-c", LOAD_SCRIPT, str(compressed)], None, args.cgroup, args.timeout)
         results.add({"run": "load (netshrink.load)", **common, **row, "file_bytes": compressed.stat().st_size})
 
 
@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/work/runs/scale"))
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale-memory.json")
+    parser.add_argument("--cgroup", default="nsk_scale", help="memory cgroup name (one per concurrent benchmark)")
     parser.add_argument("--tables-only", action="store_true", help="rewrite the .md and .png of --out; run nothing")
     args = parser.parse_args()
     if args.tables_only:
