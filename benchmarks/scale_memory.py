@@ -273,7 +273,7 @@ def write_table(data: dict[str, Any], path: Path) -> None:
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for row in by_run(data["runs"][1:]):
-        result = "ok" if row["exit"] == 0 else (row.get("error_line") or f"exit {row['exit']}")
+        result = "ok" if row["exit"] == 0 else (row.get("note") or row.get("error_line") or f"exit {row['exit']}")
         if row["exit"] == 137 and row["limit"] != "none":
             result = "killed by the kernel at the memory limit (exit 137)"
         lines.append(
