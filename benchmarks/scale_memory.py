@@ -190,7 +190,7 @@ def run_size(size: int, args: argparse.Namespace, results: Results, limit: int) 
     for run, recipe, run_limit in recipes:
         out = args.work_dir / f"llama-{size}gb-{run.split()[-1]}.nsk"
         command = cli("compress", str(path), "--stream", "--recipe", recipe, "-o", str(out))
-        row = measure(command, run_limit, "nsk_scale", args.timeout)
+        row = measure(command, run_limit, args.cgroup, args.timeout)
         results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
     if size in args.whole_sizes and "whole" in args.runs:
         out = args.work_dir / f"llama-{size}gb-whole.nsk"
@@ -198,11 +198,11 @@ def run_size(size: int, args: argparse.Namespace, results: Results, limit: int) 
         for run, run_limit in (("whole palette, no limit", None), ("whole palette, same limit", limit)):
             if run_limit is None and model * 3 > args.unlimited_max_gb * GB:
                 continue  # would not fit the machine: only the limited run
-            row = measure(command, run_limit, "nsk_scale", args.timeout)
+            row = measure(command, run_limit, args.cgroup, args.timeout)
             results.add({"run": run, **common, **row, "file_bytes": _size_if_ok(out, row)})
     if size == max(args.sizes) and "load" in args.runs:
         compressed = args.work_dir / f"llama-{size}gb-palette.nsk"
-        row = measure([sys.executable, "-c", LOAD_SCRIPT, str(compressed)], None, "nsk_scale", args.timeout)
+        row = measure([sys.executable, "-c", LOAD_SCRIPT, str(compressed)], None, args.cgroup, args.timeout)
         results.add({"run": "load (netshrink.load)", **common, **row, "file_bytes": compressed.stat().st_size})
 
 
@@ -219,7 +219,14 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/work/runs/scale"))
     parser.add_argument("--timeout", type=float, default=1500.0, help="seconds per run")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale-memory.json")
+    parser.add_argument("--cgroup", default="nsk_scale", help="memory cgroup name (one per concurrent benchmark)")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the .md and .png of --out; run nothing")
     args = parser.parse_args()
+    if args.tables_only:
+        data = json.loads(args.out.read_text())
+        write_table(data, args.out.with_suffix(".md"))
+        plot(data, args.out.with_suffix(".png"))
+        return
     for key in ("sizes", "pq_sizes", "whole_sizes"):
         setattr(args, key, [int(v) for v in getattr(args, key).split(",") if v])
     args.runs = args.runs.split(",")
@@ -265,8 +272,8 @@ def write_table(data: dict[str, Any], path: Path) -> None:
         "| run | checkpoint | model fp32 | one block | limit | peak RSS | wall | file | result |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for row in data["runs"][1:]:
-        result = "ok" if row["exit"] == 0 else (row.get("error_line") or f"exit {row['exit']}")
+    for row in by_run(data["runs"][1:]):
+        result = "ok" if row["exit"] == 0 else (row.get("note") or row.get("error_line") or f"exit {row['exit']}")
         if row["exit"] == 137 and row["limit"] != "none":
             result = "killed by the kernel at the memory limit (exit 137)"
         lines.append(
@@ -277,6 +284,13 @@ def write_table(data: dict[str, Any], path: Path) -> None:
     base = data["runs"][0]["peak_rss_bytes"]
     lines += ["", f"Importing torch and netshrink alone takes {_gb(base)} of RSS (included in every peak).", ""]
     path.write_text("\n".join(lines))
+
+
+def by_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows grouped by run (in order of first appearance), each run's by size: runs appended by
+    later invocations join their kind."""
+    order = {name: index for index, name in enumerate(dict.fromkeys(row["run"] for row in rows))}
+    return sorted(rows, key=lambda row: (order[row["run"]], row.get("size_gb") or 0))
 
 
 def _gb(value: int | None) -> str:

@@ -29,12 +29,14 @@ def metric_points(
     return points, per_group.reshape(points.shape[:2])
 
 
-def metric_encoding(module: nn.Module, d: int, book: Codebook, grams: torch.Tensor) -> Encoded:
+def metric_encoding(
+    module: nn.Module, d: int, book: Codebook, grams: torch.Tensor, guess: torch.Tensor | None = None
+) -> Encoded:
     """The layer's sub-vectors assigned to the fp16 codewords of `book` (what the file holds) in
-    their blocks' metrics."""
+    their blocks' metrics; `guess` (the labels k-means gave, in `block_points` layout) saves time."""
     groups = groups_of(module)
     points = block_points(module.weight.detach().float().cpu(), d, groups)  # clustering runs on CPU
-    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float().cpu())
+    labels, _ = assign_nearest_metric(points, book.values.float(), grams.float().cpu(), guess)
     return PQ.encode_assigned(book, unblock_labels(labels, groups), tuple(module.weight.shape))
 
 

@@ -2,7 +2,7 @@
 
 Lloyd's algorithm (Lloyd 1982) from a greedy k-means++ start (Arthur & Vassilvitskii 2007; the
 2 + ln k candidate trials of scikit-learn). This module holds the public functions, the checks on
-their arguments, the k-means++ start and the metric variant below; the Lloyd iteration itself
+their arguments, and the k-means++ start; the Lloyd iteration itself
 (blocked scoring, threads, the centroid update, the exact SSE) is in `netshrink.cluster.lloyd`, kept
 apart because its speed tricks are a subject of their own and it needs nothing from here.
 
@@ -10,12 +10,7 @@ k >= n is answered with each point its own centroid: the result then has n centr
 padded codebook would only cost bytes). Everything is deterministic for a fixed `seed` and
 thread count.
 
-`kmeans_metric` is the same Lloyd iteration in a Mahalanobis-type metric: group j of the points is
-measured by ||(x - c) L_j||^2 = (x - c)^T G_j (x - c) with G_j = L_j L_j^T a positive-definite
-d x d matrix (the input second moment of a layer's block for output-aware PQ, Stock et al. 2020,
-sec. 3.2). Assignment takes each point's nearest codeword in its own metric; the update solves
-(sum_p G_p) c = sum_p G_p x_p over the cluster's members, the exact minimiser of the objective for
-fixed labels (with one shared G it is the plain mean, the paper's M-step).
+`netshrink.cluster.metric` runs the same iteration in a metric per group of points (output-aware PQ).
 """
 
 from __future__ import annotations
@@ -33,10 +28,6 @@ __all__ = [
     "KMeansResult",
     "kmeans",
     "assign_nearest",
-    "kmeans_metric",
-    "assign_nearest_metric",
-    "metric_centroids",
-    "metric_cost",
     "INITS",
 ]
 
@@ -178,177 +169,3 @@ def _squared_distances(centres: torch.Tensor, points_t: torch.Tensor, norms: tor
     the broadcasts are contiguous."""
     dist = torch.addmm(norms, centres, points_t, alpha=-2)
     return dist.add_((centres * centres).sum(1, keepdim=True)).clamp_(min=0.0)
-
-
-# ----------------------------------------------------------------------------- k-means in a metric per group
-
-#: Scores per block of the metric assignment (groups x points x centroids): 16 MiB of float32.
-_METRIC_BLOCK = 1 << 22
-
-
-def kmeans_metric(
-    x: torch.Tensor,
-    k: int,
-    grams: torch.Tensor,
-    *,
-    iters: int = 20,
-    seed: int = 0,
-    init: torch.Tensor | None = None,
-    point_weights: torch.Tensor | None = None,
-) -> KMeansResult:
-    """Cluster the points x [m, n, d] into k shared codewords, point x[j, i] measured by grams[j].
-
-    Minimises sum_j sum_i a_ji (x_ji - c)^T G_j (x_ji - c) over codewords and labels (see the module
-    doc); a = `point_weights` [m, n] (positive; default 1) scales a point's cost without changing
-    which codeword is nearest to it. Starts from `init` [k, d] if given, else from `kmeans` in the
-    pooled metric mean_j G_j (Euclidean k-means of x L, mapped back). Returns centroids [k', d]
-    (k' = min(k, m n)), labels [m, n], the objective (as `sse`) and the updates made. The objective
-    never increases from one update to the next.
-    """
-    points, factors = _validated_metric_problem(x, grams)
-    weights = _point_weights(point_weights, points)
-    _check_int("k", k, 1)
-    _check_int("iters", iters, 0)
-    m, n, d = points.shape
-    if k >= m * n:
-        labels = torch.arange(m * n, dtype=torch.int64).reshape(m, n)
-        return KMeansResult(points.reshape(-1, d).clone(), labels, 0.0, 0)
-    centroids = _pooled_start(points, grams, k, seed) if init is None else _validated_points(init, "init").clone()
-    mapped = torch.bmm(points, factors)  # x L_j, once: the assignment scores codewords against these
-    labels = _nearest_metric(mapped, centroids, factors)
-    iteration = 0
-    for _iteration in range(1, iters + 1):
-        centroids = _metric_update(points, grams.double(), weights, centroids, labels)
-        moved, labels = labels, _nearest_metric(mapped, centroids, factors)
-        if torch.equal(moved, labels):
-            break
-    return KMeansResult(centroids, labels, metric_cost(points, centroids, labels, grams, weights), iteration)
-
-
-def assign_nearest_metric(x: torch.Tensor, centroids: torch.Tensor, grams: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Labels [m, n] of each point's nearest centroid in its group's metric, and the objective."""
-    points, factors = _validated_metric_problem(x, grams)
-    book = _validated_points(centroids, "centroids")
-    labels = _nearest_metric(torch.bmm(points, factors), book, factors)
-    return labels, metric_cost(points, book, labels, grams)
-
-
-def metric_centroids(
-    x: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor, k: int, point_weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The closed-form update: c_k = (sum_p a_p G_p)^-1 sum_p a_p G_p x_p over the members p of cluster k.
-
-    Setting the gradient 2 sum_p a_p G_p (c - x_p) of the (convex) objective to zero gives it, so it
-    is the exact minimiser for fixed labels. A cluster without members keeps c = 0.
-    """
-    points, _ = _validated_metric_problem(x, grams)
-    weights = _point_weights(point_weights, points)
-    return _solved_centroids(points, grams.double(), weights, labels, torch.zeros(k, points.shape[2]))[0]
-
-
-def metric_cost(
-    x: torch.Tensor,
-    centroids: torch.Tensor,
-    labels: torch.Tensor,
-    grams: torch.Tensor,
-    point_weights: torch.Tensor | None = None,
-) -> float:
-    """sum_j sum_i a_ji (x_ji - c_l)^T G_j (x_ji - c_l), from the differences, in float64."""
-    errors = _metric_errors(x.double(), centroids.double(), labels, grams.double())
-    return float((errors if point_weights is None else errors * point_weights.double()).sum())
-
-
-def _metric_errors(
-    points: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, grams: torch.Tensor
-) -> torch.Tensor:
-    diff = points - centroids[labels]
-    return torch.einsum("jnd,jde,jne->jn", diff, grams, diff)
-
-
-def _point_weights(weights: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor:
-    if weights is None:
-        return torch.ones(points.shape[:2], dtype=torch.float64)
-    if (
-        tuple(weights.shape) != tuple(points.shape[:2])
-        or not torch.isfinite(weights).all()
-        or bool((weights <= 0).any())
-    ):
-        raise CodecError(f"point_weights must be positive and finite, of shape {tuple(points.shape[:2])}")
-    return weights.detach().double()
-
-
-def _validated_metric_problem(x: torch.Tensor, grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x as float32 [m, n, d] and the Cholesky factors L_j (G_j = L_j L_j^T); clear errors otherwise."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or 0 in x.shape:
-        raise CodecError(f"metric k-means needs points [m groups, n, d], got {getattr(x, 'shape', type(x).__name__)}")
-    if not isinstance(grams, torch.Tensor) or tuple(grams.shape) != (x.shape[0], x.shape[2], x.shape[2]):
-        raise CodecError(
-            f"metric k-means needs one d x d matrix per group: expected {(x.shape[0], x.shape[2], x.shape[2])}, "
-            f"got {tuple(getattr(grams, 'shape', ()))}"
-        )
-    if not torch.isfinite(x).all() or not torch.isfinite(grams).all():
-        raise CodecError("metric k-means: points and metrics must be finite")
-    factors, info = torch.linalg.cholesky_ex(grams.double())
-    if bool((info != 0).any()):
-        raise CodecError("metric k-means: every group's matrix must be symmetric positive definite (add a ridge)")
-    return x.detach().float().contiguous(), factors.float()
-
-
-def _pooled_start(points: torch.Tensor, grams: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Euclidean k-means of x L in the pooled metric mean_j G_j = L L^T, mapped back by L^-1."""
-    factor = torch.linalg.cholesky(grams.double().mean(0))
-    mapped = (points.reshape(-1, points.shape[2]).double() @ factor).float()
-    start = kmeans(mapped, k, iters=10, seed=seed).centroids.double()
-    return torch.linalg.solve_triangular(factor, start, upper=False, left=False).float()
-
-
-def _nearest_metric(mapped: torch.Tensor, centroids: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """argmin_c ||(x - c) L_j||^2 per point, given the mapped points x L_j [m, n, d]; groups in
-    blocks so the scores stay ~16 MiB."""
-    m, n, _ = mapped.shape
-    k = centroids.shape[0]
-    labels = torch.empty(m, n, dtype=torch.int64)
-    step = max(1, _METRIC_BLOCK // max(1, n * k))
-    for first in range(0, m, step):
-        block = slice(first, first + step)
-        mapped_points = mapped[block]  # [g, n, d]
-        mapped_book = torch.matmul(centroids, factors[block])  # [g, k, d]
-        half_norms = 0.5 * (mapped_book * mapped_book).sum(2).unsqueeze(1)  # [g, 1, k]
-        scores = torch.baddbmm(half_norms, mapped_points, mapped_book.transpose(1, 2), alpha=-1)
-        labels[block] = scores.argmin(2)  # ||z - c||^2 / 2 minus the constant ||z||^2 / 2
-    return labels
-
-
-def _normal_equations(points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, k: int):
-    """Per cluster: sum_p a_p G_p [k, d, d], sum_p a_p G_p x_p [k, d], member counts [k]."""
-    m, n, d = points.shape
-    flat = (torch.arange(m)[:, None] * k + labels).reshape(-1)
-    weighted = points.reshape(-1, d).double() * weights.reshape(-1, 1)
-    sums = torch.zeros(m * k, d, dtype=torch.float64).index_add_(0, flat, weighted).reshape(m, k, d)
-    mass = torch.zeros(m * k, dtype=torch.float64).index_add_(0, flat, weights.reshape(-1)).reshape(m, k)
-    system = torch.einsum("jk,jde->kde", mass, grams)
-    rhs = torch.einsum("jde,jke->kd", grams, sums)
-    return system, rhs, torch.bincount(labels.reshape(-1), minlength=k)
-
-
-def _metric_update(
-    points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
-) -> torch.Tensor:
-    """The closed-form update; empty clusters re-seeded at the worst-served points (as `kmeans`)."""
-    out, used = _solved_centroids(points, grams, weights, labels, centroids)
-    empty = (~used).nonzero().squeeze(1)
-    if empty.numel():
-        errors = (_metric_errors(points.double(), centroids.double(), labels, grams) * weights).reshape(-1)
-        worst = torch.topk(errors, min(empty.numel(), errors.numel())).indices
-        out[empty[: worst.numel()]] = points.reshape(-1, points.shape[2])[worst]
-    return out
-
-
-def _solved_centroids(
-    points: torch.Tensor, grams: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, base: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`base` with each used cluster's row replaced by its solution; also the used-cluster mask."""
-    system, rhs, counts = _normal_equations(points, grams, weights, labels, base.shape[0])
-    out, used = base.double().clone(), counts > 0
-    out[used] = torch.linalg.solve(system[used], rhs[used].unsqueeze(-1)).squeeze(-1)
-    return out.float(), used

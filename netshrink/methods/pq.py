@@ -67,6 +67,7 @@ from netshrink.cluster import kmeans, kmeans_metric
 from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.format.codecs import Codebook
 from netshrink.format.codecs.pq import PQ, row_length, subvectors
+from netshrink.memory import return_freed_memory
 from netshrink.parallel.plans import encode_apart
 from netshrink.parallel.runtime import share_work
 from netshrink.plan import CompressionPlan
@@ -77,8 +78,9 @@ from netshrink.training.retraining import (
     RetrainingStep,
     RetrainSettings,
     SharedValueHook,
-    scalar_labels,
-    store_shared,
+    per_vector_labels,
+    per_weight_labels,
+    store_shared_codes,
 )
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ class OutputAwarePQ(RetrainingStep):
             row_scales = {  # on CPU, with the sub-vectors the clustering takes
                 name: scale.double().pow(2).clamp_min(1e-12).cpu() for name, scale in batchnorm_scales(model).items()
             }
-        labels: dict[str, torch.Tensor] = {}
+        labels: dict[str, torch.Tensor] = {}  # per sub-vector: 1/d of per-weight labels, whole blocks of them
         stages = self._stages(order)
         books_of = [self._codebook_groups(stage, settings) for stage in stages]
         books = [book for stage_books in books_of for book in stage_books]
@@ -207,12 +209,12 @@ class OutputAwarePQ(RetrainingStep):
                     self._finetune(model, ctx, labels, shared, d_of, self.stage_epochs, f"distill after {stage[-1]}")
         self._finetune(model, ctx, labels, shared, d_of, self.train.epochs, "distill (global)")
         for book in books:
-            store_shared(model, plan, [f"{name}.weight" for name in book], labels, settings[book[0]][0])
+            store_shared_codes(model, plan, {f"{n}.weight": labels[f"{n}.weight"] for n in book}, settings[book[0]][0])
 
     def _quantize_stage(
         self, model: nn.Module, plan: CompressionPlan, books: list[list[str]], quantize: Callable, apart: bool
     ) -> dict[str, torch.Tensor]:
-        """The codebooks of one stage; their per-weight labels. Without calibration a codebook depends
+        """The codebooks of one stage; their labels per sub-vector. Without calibration a codebook depends
         on its own layers' weights alone: each is learnt on one rank (parallel/plans.py). With
         `objective: output` a layer is measured on the inputs the already-quantized layers before it
         produce: layer by layer, computed identically on every rank (only the metric problems of a
@@ -262,7 +264,7 @@ class OutputAwarePQ(RetrainingStep):
         row_scales: dict[str, torch.Tensor],
         seed: int,
     ) -> dict[str, torch.Tensor]:
-        """Give the layer `names[0]` its own PQ codebook and labels (model updated); returns its per-weight labels."""
+        """Give the layer `names[0]` its own PQ codebook and labels (model updated); returns them per sub-vector."""
         name, module = names[0], layers[names[0]]
         weight_name = f"{name}.weight"
         codec = PQ(d=d, k=k, iters=self.kmeans_iters, seed=seed)
@@ -287,11 +289,13 @@ class OutputAwarePQ(RetrainingStep):
                 seed=seed,
                 point_weights=weights,
             )
-            encoded = metric_encoding(module, d, Codebook.fp16(result.centroids), grams)
+            encoded = metric_encoding(module, d, Codebook.fp16(result.centroids), grams, guess=result.labels)
+            del points, weights, result
             if self.feedback:
                 encoded = with_feedback(module, encoded, full)
             plan.set_encoded(model, weight_name, codec, encoded)
-        return {weight_name: scalar_labels(plan.entries[weight_name].encoded, d)}
+        return_freed_memory()  # the layer's temporaries, before the next (larger) layer's
+        return {weight_name: PQ.labels_of(plan.entries[weight_name].encoded)}
 
     def _quantize_shared(
         self,
@@ -345,7 +349,7 @@ class OutputAwarePQ(RetrainingStep):
             else:
                 encoded = codec.encode(module.weight.detach().cpu(), book)
             plan.set_encoded(model, f"{name}.weight", codec, encoded)
-            labels[f"{name}.weight"] = scalar_labels(encoded, d)
+            labels[f"{name}.weight"] = PQ.labels_of(encoded)
         return labels
 
     def _metric_problem(
@@ -387,9 +391,10 @@ class OutputAwarePQ(RetrainingStep):
         if epochs <= 0:
             return
         in_labels = [book for book in shared if all(name in labels for name in book)]
+        weights = {n: per_weight_labels(codes, d_of[n], model.get_parameter(n).shape) for n, codes in labels.items()}
         if not self.reassign_every:
-            self.retrain(model, ctx, [SharedValueHook(dict(labels), self.reduce, in_labels)], desc, epochs=epochs)
+            self.retrain(model, ctx, [SharedValueHook(weights, self.reduce, in_labels)], desc, epochs=epochs)
             return
-        hook = ReassignHook(dict(labels), d_of, self.reassign_every, in_labels)
+        hook = ReassignHook(weights, d_of, self.reassign_every, in_labels)
         self.retrain(model, ctx, [hook], desc, epochs=epochs)
-        labels.update(hook.labels())
+        labels.update({name: per_vector_labels(values, d_of[name]) for name, values in hook.labels().items()})

@@ -305,8 +305,15 @@ def store_shared(
     """Record the fine-tuned codewords of tensors `names` as the ONE codebook they share (fp16 in the
     file, so the model is reloaded with them), with each tensor's codes as trained: the file stores
     the codebook once, and a later change to these tensors is coded with it again."""
+    store_shared_codes(model, plan, {name: per_vector_labels(labels[name], d) for name in names}, d)
+
+
+def store_shared_codes(model: nn.Module, plan: CompressionPlan, codes: dict[str, torch.Tensor], d: int) -> None:
+    """`store_shared` given each tensor's codeword index per sub-vector (`codes`, 1/d the size of
+    per-weight labels: what a method keeps for whole blocks of layers)."""
     state = model.state_dict()
-    vector_labels = {name: per_vector_labels(labels[name], d).cpu() for name in names}
+    names = list(codes)
+    vector_labels = {name: codes[name].long().cpu() for name in names}
     k = max(int(v.max()) + 1 for v in vector_labels.values())
     codewords = torch.zeros(k, d)
     for name in names:  # members of a cluster are identical: any one is its centre

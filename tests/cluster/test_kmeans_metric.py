@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from netshrink.cluster import assign_nearest_metric, kmeans_metric
-from netshrink.cluster.kmeans import metric_centroids, metric_cost
+from netshrink.cluster import assign_nearest_metric, kmeans_metric, metric
+from netshrink.cluster.metric import metric_centroids, metric_cost
 from netshrink.errors import CodecError
 
 
@@ -79,3 +79,38 @@ def test_bad_metric_inputs_are_clear_errors():
         kmeans_metric(torch.randn(2, 5, 3), 2, torch.eye(3)[None])
     with pytest.raises(CodecError, match=r"\[m groups, n, d\]"):
         kmeans_metric(torch.randn(5, 3), 2, torch.eye(3)[None])
+
+
+def test_a_guess_changes_no_label_ties_included():
+    """A guess (good, random, or on the later of two equal codewords) only spares work: the labels
+    are those of a full search, the lowest index among equal scores, and the float64 nearest."""
+    gen = torch.Generator().manual_seed(5)
+    points = torch.randn(7, 300, 4, generator=gen)
+    _, grams = correlated_grams(7, 4, seed=6)
+    book = torch.randn(12, 4, generator=gen)
+    book[5] = book[2]  # equal codewords: every point nearer to them than to the rest is a tie
+    full, _ = assign_nearest_metric(points, book, grams)
+    assert (full == 2).any() and not (full == 5).any()
+    for guess in (full, torch.randint(0, 12, (7, 300), generator=gen), torch.where(full == 2, 5, full)):
+        assert torch.equal(assign_nearest_metric(points, book, grams, guess)[0], full)
+    diff = points.double()[:, :, None, :] - book.double()  # [m, n, k, d]
+    exact = torch.einsum("jnkd,jde,jnke->jnk", diff, grams.double(), diff).argmin(2)
+    assert (exact == full).float().mean() > 0.999
+    with pytest.raises(CodecError, match="guess"):
+        assign_nearest_metric(points, book, grams, torch.zeros(7, 3, dtype=torch.long))
+
+
+def test_blocked_work_gives_the_result_of_one_block(monkeypatch):
+    """Scores, updates and errors taken a few groups / points at a time: bit for bit the same
+    centroids, labels and objective as all at once."""
+    gen = torch.Generator().manual_seed(7)
+    points = torch.randn(9, 70, 4, generator=gen)
+    _, grams = correlated_grams(9, 4, seed=8)
+    weights = 0.5 + torch.rand(9, 70, generator=gen)
+    whole = kmeans_metric(points, 20, grams, iters=6, point_weights=weights)
+    monkeypatch.setattr(metric, "_GROUP_ELEMENTS", 4 * 70 * 2)  # two groups a block
+    monkeypatch.setattr(metric, "_SCORE_ROWS", 16)
+    blocked = kmeans_metric(points, 20, grams, iters=6, point_weights=weights)
+    assert torch.equal(whole.centroids, blocked.centroids) and torch.equal(whole.labels, blocked.labels)
+    assert whole.sse == pytest.approx(blocked.sse, rel=1e-12)
+    assert 1 <= whole.iterations <= 6

@@ -258,3 +258,24 @@ def test_shared_codebook_needs_one_k_per_stage(tiny_images):
         netshrink.compress(TwoConvStage(), recipe({"pq": pq}), data=tiny_images, progress=False)
     with pytest.raises(RecipeError, match="feedback"):
         recipe({"pq": {"share_codebook": True, "feedback": True}})
+
+
+def test_labels_kept_between_layers_are_one_per_subvector(tiny_net, tiny_images, monkeypatch):
+    """The step keeps every layer's labels until the end (a streamed block: all its layers): one code
+    per sub-vector, not one per weight (d times the memory; 8 bytes a weight for a 1B-class block)."""
+    from netshrink.methods.pq import OutputAwarePQ
+
+    kept: dict[str, torch.Tensor] = {}
+    quantize = OutputAwarePQ._quantize
+
+    def spy(self, model, plan, names, *args):
+        labels = quantize(self, model, plan, names, *args)
+        kept.update(labels)
+        return labels
+
+    monkeypatch.setattr(OutputAwarePQ, "_quantize", spy)
+    step = {"pq": {"k": 8, "pointwise_d": 4, "calibration": 64, "epochs": 0}}
+    compressed = netshrink.compress(tiny_net, recipe(step), data=tiny_images, progress=False)
+    assert {name: v.numel() for name, v in kept.items()} == {"conv.weight": 16 * 3, "fc.weight": 10 * 16 * 8 * 8 // 4}
+    for name, labels in kept.items():
+        assert torch.equal(labels, PQ.labels_of(compressed.plan.entries[name].encoded))
