@@ -79,7 +79,9 @@ def main() -> None:
             if name not in done:
                 _add(results, out, _peer(peer, group, bits, reference, windows, name))
     if args.generation:
-        models = [MODEL] + [str(Path(args.work_dir) / f"{r}.nsk") for r in args.recipes]
+        models = [MODEL] + [
+            str(Path(args.work_dir) / f"{r}.nsk") for r in args.recipes if r in done or r in args.recipes
+        ]
         results["generation"] = [generation_speed(m, args.threads) for m in models]
         out.write_text(json.dumps(results, indent=2))
     write_table(results, out.with_suffix(".md"))
@@ -140,14 +142,15 @@ def _peer(peer: str, group: int, bits: int, reference: torch.nn.Module, windows:
 
 
 GENERATE = """
-import json, resource, sys, time, torch
+import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 import netshrink
 started = time.perf_counter()
 result = netshrink.generate(sys.argv[1], "ROMEO: But soft, what light through yonder window breaks?\\n",
                             max_new_tokens=128, tokenizer=None)
 out = result.to_json()
-out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork and exec)
+out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 out["wall_seconds"] = time.perf_counter() - started
 print(json.dumps(out))
 """
@@ -208,6 +211,9 @@ def write_table(results: dict[str, Any], path: Path) -> None:
             f"{100 * (plays / reference['ppl_shakespeare'] - 1):+.1f} % | {milton:.2f} | "
             f"{100 * (milton / reference['ppl_milton'] - 1):+.1f} % | {size} | {row.get('compress_seconds', 0):.0f} |"
         )
+    notes = [f"- {row['name']}: {row['note']}." for row in results["rows"] if row.get("note")]
+    if notes:
+        lines += ["", *notes]
     if results.get("generation"):
         lines += [
             "",
