@@ -79,9 +79,7 @@ def main() -> None:
             if name not in done:
                 _add(results, out, _peer(peer, group, bits, reference, windows, name))
     if args.generation:
-        models = [MODEL] + [
-            str(Path(args.work_dir) / f"{r}.nsk") for r in args.recipes if r in done or r in args.recipes
-        ]
+        models = [MODEL] + [str(Path(args.work_dir) / f"{r}.nsk") for r in args.recipes]
         results["generation"] = [generation_speed(m, args.threads) for m in models]
         out.write_text(json.dumps(results, indent=2))
     write_table(results, out.with_suffix(".md"))
