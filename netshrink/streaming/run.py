@@ -128,7 +128,8 @@ def compress_streaming(
     identity = _text_identity(identity, ckpt, calibration)
     source = _Source(ckpt, skeleton, cut(skeleton), aliases(skeleton))
     source.sources = _check_tensors(ckpt, skeleton, source.alias)
-    samples = samples or max([getattr(step, "calibration", 0) for step in recipe.steps] + [DEFAULT_SAMPLES])
+    asked = [getattr(step, "calibration", 0) for step in recipe.steps if getattr(step, "needs_data", False)]
+    samples = samples or max([*asked, DEFAULT_SAMPLES])  # steps that measure nothing ask for nothing
     length = length or min(_window_length(calibration), identity.arch.get("max_seq", DEFAULT_LENGTH))
     vocab = _vocab(skeleton, source.parts[0])
     tokens = calibration_tokens(calibration, vocab, samples, length, seed, data_dir, _tokenizer_of(ckpt, identity))
