@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from netshrink.errors import ModelError
-from netshrink.lm.gguf import read_gguf, smollm2_gguf
+from netshrink.lm.gguf import GGUFCheckpoint, smollm2_gguf
 from netshrink.zoo.llama import Llama
 
 #: The shape of SmolLM2-135M (its config.json; the GGUF metadata says the same, checked at load).
@@ -41,11 +41,14 @@ def smollm2_135m(**arch: Any) -> Llama:
 
 def read_smollm2(path: Path) -> dict[str, torch.Tensor]:
     """The dequantized float32 weights of a SmolLM2-135M GGUF file (its shape checked first)."""
-    shape = read_gguf(path, weights=False).arch
+    checkpoint = GGUFCheckpoint(path)  # the file's metadata parsed once, its tensors read after the check
+    shape = checkpoint.arch
     differs = {k: shape[k] for k in ARCH if k not in ("rope_theta", "norm_eps") and shape.get(k) != ARCH[k]}
     if differs:
         raise ModelError(f"{path} is not SmolLM2-135M: {differs} (load it as a GGUF model file instead)")
-    return read_gguf(path).state_dict
+    state = {name: checkpoint.read(name) for name in checkpoint.entries}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied (checked above): one tensor, two names
+    return state
 
 
 __all__ = ["ARCH", "read_smollm2", "smollm2_135m", "smollm2_gguf"]
