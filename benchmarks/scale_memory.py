@@ -170,6 +170,7 @@ class Results:
 
     def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path, self.data = path, {"settings": settings, "runs": []}
+        path.parent.mkdir(parents=True, exist_ok=True)
 
     def add(self, row: dict[str, Any]) -> None:
         self.data["runs"].append(row)
@@ -244,7 +245,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     results = Results(args.out, settings)
-    if args.append:
+    if args.append and args.out.exists():
         earlier = json.loads(args.out.read_text())
         settings["command"] = f"{earlier['settings']['command']}; then {settings['command']}"
         results.data["runs"] = earlier["runs"]

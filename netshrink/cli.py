@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> Any:
 
 
 def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
-    if args.stream:
+    if args.stream or _language_model_by_block(args):
         from netshrink.streaming import compress_streaming
 
         return compress_streaming(
@@ -218,6 +218,27 @@ def _compress(api: Any, args: argparse.Namespace, data: dict[str, Any]) -> Any:
             args.model, ratio=args.target_ratio, energy=args.target_energy, sensitivity=args.sensitivity, **common
         )
     return api.compress(args.model, args.recipe, sensitivity=args.sensitivity, autocast=args.autocast, **common)
+
+
+def _language_model_by_block(args: argparse.Namespace) -> bool:
+    """A language model published as a GGUF file (a zoo name or the file), under a recipe whose every
+    step works block by block, is compressed block by block even without --stream: compressing it
+    whole, each calibrated layer would run the whole network again (hours instead of minutes)."""
+    if _has_target(args) or args.report or args.runs or not args.model:
+        return False
+    from netshrink import zoo
+    from netshrink.data import WINDOW_LENGTHS
+    from netshrink.recipe import load_recipe
+    from netshrink.streaming.parts import streams_whole_recipe
+
+    name = str(args.model)
+    is_zoo_lm = name in zoo.MODEL_NAMES and zoo.model_info(name).dataset in WINDOW_LENGTHS
+    if not (is_zoo_lm or Path(name).suffix == ".gguf"):
+        return False
+    if streams_whole_recipe(load_recipe(args.recipe or DEFAULT_RECIPE)):
+        log.warning("compressing %s block by block (as with --stream)", name)
+        return True
+    return False
 
 
 def _emit(result: Any, args: argparse.Namespace) -> None:

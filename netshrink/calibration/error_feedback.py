@@ -113,18 +113,21 @@ def refit_values(
     row_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The shared values that minimise `output_error` for fixed labels: one K x K least-squares system
-    per codebook (one for the whole tensor when `values` has one row, else one per row). A value no
-    weight uses keeps its old value."""
+    per codebook. `values` [books, k] holds one codebook per `rows // books` consecutive rows (one
+    for the whole tensor, one per row, or one per group of rows). A value no weight uses keeps its
+    old value."""
     rows, cols = weight.shape
-    k = values.shape[1]
+    books, k = values.shape
+    if rows % books:
+        raise ValueError(f"{books} codebooks do not divide {rows} rows")
     device = weight.device
     scale = torch.ones(rows, dtype=torch.float64, device=device) if row_scale is None else row_scale.double()
     onehot = torch.zeros(rows, cols, k, dtype=torch.float64, device=device).scatter_(2, labels[:, :, None], 1.0)
     h_onehot = torch.einsum("ij,rjk->rik", gram.double(), onehot)  # H E_r
     systems = torch.einsum("rik,ril->rkl", onehot, h_onehot) * scale[:, None, None]  # s_r E_r^T H E_r
     targets = torch.einsum("rik,ri->rk", h_onehot, weight.double()) * scale[:, None]  # s_r E_r^T H w_r
-    if values.shape[0] == 1:
-        systems, targets = systems.sum(0, keepdim=True), targets.sum(0, keepdim=True)
+    systems = systems.reshape(books, rows // books, k, k).sum(1)  # the rows sharing a codebook
+    targets = targets.reshape(books, rows // books, k).sum(1)
     old = values.double()
     # Ridge towards the old values: unused entries keep them, near-singular systems stay well posed.
     ridge = (
@@ -132,7 +135,7 @@ def refit_values(
         * systems.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None]
         * torch.eye(k, dtype=torch.float64, device=device)
     )
-    used = onehot.sum((0, 1)) > 0 if values.shape[0] == 1 else onehot.sum(1) > 0
+    used = onehot.sum(1).reshape(books, rows // books, k).sum(1) > 0
     ridge = ridge + torch.diag_embed((~used).double().reshape(-1, k))
     solved = torch.linalg.solve(systems + ridge, (targets + (ridge @ old[:, :, None])[:, :, 0])[:, :, None])[:, :, 0]
     return solved.to(values.dtype)

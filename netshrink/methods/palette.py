@@ -50,12 +50,15 @@ class WeightSharing(LayerStep):
     following BatchNorm's running mean). compensate: assign values with error feedback (GPTQ-style)
     and refit them for the layer's output, layer by layer on the inputs of the already-quantized
     network; needs calibration data, dense weights and Conv2d / Linear layers.
-    Per layer: `bits`, `per_channel`, `init`, in `overrides`.
+    group (with per_channel: true): that many consecutive output channels share one palette, which
+    halves (2) or quarters (4) what the fp16 values cost per weight.
+    Per layer: `bits`, `per_channel`, `group`, `init`, in `overrides`.
     """
 
-    per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "per_channel", "init")
+    per_layer_fields: ClassVar[tuple[str, ...]] = ("bits", "per_channel", "group", "init")
     bits: int = 5
     per_channel: bool | Literal["auto"] = False
+    group: int = 1
     init: KMeans1DInit = "optimal"
     weighting: Literal["none", "norm", "activation"] = "none"
     calibration: int = 512
@@ -64,7 +67,9 @@ class WeightSharing(LayerStep):
     positions: int = 256
 
     def validate(self) -> None:
-        Palette(self.bits, self.per_channel is True, self.init)  # validates
+        Palette(self.bits, self.per_channel is True, self.init, group=self.group)  # validates
+        if self.group > 1 and self.per_channel is not True:
+            raise ValueError(f"palette group {self.group} needs per_channel: true")
         if self.calibration < 1:
             raise ValueError(f"calibration must be >= 1 sample, got {self.calibration}")
         if self.positions < 1:
@@ -93,7 +98,12 @@ class WeightSharing(LayerStep):
                     "use weighting: none after pruning"
                 )
             codec = Palette(
-                layer.bits, layer.channelwise(state[name], pruned), layer.init, ctx.seed, importance.get(name)
+                layer.bits,
+                layer.channelwise(state[name], pruned),
+                layer.init,
+                ctx.seed,
+                importance.get(name),
+                group=layer.group,
             )
             codecs[name] = current.with_inner(codec)
         self.assign_shared(model, plan, codecs, ctx.progress)
@@ -175,6 +185,7 @@ class WeightSharing(LayerStep):
                 layer.init,
                 ctx.seed,
                 importance.get(f"{name}.weight"),
+                group=layer.group,
             )
             inputs = patch_moments(
                 model, module, module.weight[0].numel(), batches, positions=self.positions, seed=ctx.seed
@@ -206,15 +217,28 @@ def assign_layer_with_feedback(
     values = codec.fit(module.weight.detach().cpu()).values.double().to(gram.device)
     groups = groups_of(module)
     parts = row_groups(weight.shape[0], groups)
-    row_values = values.expand(weight.shape[0], -1) if values.shape[0] == 1 else values
+    rows_per_book = weight.shape[0] // values.shape[0]
+    row_values = values.repeat_interleave(rows_per_book, 0) if values.shape[0] > 1 else values.expand(len(weight), -1)
     labels = torch.cat([feedback_assign(weight[p], row_values[p], gram[g]) for g, p in enumerate(parts)])
-    if values.shape[0] > 1:  # one palette per row: each refit on its group's inputs
+    if values.shape[0] > 1 and all(_books_within(p, rows_per_book) for p in parts):
+        # palettes per row (or group of rows): each refit on its convolution group's inputs
         values = torch.cat(
             [
-                refit_values(weight[p], labels[p], values[p], gram[g], None if row_scale is None else row_scale[p])
+                refit_values(
+                    weight[p],
+                    labels[p],
+                    values[p.start // rows_per_book : p.stop // rows_per_book],
+                    gram[g],
+                    None if row_scale is None else row_scale[p],
+                )
                 for g, p in enumerate(parts)
             ]
         )
     elif groups == 1:
         values = refit_values(weight, labels, values, gram[0], row_scale)
     return codec.encode_assigned(values.cpu(), labels.cpu(), tuple(module.weight.shape))
+
+
+def _books_within(rows: slice, rows_per_book: int) -> bool:
+    """Whether the palettes of `rows_per_book` rows each lie wholly inside this slice of rows."""
+    return rows.start % rows_per_book == 0 and rows.stop % rows_per_book == 0

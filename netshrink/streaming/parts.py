@@ -58,6 +58,11 @@ def why_not_streamable(step: Step) -> str | None:
     return None
 
 
+def streams_whole_recipe(recipe: Recipe) -> bool:
+    """Whether every step of the recipe can run block by block."""
+    return all(why_not_streamable(step) is None for step in recipe.steps)
+
+
 def check_streamable(recipe: Recipe) -> None:
     for step in recipe.steps:
         reason = why_not_streamable(step)

@@ -44,17 +44,17 @@ def test_feedback_lowers_the_output_error_for_correlated_inputs():
     assert output_error(weight, fed_back, gram) < 0.5 * output_error(weight, plain, gram)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_refit_is_the_exact_minimiser_for_fixed_labels(shared):
+@pytest.mark.parametrize("books", [1, 4, 8])
+def test_refit_is_the_exact_minimiser_for_fixed_labels(books):
     torch.manual_seed(1)
     rows, cols, k = 8, 12, 4
     weight, gram = torch.randn(rows, cols, dtype=torch.float64), correlated_gram(cols, seed=1)
-    values = torch.randn(1 if shared else rows, k, dtype=torch.float64)
+    values = torch.randn(books, k, dtype=torch.float64)
     labels = torch.randint(0, k, (rows, cols))
     scale = torch.rand(rows, dtype=torch.float64) + 0.5
 
     def error(v: torch.Tensor) -> float:
-        return output_error(weight, v.expand(rows, -1).gather(1, labels), gram, scale)
+        return output_error(weight, v.repeat_interleave(rows // books, 0).gather(1, labels), gram, scale)
 
     best = refit_values(weight, labels, values, gram, scale)
     assert error(best) < error(values)
@@ -123,6 +123,24 @@ def test_compensate_lowers_the_output_error_and_the_file_holds_the_model(smooth_
     assert all(loaded.state_dict()[n].unique().numel() <= 4 for n in ("conv.weight", "fc.weight"))
     again = compress(net, smooth_data, weighting="activation", compensate=True)
     assert all(torch.equal(again.model.state_dict()[n], t) for n, t in result.model.state_dict().items())
+
+
+def test_compensate_with_grouped_palettes_stores_one_palette_per_two_channels(smooth_data, tmp_path):
+    torch.manual_seed(0)
+    net = Correlated().eval()
+    x = smooth_data.images.float() / 255
+    reference = net(x).detach()
+    errors = {}
+    for group in (1, 2):
+        result = compress(net, smooth_data, compensate=True, per_channel=True, group=group, include=["conv"])
+        errors[group] = float((result.model(x).detach() - reference).pow(2).mean())
+    assert result.plan.codec_for("conv.weight").describe() == "palette2cg2"
+    for pair in result.model.state_dict()["conv.weight"].reshape(4, -1):
+        assert pair.unique().numel() <= 4
+    result.save(tmp_path / "g.nsk")
+    loaded = netshrink.load(tmp_path / "g.nsk", model=copy.deepcopy(net))
+    assert torch.equal(loaded(x), result.model(x))
+    assert errors[1] < errors[2] < 20 * errors[1]  # fewer values per channel cost some accuracy, not all
 
 
 def test_compensate_refuses_pruned_weights(smooth_data):

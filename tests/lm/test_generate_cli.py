@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from lm.tiny_models import tiny_llama, write_folder, write_gguf
+from lm.tiny_models import ARCH, tiny_llama, write_folder, write_gguf
 
 from netshrink.cli import main
 
@@ -51,3 +51,14 @@ def test_a_prompt_longer_than_the_context_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "generate", path, "--prompt", "hello " * 60)
     assert code == 2
     assert err.count("\n") == 1 and "exceed the model's context" in err
+
+
+def test_a_gguf_model_is_compressed_block_by_block_without_being_asked(capsys, caplog, tmp_path):
+    path = write_gguf(tiny_llama(), tmp_path / "m.gguf")
+    nsk = tmp_path / "m.nsk"
+    code, out, err = run(capsys, "compress", path, "--recipe", "fp16", "-o", nsk, "--no-eval", "--json")
+    assert code == 0, err
+    assert "block by block" in caplog.text
+    assert json.loads(out)["blocks"] == ARCH["layers"]
+    code, out, err = run(capsys, "generate", nsk, "--prompt", "hello world", "--max-new-tokens", 3)
+    assert code == 0, err

@@ -53,6 +53,22 @@ def test_per_channel_has_a_codebook_per_row():
     assert float(((out - w) ** 2).sum()) < per_tensor_err
 
 
+def test_grouped_palettes_share_values_between_consecutive_channels_and_decode_as_stored():
+    w = torch.randn(8, 50) * torch.arange(1, 9).reshape(8, 1)
+    enc, out = Palette(bits=2, per_channel=True, group=2).round_trip(w)
+    assert len(enc.streams["codebook"].data) == 4 * 4 * 2  # 4 palettes of 4 fp16 values
+    for pair in out.reshape(4, 100):
+        assert len(torch.unique(pair)) <= 4
+    assert Palette(bits=2, per_channel=True, group=2).describe() == "palette2cg2"
+    per_row = float(((Palette(bits=2, per_channel=True).round_trip(w)[1] - w) ** 2).sum())
+    per_tensor = float(((Palette(bits=2).round_trip(w)[1] - w) ** 2).sum())
+    assert per_row <= float(((out - w) ** 2).sum()) < per_tensor
+    with pytest.raises(CodecError, match="does not divide"):
+        Palette(bits=2, per_channel=True, group=3).encode(w)
+    with pytest.raises(CodecError, match="group"):
+        Palette(bits=2, group=2)
+
+
 def test_tiny_rows_and_constant_tensor():
     w = torch.tensor([[0.5, -0.25, 0.5], [1.0, 1.0, 1.0]])
     assert torch.equal(Palette(bits=3, per_channel=True).round_trip(w)[1], w)
