@@ -12,4 +12,5 @@ from netshrink.methods import (  # noqa: F401  (each module registers its step)
     pq,
     prune,
     trained_quantization,
+    tune,
 )

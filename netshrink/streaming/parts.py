@@ -14,6 +14,7 @@ value stays materialised until the last part that uses it is done.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ from netshrink.step import LayerStep, Recipe, Step
 from netshrink.zoo.protocols import BlockStructure
 
 #: Steps that act on each layer alone, so they can run on one block at a time.
-LAYERWISE_STEPS = frozenset({"palette", "pq", "prune", "lowrank", "cast"})
+LAYERWISE_STEPS = frozenset({"palette", "pq", "prune", "lowrank", "cast", "tune"})
+#: Steps that train what they are given, a block when compressing block by block, against that
+#: block before compression.
+PARTWISE_TRAINING = frozenset({"tune"})
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def why_not_streamable(step: Step) -> str | None:
     if getattr(step, "scope", "layer") == "global":
         return "scope: global ranks the weights of all layers together (use scope: layer)"
     train = getattr(step, "train", None)
-    if (train is not None and train.epochs > 0) or getattr(step, "stage_epochs", 0) > 0:
+    trains = (train is not None and train.epochs > 0) or getattr(step, "stage_epochs", 0) > 0
+    if trains and step.step_name not in PARTWISE_TRAINING:
         return "it fine-tunes the whole model (set epochs: 0 and stage_epochs: 0)"
     if getattr(step, "share_codebook", False):
         return "share_codebook shares one codebook across layers of different blocks"
@@ -118,6 +123,29 @@ class PartModule(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._run(hidden)
+
+
+class FrozenBlock(nn.Module):
+    """A block as it was before its steps ran, frozen and run the way the model runs its blocks:
+    the teacher of a step that trains the block (`tune`)."""
+
+    def __init__(self, model: Any, block: nn.Module) -> None:
+        super().__init__()
+        self.block = copy.deepcopy(block).eval().requires_grad_(False)
+        self._run_block = model.run_block  # a bound method: not a module, not copied
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._run_block(self.block, hidden)
+
+
+def part_teacher(model: Any, part: Part) -> FrozenBlock:
+    """The teacher of the steps of `part` that train against the uncompressed part: blocks only."""
+    if not part.name.startswith("block "):
+        raise RecipeError(
+            f"a step that trains against the uncompressed model (tune) runs on blocks when compressing "
+            f"block by block, but it selects layers of the {part.name}; exclude them from it"
+        )
+    return FrozenBlock(model, model.get_submodule(part.roots[0]))
 
 
 def _outermost(module: nn.Module, name: str, skip: set[str]) -> list[tuple[str, nn.Module]]:

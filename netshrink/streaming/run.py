@@ -38,11 +38,13 @@ from netshrink.streaming import resume as saved
 from netshrink.streaming.calibration import Activations, calibration_tokens, run_in_batches
 from netshrink.streaming.checkpoint import SafetensorsCheckpoint
 from netshrink.streaming.parts import (
+    PARTWISE_TRAINING,
     Part,
     PartModule,
     aliases,
     check_streamable,
     cut,
+    part_teacher,
     set_tensor,
     steps_for,
     tensor_of,
@@ -347,7 +349,10 @@ def _compress_part(
     shell = PartModule(skeleton, part, earlier)
     torch.manual_seed(seed)
     plan, ctx = CompressionPlan(), StepContext(data=data, seed=seed, progress=False)
-    for step in steps_for(recipe, skeleton, part, shell):
+    steps = steps_for(recipe, skeleton, part, shell)
+    if any(step.step_name in PARTWISE_TRAINING for step in steps):
+        ctx.teacher = part_teacher(skeleton, part)
+    for step in steps:
         step.apply(shell, plan, ctx)
         plan.refresh(shell)
     encoded = {rec.name: rec for rec in plan.encode_all(shell)}

@@ -57,6 +57,8 @@ class DistillationLoss:
             target = _tensor_output(call_model(self.teacher.to(model_device(student)), x))
         if self.kind == "mse":
             return F.mse_loss(outputs, target)
+        if outputs.dim() > 2:  # a sequence model's logits [batch, positions, vocabulary]: per position
+            outputs, target = outputs.flatten(0, -2), target.flatten(0, -2)
         t = self.temperature
         return F.kl_div(
             F.log_softmax(outputs / t, -1), F.log_softmax(target / t, -1), log_target=True, reduction="batchmean"
