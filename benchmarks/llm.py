@@ -34,7 +34,7 @@ from netshrink.data import load_dataset
 from netshrink.evaluate import perplexity, window_nll
 
 MODEL = "smollm2-135m"
-RECIPES = ("smollm2-palette4", "smollm2-palette3", "smollm2-pq2")
+RECIPES = ("smollm2-palette4", "smollm2-palette3", "smollm2-palette2", "smollm2-pq2")
 PEER_CONFIGS = (
     ("rtn", 32),
     ("rtn", 64),
