@@ -13,7 +13,7 @@ import torch
 
 from netshrink.api.models import ModelSource, Source, resolve
 from netshrink.devices import resolve_device, to_device
-from netshrink.errors import ModelError
+from netshrink.errors import ModelError, NetshrinkError
 from netshrink.lm.generate import Generation, GenerationSettings
 from netshrink.lm.generate import generate as generate_text
 from netshrink.lm.tokenizer import TextTokenizer
@@ -39,6 +39,8 @@ def generate(
     """Continue `prompt` with `model` (a zoo name, a .nsk file, a folder, a GGUF file or a module):
     greedy at temperature 0, else sampled. Settings and the prompt's length are checked first."""
     settings = GenerationSettings(max_new_tokens, temperature, top_k, seed)
+    if not prompt:  # before the model is loaded
+        raise NetshrinkError("the prompt is empty: give some text to continue")
     device = resolve_device(device)
     source = resolve(model, data_dir=data_dir, progress=False)
     text_tokenizer = find_tokenizer(source, tokenizer)

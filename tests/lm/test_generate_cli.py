@@ -62,3 +62,9 @@ def test_a_gguf_model_is_compressed_block_by_block_without_being_asked(capsys, c
     assert json.loads(out)["blocks"] == ARCH["layers"]
     code, out, err = run(capsys, "generate", nsk, "--prompt", "hello world", "--max-new-tokens", 3)
     assert code == 0, err
+
+
+def test_an_empty_prompt_is_refused_before_the_model_is_read(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", tmp_path / "absent.gguf", "--prompt", "")  # never opened
+    assert code == 2
+    assert err.count("\n") == 1 and "prompt is empty" in err
