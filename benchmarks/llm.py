@@ -34,7 +34,14 @@ from netshrink.data import load_dataset
 from netshrink.evaluate import perplexity, window_nll
 
 MODEL = "smollm2-135m"
-RECIPES = ("smollm2-palette4", "smollm2-palette3", "smollm2-palette2", "smollm2-pq2")
+RECIPES = (
+    "smollm2-palette4",
+    "smollm2-palette3",
+    "smollm2-palette2",
+    "smollm2-pq2",
+    "smollm2-palette3-tuned",
+    "smollm2-palette2-tuned",
+)
 PEER_CONFIGS = (
     ("rtn", 32),
     ("rtn", 64),
@@ -209,6 +216,7 @@ def write_table(results: dict[str, Any], path: Path) -> None:
             f"{100 * (plays / reference['ppl_shakespeare'] - 1):+.1f} % | {milton:.2f} | "
             f"{100 * (milton / reference['ppl_milton'] - 1):+.1f} % | {size} | {row.get('compress_seconds', 0):.0f} |"
         )
+    lines += ["", *side_by_side(results["rows"])]
     notes = [f"- {row['name']}: {row['note']}." for row in results["rows"] if row.get("note")]
     if notes:
         lines += ["", *notes]
@@ -227,6 +235,29 @@ def write_table(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def side_by_side(rows: list[dict[str, Any]]) -> list[str]:
+    """For each of our files, the best peer of equal or smaller size (bits per weight), if any ran."""
+    scored = [r for r in rows if "ppl_shakespeare" in r and r["kind"] != "reference"]
+    ours = sorted((r for r in scored if r["kind"] == "netshrink"), key=lambda r: r["bits_per_weight"])
+    peers = [r for r in scored if r["kind"] != "netshrink"]
+    out = ["Each file against the peers that store as few bits or fewer (held-out plays):", ""]
+    for row in ours:
+        rivals = [p for p in peers if p["bits_per_weight"] <= row["bits_per_weight"] + 1e-9]
+        if not rivals:
+            out.append(
+                f"- {row['name']} ({row['bits_per_weight']:.2f} bits): {row['ppl_shakespeare']:.2f}; no peer this small ran"
+            )
+            continue
+        best = min(rivals, key=lambda p: p["ppl_shakespeare"])
+        verdict = "lower" if row["ppl_shakespeare"] < best["ppl_shakespeare"] else "NOT lower"
+        out.append(
+            f"- {row['name']} ({row['bits_per_weight']:.2f} bits): {row['ppl_shakespeare']:.2f}, {verdict} than the best "
+            f"of {len(rivals)} peers at <= its size, {best['name']} ({best['bits_per_weight']:.2f} bits): "
+            f"{best['ppl_shakespeare']:.2f}"
+        )
+    return out
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -239,12 +270,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in results["rows"]:
         if row["kind"] != "reference" and "ppl_shakespeare" in row:
-            groups.setdefault(
-                row.get("peer", "netshrink") + (f" g{row['group']}" if "group" in row else ""), []
-            ).append(row)
+            label = row.get("peer", "netshrink") + (f" g{row['group']}" if "group" in row else "")
+            if row["kind"] == "netshrink":
+                label += " tuned" if row["name"].endswith("-tuned") else (" pq" if "-pq" in row["name"] else " palette")
+            groups.setdefault(label, []).append(row)
     for label, rows in groups.items():
         rows.sort(key=lambda r: r["bits_per_weight"])
-        style = "o-" if label == "netshrink" else "s--"
+        style = "o-" if label.startswith("netshrink") else "s--"
         ax.plot([r["bits_per_weight"] for r in rows], [r["ppl_shakespeare"] for r in rows], style, label=label)
     ax.set_yscale("log")
     ax.set_xlabel("bits per block Linear weight (as stored)")
