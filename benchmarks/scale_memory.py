@@ -50,9 +50,9 @@ LAYERS = {1: 5, 2: 11, 4: 22, 8: 44}
 PALETTE_RECIPE = "oneshot-palette5"
 PQ_RECIPE = """name: scale-pq
 description: Output-aware PQ of every block's linear layers (sub-vectors of 8, 256 codewords,
-  codebooks fitted on the block's calibration activations); the rest in fp16.
+  codebooks fitted on the block's activations for 8 calibration rows of 64 tokens); the rest in fp16.
 steps:
-  - pq: {include: ["model.layers.*"], pointwise_d: 8, k: 256, objective: output, calibration: 512,
+  - pq: {include: ["model.layers.*"], pointwise_d: 8, k: 256, objective: output, calibration: 8,
          calibration_batch: 64, kmeans_iters: 8, epochs: 0}
   - cast: {dtype: fp16}
 """
