@@ -17,15 +17,16 @@ class) distributions instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from netshrink.errors import RecipeError
+from netshrink.errors import DATA_HINT, DataError, RecipeError
 from netshrink.format.codecs import PQ, Palette
 from netshrink.plan import CompressionPlan
 from netshrink.step import StepContext, register_step
+from netshrink.training.loop import fit
 from netshrink.training.retraining import (
     RetrainingStep,
     RetrainSettings,
@@ -61,12 +62,21 @@ class TuneSharedValues(RetrainingStep):
             param.requires_grad_(True)
         try:
             with torch.enable_grad():  # also when called under no_grad
-                self.retrain(model, ctx, [SharedValueHook(labels)], desc="tune shared values")
+                self.tune(model, ctx, labels)
         finally:
             for param in frozen:
                 param.requires_grad_(False)
         for name in labels:
             store_tuned(model, plan, name)
+
+    def tune(self, model: nn.Module, ctx: StepContext, labels: dict[str, torch.Tensor]) -> None:
+        """The training, in eval mode: the teacher runs in eval mode, so BatchNorm statistics stay
+        as they are and dropout stays off; only the values move."""
+        if ctx.data is None:
+            raise DataError(f"tune trains the shared values on data {DATA_HINT}")
+        config = replace(self.train.train_config(ctx), eval_mode=True)
+        loss = self.train.loss_for(model, ctx)
+        fit(model, ctx.data, config, [SharedValueHook(labels)], progress=ctx.progress, desc="tune", loss_fn=loss)
 
     def weight_names(self, model: nn.Module) -> list[str]:
         return [f"{name}.weight" for name, _ in self.layers(model)]

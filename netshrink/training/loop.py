@@ -55,6 +55,9 @@ class TrainConfig:
     seed: int = 0
     #: "bf16": forward passes and the loss under bfloat16 autocast (faster on GPUs with bf16 units); None: float32.
     autocast: Autocast = None
+    #: Train in eval mode: BatchNorm keeps its running statistics and dropout stays off, as in the
+    #: teacher a fine-tuning against the uncompressed network compares with.
+    eval_mode: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
@@ -122,7 +125,7 @@ def fit(
     loss_fn = loss_fn or (lambda m, x, y: F.cross_entropy(call_model(m, x), y, label_smoothing=config.label_smoothing))
     targets = _imagenet_targets(model, data)
     session = TrainingSession(model, hooks)
-    model.train()
+    model.train(not config.eval_mode)
     result, step = TrainResult(total), 0
     with (
         data_parallel(model) as trained,
