@@ -28,8 +28,9 @@ PACK_ROWS = 4096
 
 
 class PaletteWeights(nn.Module):
-    """Palette indices [rows, ceil(columns / 2)] (two per byte) or [rows, columns] (one per byte),
-    and the fp32 codebook [books, k]: book r // rows_per_book holds row r's values."""
+    """Palette indices [rows, ceil(columns / 2)] (two per byte) or [rows, columns rounded up to a
+    multiple of 4] (one per byte, rows in whole 32-bit words for the kernel), and the fp32 codebook
+    [books, k]: book r // rows_per_book holds row r's values."""
 
     def __init__(self, indices: torch.Tensor, codebook: torch.Tensor, rows_per_book: int, columns: int) -> None:
         super().__init__()
@@ -59,7 +60,7 @@ class PaletteWeights(nn.Module):
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """x [b, columns] @ W.T for a few rows b, read straight from the indices."""
         width = self.indices.shape[1] * (2 if self.codebook.shape[1] <= NIBBLE_CODES else 1)
-        if width != x.shape[1]:  # an odd row length: its last byte's high nibble multiplies a zero
+        if width != x.shape[1]:  # padded rows: the padding indices multiply zeros
             x = nn.functional.pad(x, (0, width - x.shape[1]))
         return kernels.palette_product(x, self.indices, self.codebook, self.rows_per_book)
 
@@ -117,4 +118,4 @@ def weights_of(enc: Encoded, rows: int, columns: int) -> CompressedWeights | Non
 
 def _packed(labels: torch.Tensor, k: int) -> torch.Tensor:
     """One block of rows' labels as the kernels read them: two per byte up to 16 values, else one."""
-    return kernels.pack_nibbles(labels) if k <= NIBBLE_CODES else labels.to(torch.uint8)
+    return kernels.pack_nibbles(labels) if k <= NIBBLE_CODES else kernels.pack_bytes(labels)

@@ -15,7 +15,7 @@ ROWS, COLUMNS = 300, 45  # more rows than a tile; an odd width (a padded nibble 
 def palette(k: int, rows_per_book: int) -> PaletteWeights:
     g = torch.Generator().manual_seed(k)
     labels = torch.randint(0, k, (ROWS, COLUMNS), generator=g)
-    packed = kernels.pack_nibbles(labels) if k <= 16 else labels.to(torch.uint8)
+    packed = kernels.pack_nibbles(labels) if k <= 16 else kernels.pack_bytes(labels)
     return PaletteWeights(packed, torch.randn(ROWS // rows_per_book, k, generator=g), rows_per_book, COLUMNS)
 
 
@@ -29,9 +29,9 @@ def dense_of(weights) -> torch.Tensor:
     if isinstance(weights, PQWeights):
         return weights.codebook[weights.labels.long()].reshape(ROWS, COLUMNS)
     k = weights.codebook.shape[1]
-    labels = kernels.unpack_nibbles(weights.indices)[:, :COLUMNS] if k <= 16 else weights.indices.long()
+    labels = kernels.unpack_nibbles(weights.indices) if k <= 16 else weights.indices.long()
     books = weights.codebook.repeat_interleave(weights.rows_per_book, dim=0)
-    return books.gather(1, labels)
+    return books.gather(1, labels[:, :COLUMNS])
 
 
 STORAGES = {
