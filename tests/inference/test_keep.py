@@ -113,3 +113,20 @@ def test_labels_out_of_range_are_one_format_error_naming_the_tensor(tmp_path):
     write_nsk(tmp_path / "bad.nsk", nsk)
     with pytest.raises(FormatError, match=r"bad\.nsk.*'0\.weight'"):
         netshrink.load(tmp_path / "bad.nsk", model=mlp(), keep_compressed=True)
+
+
+def test_evaluate_and_the_command_line_run_a_file_kept_compressed(tmp_path, capsys):
+    from netshrink import zoo
+    from netshrink.cli import main
+    from netshrink.data import ArrayDataset
+
+    path = tmp_path / "lenet300.nsk"
+    recipe = parse_recipe({"name": "r", "steps": [{"palette": {"bits": 4, "per_channel": True}}]})
+    netshrink.compress(zoo.build_model("lenet300"), recipe, name="lenet300", progress=False).save(path)
+    g = torch.Generator().manual_seed(0)
+    data = ArrayDataset(torch.randint(0, 256, (64, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(64) % 10)
+    dense = netshrink.evaluate(path, data, progress=False)
+    kept = netshrink.evaluate(path, data, progress=False, keep_compressed=True)
+    assert kept == dense and kept.n == 64
+    assert main(["eval", str(path), "--keep-compressed", "--dataset", "nonexistent-set"]) == 2  # flag parsed
+    assert "nonexistent-set" in capsys.readouterr().err

@@ -53,3 +53,13 @@ def test_generation_with_a_cache_matches_the_dense_decode(compressed_llama):
     dense, kept = netshrink.load(compressed_llama), netshrink.load(compressed_llama, keep_compressed=True)
     expected = generate(dense, tokenizer, "hello world", settings).text
     assert generate(kept, tokenizer, "hello world", settings).text == expected
+
+
+def test_generate_on_the_command_line_keeps_the_file_compressed(compressed_llama, capsys):
+    from netshrink.cli import main
+
+    texts = []
+    for flags in ([], ["--keep-compressed"]):
+        assert main(["generate", compressed_llama, "--prompt", "hello world", "--max-new-tokens", "4", *flags]) == 0
+        texts.append(capsys.readouterr().out.rsplit("[", 1)[0])  # without the speed
+    assert texts[0] == texts[1] and texts[0].startswith("hello world")
