@@ -167,8 +167,8 @@ def fill_module(
     placer = TensorPlacer(module, device)
     for rec in records:
         if keeper is not None and keeper.take(rec, placer, path):
-            continue
-        if rec.tied_to:
+            return_freed_memory()  # the codes' decoding temporaries
+        elif rec.tied_to:
             placer.tie(rec.name, rec.tied_to)
         else:
             placer.place(rec.name, decode_tensor(rec, path))
