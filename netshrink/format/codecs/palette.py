@@ -174,9 +174,7 @@ class Palette(Codec):
         return _book(centroids, k)
 
     @classmethod
-    def codebook_and_labels(
-        cls, enc: Encoded, dtype: torch.dtype = torch.int64
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def codebook_and_labels(cls, enc: Encoded, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
         """The fp16 codebook [rows, k] and labels [rows, weights per row] (int64, or `dtype`: int32
         is what decoding gives, without a copy), validated before anything is allocated."""
         codebook, labels = cls._stored(enc)

@@ -150,9 +150,7 @@ class PQ(Codec):
         return cls.codebook_and_labels(enc)[1]
 
     @classmethod
-    def codebook_and_labels(
-        cls, enc: Encoded, dtype: torch.dtype = torch.int64
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def codebook_and_labels(cls, enc: Encoded, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
         """The fp16 codebook [k, d] and labels [n] (int64, or `dtype`: int32 is what decoding gives,
         without a copy), validated before anything is allocated."""
         if len(enc.shape) == 0:
