@@ -125,6 +125,15 @@ def _add_device_args(parser: argparse.ArgumentParser, autocast: bool = False) ->
         )
 
 
+def _add_keep_compressed_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-compressed",
+        action="store_true",
+        help="run a .nsk file's palette and PQ layers from their codes: about the file's size in memory "
+        "(pip install 'netshrink[fast]' for the fast kernels)",
+    )
+
+
 def _add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON result instead of text")
 
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a fixed random subset of N held-out samples (default: all)",
     )
     _add_device_args(ev)
+    _add_keep_compressed_arg(ev)
     _add_json_arg(ev)
 
     gen = sub.add_parser("generate", help="continue a prompt with a language model (zoo name, .nsk, folder, .gguf)")
@@ -251,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json, model folder or .gguf (default: the model's)")
     _add_seed_arg(gen)
     _add_device_args(gen)
+    _add_keep_compressed_arg(gen)
     _add_json_arg(gen)
 
     ins = sub.add_parser("inspect", help="per-tensor codecs and bytes of a .nsk file")

@@ -166,7 +166,13 @@ def run(args: argparse.Namespace) -> Any:
             output=args.output,
         )
     if args.command == "eval":
-        return api.evaluate(args.model, **data, limit=args.limit, identity=checkpoint_identity(args))
+        return api.evaluate(
+            args.model,
+            **data,
+            limit=args.limit,
+            identity=checkpoint_identity(args),
+            keep_compressed=args.keep_compressed,
+        )
     if args.command == "generate":
         from netshrink.api.language import generate
 
@@ -180,6 +186,7 @@ def run(args: argparse.Namespace) -> Any:
             tokenizer=args.tokenizer,
             device=device,
             data_dir=data["data_dir"],
+            keep_compressed=args.keep_compressed,
         )
     if args.command == "inspect":
         return api.inspect(args.file)

@@ -8,20 +8,26 @@ checked the same way. So a crafted file fails in milliseconds instead of allocat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
 
 from netshrink.errors import FormatError, ModelError, NetshrinkError
 from netshrink.format.bounded import open_nsk
-from netshrink.format.codecs import decode
+from netshrink.format.codecs import Encoded, decode
 from netshrink.format.container import NskFile, TensorRecord, read_nsk
 from netshrink.identity import ModelIdentity
 from netshrink.memory import return_freed_memory
 from netshrink.placement import Device, TensorPlacer, target_device
+
+if TYPE_CHECKING:
+    from netshrink.inference.keep import KeepCompressed
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,10 +67,11 @@ def decode_state(nsk: NskFile, path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def decode_tensor(rec: TensorRecord, path: str | Path) -> torch.Tensor:
-    """One stored tensor, decoded; a failure is a FormatError naming the file and the tensor."""
+def decode_tensor(rec: TensorRecord, path: str | Path, decoder: Callable[[Encoded], T] = decode) -> T:
+    """One stored tensor, decoded (by `decoder`: another form than the dense tensor, for one); a
+    failure is a FormatError naming the file and the tensor."""
     try:
-        return decode(rec.encoded)
+        return decoder(rec.encoded)
     except NetshrinkError as exc:
         raise FormatError(f"{path}: tensor {rec.name!r}: {exc}") from None
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError, OverflowError, MemoryError) as exc:
@@ -110,40 +117,58 @@ def check_matches(module: nn.Module, records: list[TensorRecord], path: str | Pa
 
 
 def load_module(
-    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    max_bytes: int | None = None,
+    device: Device = None,
+    keeper: KeepCompressed | None = None,
 ) -> nn.Module:
     """The module of a file (the given one, or the zoo model its header describes), loaded, in eval mode."""
-    return open_module(path, model, max_bytes=max_bytes, device=device)[0]
+    return open_module(path, model, max_bytes=max_bytes, device=device, keeper=keeper)[0]
 
 
 def open_module(
-    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    max_bytes: int | None = None,
+    device: Device = None,
+    keeper: KeepCompressed | None = None,
 ) -> tuple[nn.Module, ModelIdentity]:
     """`load_module`, and the identity the header records.
 
     The file is read one tensor at a time (`format.bounded.open_nsk`), and a zoo model is built with
     its parameters on the meta device, each decoded tensor taking the place of one: the peak is the
     loaded model plus one tensor, never the file and a decoded copy of the model on top of it.
+    A `keeper` (`netshrink.inference.keep`) is offered each record first: the layers it takes run
+    from the codes, their dense weights never built.
     """
     target = target_device(device)
     with open_nsk(path, max_bytes) as reader:
         identity = ModelIdentity.from_json(reader.nsk.model, str(path))
         module = model if model is not None else zoo_module(identity, reader.nsk.tensors, path, empty=True)
         check_matches(module, reader.nsk.tensors, path)
-        fill_module(module, reader.records(), path, target)
+        fill_module(module, reader.records(), path, target, keeper)
     if target is not None:
         module.to(target)  # what the file does not hold: non-persistent buffers, a given module's own tensors
     return module.eval(), identity
 
 
 def fill_module(
-    module: nn.Module, records: Iterable[TensorRecord], path: str | Path, device: torch.device | None = None
+    module: nn.Module,
+    records: Iterable[TensorRecord],
+    path: str | Path,
+    device: torch.device | None = None,
+    keeper: KeepCompressed | None = None,
 ) -> None:
     """Decode records one at a time into `module` (names and shapes already checked): each tensor
     replaces a meta one or is copied into a real one, then is dropped before the next is read."""
     placer = TensorPlacer(module, device)
     for rec in records:
-        if rec.tied_to:
+        if keeper is not None and keeper.take(rec, placer, path):
+            return_freed_memory()  # the codes' decoding temporaries
+        elif rec.tied_to:
             placer.tie(rec.name, rec.tied_to)
         else:
             placer.place(rec.name, decode_tensor(rec, path))

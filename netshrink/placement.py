@@ -78,6 +78,14 @@ class TensorPlacer:
         value = self.slots[source]
         self.place(name, value.detach().clone() if self.slots[name].is_meta else value)
 
+    def forget(self, name: str) -> None:
+        """Tensor `name` is no longer the module's (its layer was replaced by one that holds no such
+        tensor): nothing will be placed there, and names tied to it are placed on their own."""
+        self.slots.pop(name, None)
+        tied = self.aliases.pop(name, [])
+        if name in tied:
+            tied.remove(name)  # the list every tied name shares
+
     def check_complete(self, what: str) -> None:
         """Every parameter and buffer holds a value: none is left on the meta device."""
         empty = [name for name, tensor in self.slots.items() if tensor.is_meta]

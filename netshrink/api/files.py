@@ -6,13 +6,14 @@
     model = netshrink.load("model.nsk", device="cuda")  # decoded tensor by tensor onto the GPU
 
 Weights are decoded once, at load, into an ordinary dense module: inference runs at dense speed.
+With `keep_compressed=True` palette and PQ layers keep their codes instead (`netshrink.inference`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -26,6 +27,9 @@ from netshrink.placement import Device
 from netshrink.plan import CompressionPlan
 from netshrink.report.sizes import FileReport, report_of
 
+if TYPE_CHECKING:
+    from netshrink.inference.keep import KeepCompressed
+
 
 def save(
     model: nn.Module | CompressedModel, path: str | Path, *, name: str | None = None, **identity: Any
@@ -38,10 +42,19 @@ def save(
 
 
 def load(
-    path: str | Path, model: nn.Module | None = None, *, max_bytes: int | None = None, device: Device = None
+    path: str | Path,
+    model: nn.Module | None = None,
+    *,
+    max_bytes: int | None = None,
+    device: Device = None,
+    keep_compressed: bool = False,
 ) -> nn.Module:
     """Rebuild a runnable module from a .nsk file (decoded once; eval mode), on `device` when given
     ("cpu", "cuda", "cuda:N"; a device this machine lacks is a NetshrinkError).
+
+    `keep_compressed`: Linear and Embedding layers coded by a palette or PQ keep their codes and
+    compute from them (`netshrink.inference`), so the model takes about the file's size in memory;
+    for inference only (no training, no backward pass).
 
     A file is untrusted input: its declared decoded size is checked against `max_bytes` (default:
     `format.container.decode_limit`) and its tensor names and shapes against the model before
@@ -49,7 +62,17 @@ def load(
     each going straight into the module (a zoo model is built without weights first), so the
     memory it takes is the loaded model plus one tensor.
     """
-    return load_module(path, model, max_bytes=max_bytes, device=device)
+    return load_module(path, model, max_bytes=max_bytes, device=device, keeper=keeper_for(keep_compressed))
+
+
+def keeper_for(keep_compressed: bool) -> KeepCompressed | None:
+    """A fresh keeper for one load when layers are to stay compressed, else None (all decoded).
+    Imported here, not above: numba, when installed, then loads only for models that use it."""
+    if not keep_compressed:
+        return None
+    from netshrink.inference.keep import KeepCompressed
+
+    return KeepCompressed()
 
 
 def read_identity(path: str | Path) -> ModelIdentity:

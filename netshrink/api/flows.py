@@ -119,20 +119,31 @@ def evaluate(
     progress: bool = True,
     device: str | torch.device | None = None,
     identity: ModelIdentity | Mapping[str, Any] | None = None,
+    keep_compressed: bool = False,
 ) -> EvalResult:
     """Score a model on the held-out split of its data set (or `dataset`): top-1, Spearman for
     sentence pairs, perplexity for text windows. `limit` scores a fixed random subset of that many
     samples (windows). `identity` names the
-    zoo model of a .safetensors checkpoint whose metadata does not."""
+    zoo model of a .safetensors checkpoint whose metadata does not. `keep_compressed`: a .nsk
+    file's palette and PQ layers run from their codes (`netshrink.load`)."""
     device = resolve_device(device)
     if dataset is not None and not isinstance(dataset, str):  # a data set in memory
-        source = resolve(model, data_dir=data_dir, identity=identity, progress=progress)
+        source = resolve(
+            model, data_dir=data_dir, identity=identity, progress=progress, keep_compressed=keep_compressed
+        )
         return replace(
             score_on(source.module, dataset, split=split, progress=progress, limit=limit, device=device),
             model=source.label,
             dataset="dataset",
         )
-    source = resolve(model, dataset=dataset, data_dir=data_dir, identity=identity, progress=progress)
+    source = resolve(
+        model,
+        dataset=dataset,
+        data_dir=data_dir,
+        identity=identity,
+        progress=progress,
+        keep_compressed=keep_compressed,
+    )
     name = source.require_dataset()
     data: Any = name
     if name in WINDOW_LENGTHS:  # text: encoded with the model's own tokenizer

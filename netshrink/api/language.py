@@ -35,14 +35,16 @@ def generate(
     tokenizer: Tokenizer = None,
     device: str | torch.device | None = None,
     data_dir: str | None = None,
+    keep_compressed: bool = False,
 ) -> Generation:
     """Continue `prompt` with `model` (a zoo name, a .nsk file, a folder, a GGUF file or a module):
-    greedy at temperature 0, else sampled. Settings and the prompt's length are checked first."""
+    greedy at temperature 0, else sampled. Settings and the prompt's length are checked first.
+    `keep_compressed`: a .nsk file's palette and PQ layers run from their codes (`netshrink.load`)."""
     settings = GenerationSettings(max_new_tokens, temperature, top_k, seed)
     if not prompt:  # before the model is loaded
         raise NetshrinkError("the prompt is empty: give some text to continue")
     device = resolve_device(device)
-    source = resolve(model, data_dir=data_dir, progress=False)
+    source = resolve(model, data_dir=data_dir, progress=False, keep_compressed=keep_compressed)
     text_tokenizer = find_tokenizer(source, tokenizer)
     module = to_device(source.module.eval(), device) if device is not None else source.module.eval()
     return generate_text(module, text_tokenizer, prompt, settings)

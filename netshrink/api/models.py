@@ -16,6 +16,7 @@ from torch import nn
 
 from netshrink import zoo
 from netshrink.api.checkpoints import is_safetensors, load_checkpoint
+from netshrink.api.files import keeper_for
 from netshrink.data import load_dataset
 from netshrink.decoding import open_module, read_file
 from netshrink.errors import DataError, ModelError, NetshrinkError, NotNetshrinkFile
@@ -57,11 +58,16 @@ def resolve(
     identity: ModelIdentity | Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    keep_compressed: bool = False,
 ) -> Source:
-    """The module and identity of what the user named; `dataset` overrides the recorded one."""
+    """The module and identity of what the user named; `dataset` overrides the recorded one.
+    `keep_compressed`: a .nsk file's palette and PQ layers run from their codes (`netshrink.inference`)."""
     if isinstance(model, nn.Module):
         return _module_source(model, dataset, name, identity)
-    source = _embedded_default(seed, progress) if model is None else _named(str(model), data_dir, identity)
+    if model is None:
+        source = _embedded_default(seed, progress)
+    else:
+        source = _named(str(model), data_dir, identity, keep_compressed)
     dataset = dataset or source.dataset
     return replace(source, identity=replace(source.identity, dataset=dataset), dataset=dataset)
 
@@ -78,7 +84,12 @@ def _module_source(
     )
 
 
-def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[str, Any] | None = None) -> Source:
+def _named(
+    spec: str,
+    data_dir: str | None,
+    identity: ModelIdentity | Mapping[str, Any] | None = None,
+    keep_compressed: bool = False,
+) -> Source:
     """A zoo name (with published weights where we have them), a .nsk file (checkpoint or compressed),
     or a .safetensors checkpoint of a zoo model (the one its metadata or `identity` names)."""
     path = Path(spec)
@@ -94,7 +105,7 @@ def _named(spec: str, data_dir: str | None, identity: ModelIdentity | Mapping[st
         return Source(module, identity, identity.dataset, spec)
     if path.is_file():
         with torch_save_hint(path):
-            module, identity = open_module(path)
+            module, identity = open_module(path, keeper=keeper_for(keep_compressed))
         return Source(module, identity, identity.dataset, spec)
     if spec in zoo.MODEL_NAMES:
         info = zoo.model_info(spec)

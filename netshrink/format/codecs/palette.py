@@ -174,11 +174,11 @@ class Palette(Codec):
         return _book(centroids, k)
 
     @classmethod
-    def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fp16 codebook [rows, k] and int64 labels [rows, weights per row], validated before
-        anything is allocated."""
+    def codebook_and_labels(cls, enc: Encoded, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp16 codebook [rows, k] and labels [rows, weights per row] (int64, or `dtype`: int32
+        is what decoding gives, without a copy), validated before anything is allocated."""
         codebook, labels = cls._stored(enc)
-        return codebook, labels.to(torch.int64)
+        return codebook, labels.to(dtype)
 
     @classmethod
     def _stored(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:

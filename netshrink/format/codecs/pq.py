@@ -150,8 +150,9 @@ class PQ(Codec):
         return cls.codebook_and_labels(enc)[1]
 
     @classmethod
-    def codebook_and_labels(cls, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fp16 codebook [k, d] and int64 labels [n], validated before anything is allocated."""
+    def codebook_and_labels(cls, enc: Encoded, dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp16 codebook [k, d] and labels [n] (int64, or `dtype`: int32 is what decoding gives,
+        without a copy), validated before anything is allocated."""
         if len(enc.shape) == 0:
             raise FormatError("pq tensor has a scalar shape; pq needs at least one dimension")
         d = require_int(enc.params, "d", 1, MAX_D, cls.name)
@@ -161,7 +162,7 @@ class PQ(Codec):
         k = require_int(enc.params, "k", 0 if n == 0 else 1, MAX_ALPHABET, cls.name)
         codebook = bytes_to_tensor(require_stream(enc, "codebook", "codebook"), torch.float16, k * d)
         labels = decode_symbols(require_stream(enc, "indices", "indices"), n, max(k, 1))
-        return codebook.reshape(k, d), torch.from_numpy(labels).to(torch.int64)
+        return codebook.reshape(k, d), torch.from_numpy(labels).to(dtype)
 
     def describe(self) -> str:
         return f"pq d={self.d} k={self.k}"
