@@ -59,8 +59,12 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    """Bytes of the module's parameters and buffers, each storage counted once: a tied head, or two
+    layers over one compressed storage, take the memory once."""
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in [*module.parameters(), *module.buffers()]
+    }
+    return sum(storages.values())
 
 
 def measure(shape: tuple[int, int], codes: str, batch: int, repeats: int) -> dict:

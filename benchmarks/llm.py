@@ -75,7 +75,7 @@ def main() -> None:
         _add(
             results,
             out,
-            {"name": "reference", "kind": "reference", "bits_per_weight": 32.0, **_scores(reference, windows)},
+            {"name": "reference", "kind": "reference", "bits_per_weight": 32.0, **window_scores(reference, windows)},
         )
     for recipe in args.recipes:
         if recipe not in done:
@@ -93,7 +93,7 @@ def main() -> None:
     plot(results, out.with_suffix(".png"))
 
 
-def _scores(model: torch.nn.Module, windows: dict[str, Any]) -> dict[str, Any]:
+def window_scores(model: torch.nn.Module, windows: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     scores = {f"ppl_{name}": perplexity(window_nll(model, data, batch_size=8)) for name, data in windows.items()}
     return {**scores, "eval_seconds": time.perf_counter() - started}
@@ -122,7 +122,7 @@ def _ours(recipe: str, work_dir: Path, windows: dict[str, Any], samples: int | N
         "file_bytes": report.file_bytes,
         "ratio": report.ratio,
         "compress_seconds": seconds,
-        **_scores(model, windows),
+        **window_scores(model, windows),
     }
 
 
@@ -142,38 +142,16 @@ def _peer(peer: str, group: int, bits: int, reference: torch.nn.Module, windows:
         "group": group,
         "bits_per_weight": outcome.linear_bits_per_weight,
         "compress_seconds": outcome.seconds,
-        **_scores(model, windows),
+        **window_scores(model, windows),
     }
-
-
-GENERATE = """
-import json, sys, time, torch
-torch.set_num_threads(int(sys.argv[2]))
-import netshrink
-started = time.perf_counter()
-result = netshrink.generate(sys.argv[1], "ROMEO: But soft, what light through yonder window breaks?\\n",
-                            max_new_tokens=128, tokenizer=None)
-out = result.to_json()
-# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak over fork and exec)
-out["peak_rss_mb"] = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-out["wall_seconds"] = time.perf_counter() - started
-print(json.dumps(out))
-"""
 
 
 def generation_speed(model: str, threads: int) -> dict[str, Any]:
     """Greedy generation of 128 tokens from `model` (zoo name or file) in a fresh process: tokens per
     second after the prompt, and the process's peak RSS (model loading included)."""
-    import subprocess
-    import sys
+    from inference import measure_generation
 
-    done = subprocess.run(
-        [sys.executable, "-c", GENERATE, model, str(threads)], capture_output=True, text=True, check=True
-    )
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    row["model"] = model
-    print(json.dumps({k: row[k] for k in ("model", "tokens_per_second", "peak_rss_mb")}), flush=True)
-    return row
+    return measure_generation(model, False, threads, tokens=128, repeats=1)
 
 
 def _peer_configs(names: list[str]) -> list[tuple[str, int]]:
