@@ -175,7 +175,7 @@ def write_table(results: dict[str, Any], path: Path) -> None:
     lines = [
         f"# {setup['model']}: perplexity against bits per weight",
         "",
-        f"Measured {setup['date']} with `benchmarks/llm.py` ({setup['threads']} threads): "
+        f"Measured {setup['date']} with `benchmarks/llm.py` ({setup['threads']} thread{'s' if setup['threads'] != 1 else ''}): "
         f"{setup['windows']['shakespeare']} held-out-play windows and {setup['windows']['milton']} Milton "
         f"windows of {setup['window_tokens']} tokens, the same for every row. Bits per weight: of the block "
         "Linear weights, everything stored for them (indices, codebooks, scales).",
