@@ -100,10 +100,10 @@ def store_tuned(model: nn.Module, plan: CompressionPlan, name: str) -> None:
     """Store the tuned values with the assignment unchanged (weights of a cluster are equal: any one
     is its value; a value no weight uses keeps its old one)."""
     entry = plan.entries[name]
-    weight = model.state_dict()[name].detach().float().cpu()
     if isinstance(entry.codec, PQ):
         store_shared_codes(model, plan, {name: PQ.labels_of(entry.encoded)}, int(entry.encoded.params["d"]))
         return
+    weight = model.state_dict()[name].detach().float().cpu()
     codebook, labels = Palette.codebook_and_labels(entry.encoded)
     values = codebook.float().clone()
     values.scatter_(1, labels, weight.reshape(labels.shape))
