@@ -74,3 +74,11 @@ def test_on_a_whole_model_tune_distils_the_logits_and_stores_the_tuned_palettes(
     assert torch.equal(loaded(x), result.model(x))
     assert all(row.unique().numel() <= 4 for row in loaded.fc.weight)
     assert errors["tuned"] < errors["oneshot"]
+
+
+def test_tune_keeps_the_codewords_of_pq_coded_layers(tmp_path):
+    source = write_gguf(tiny_llama(max_seq=64), tmp_path / "tiny.gguf")
+    pq = {"pq": {"include": ["model.layers.*"], "pointwise_d": 4, "k": 16, "objective": "weights", "epochs": 0}}
+    loaded = compress(source, tmp_path, [pq, TUNE], "pq")
+    rows = loaded.model.layers[0].mlp.up_proj.weight.reshape(-1, 4)
+    assert rows.unique(dim=0).shape[0] <= 16  # still at most 16 distinct sub-vectors
