@@ -243,7 +243,7 @@ def _language_model_by_block(args: argparse.Namespace) -> bool:
     if not (is_zoo_lm or Path(name).suffix == ".gguf"):
         return False
     if streams_whole_recipe(load_recipe(args.recipe or DEFAULT_RECIPE)):
-        log.warning("compressing %s block by block (as with --stream)", name)
+        log.info("compressing %s block by block (as with --stream)", name)
         return True
     return False
 

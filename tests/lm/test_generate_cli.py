@@ -4,6 +4,7 @@ tokenizer found from the header; a missing tokenizer or a prompt too long is one
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from lm.tiny_models import ARCH, tiny_llama, write_folder, write_gguf
@@ -54,6 +55,7 @@ def test_a_prompt_longer_than_the_context_is_one_line(capsys, tmp_path):
 
 
 def test_a_gguf_model_is_compressed_block_by_block_without_being_asked(capsys, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="netshrink")  # said with --verbose, not as a warning
     path = write_gguf(tiny_llama(), tmp_path / "m.gguf")
     nsk = tmp_path / "m.nsk"
     code, out, err = run(capsys, "compress", path, "--recipe", "fp16", "-o", nsk, "--no-eval", "--json")
